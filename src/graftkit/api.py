@@ -1,0 +1,180 @@
+"""The Python API: ``finetune(...) -> Run``, ``Run.load(dir)``, ``run.predict``, ``run.evaluate``.
+
+This is where the config tree is turned into plain arguments for the builders (data, model,
+strategy, loss, loop settings); nothing below this layer reads the config.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from . import run as rd
+from .config import Config, build_config, to_yaml
+from .errors import ConfigError, GraftError, TrainingDiverged
+
+
+def validate(cfg: Config) -> None:
+    """Every name in the config refers to something registered; fail before any heavy work."""
+    from .data.transforms import AUGMENTATIONS
+    from .models.vision import resolve_arch
+    from .strategies import STRATEGIES
+    from .train.losses import LOSSES, REGRESSION_LOSSES
+    from .train.optim import OPTIMIZERS, SCHEDULES
+
+    checks = [("strategy.name", STRATEGIES, cfg.strategy.name), ("optim.name", OPTIMIZERS,
+              cfg.optim.name), ("optim.schedule", SCHEDULES, cfg.optim.schedule)]
+    if cfg.train.augment != "auto":
+        checks.append(("train.augment", AUGMENTATIONS, cfg.train.augment))
+    if cfg.loss.name:
+        checks.append(("loss.name", LOSSES, cfg.loss.name))
+    for key, reg, name in checks:
+        if name not in reg:
+            raise ConfigError(f"config key '{key}': unknown {reg.kind} {name!r}; choose one of: "
+                              f"{', '.join(reg.names())}")
+    resolve_arch(cfg.model.name)
+    if cfg.model.weights and not Path(cfg.model.weights).expanduser().is_file():
+        raise ConfigError(f"config key 'model.weights': file {cfg.model.weights!r} not found")
+    if cfg.data.path is None:
+        raise ConfigError("config key 'data.path': no data given; pass --data DIR_OR_CSV")
+    if not Path(cfg.data.path).expanduser().exists():
+        raise ConfigError(f"config key 'data.path': {cfg.data.path!r} does not exist")
+    regression = cfg.task == "regression"
+    if cfg.loss.name and (cfg.loss.name in REGRESSION_LOSSES) != regression:
+        raise ConfigError(f"config key 'loss.name': {cfg.loss.name!r} does not fit task {cfg.task}")
+    if regression and (cfg.train.mixup or cfg.train.cutmix):
+        raise ConfigError("config key 'train.mixup': MixUp/CutMix are for classification")
+    metric = monitor_metric(cfg)
+    allowed = {"loss", "mae", "rmse", "r2"} if regression else {
+        "loss", "accuracy", "balanced_accuracy", "macro_f1", "macro_precision", "macro_recall",
+        "log_loss"}
+    if metric not in allowed:
+        raise ConfigError(f"config key 'train.early_stop.metric': {metric!r} is not a validation "
+                          f"metric for {cfg.task}; choose one of: {', '.join(sorted(allowed))}")
+
+
+def monitor_metric(cfg: Config) -> str:
+    m = cfg.train.early_stop.metric
+    return m if m != "auto" else ("rmse" if cfg.task == "regression" else "accuracy")
+
+
+def finetune(
+    data: str | Path | None = None,
+    model: str | None = None,
+    strategy: str | None = None,
+    *,
+    epochs: int | None = None,
+    out: str | Path | None = None,
+    config: str | Path | Config | None = None,
+    overrides: list[str] | dict[str, Any] | None = None,
+    overwrite: bool = False,
+    quiet: bool = False,
+) -> Run:
+    """Fine-tune ``model`` on ``data`` with ``strategy`` and return the finished :class:`Run`."""
+    cfg = _compose(data, model, strategy, epochs, config, overrides)
+    return train(cfg, out=out, overwrite=overwrite, quiet=quiet)
+
+
+def _compose(data: Any, model: Any, strategy: Any, epochs: Any, config: Any, overrides: Any
+             ) -> Config:
+    base = config.model_dump() if isinstance(config, Config) else None
+    cfg_file = None if isinstance(config, Config) else config
+    flags = {k: v for k, v in {"data.path": str(data) if data else None, "model.name": model,
+             "strategy.name": strategy, "train.epochs": epochs}.items() if v is not None}
+    extra = dict(map(_split, overrides)) if isinstance(overrides, list) else dict(overrides or {})
+    return build_config(cfg_file, {**flags, **extra}, base=base)
+
+
+def _split(item: str) -> tuple[str, Any]:
+    from .config import parse_override
+
+    return parse_override(item)
+
+
+def resume(run_dir: str | Path, quiet: bool = False) -> Run:
+    """Continue a stopped run from its last completed epoch."""
+    p = rd.check_run_dir(run_dir)
+    if not (p / rd.STATE).is_file():
+        raise GraftError(f"{str(p)!r} has no checkpoint to resume from (no {rd.STATE})")
+    meta = rd.read_json(p / rd.META)
+    if meta.get("status") == "completed":
+        raise GraftError(f"run {str(p)!r} already completed; nothing to resume")
+    cfg = build_config(p / rd.CONFIG)
+    return train(cfg, out=p, resume_dir=p, quiet=quiet)
+
+
+def train(cfg: Config, out: str | Path | None = None, overwrite: bool = False,
+          resume_dir: Path | None = None, quiet: bool = False) -> Run:
+    """Train from a validated config into a run directory."""
+    validate(cfg)
+    from .session import build_session
+
+    out_dir = Path(out) if out else rd.default_out(cfg.model.name, cfg.strategy.name)
+    if resume_dir is None:
+        rd.prepare_out_dir(out_dir, overwrite)
+    session = build_session(cfg, out_dir, quiet=quiet, resuming=resume_dir is not None)
+    t0 = time.perf_counter()
+    try:
+        session.fit()
+    except KeyboardInterrupt:
+        session.mark("interrupted", time.perf_counter() - t0)
+        raise GraftError(f"interrupted; continue with: graft train --resume {out_dir}") from None
+    except TrainingDiverged:
+        session.mark("diverged", time.perf_counter() - t0)
+        raise
+    session.finish(time.perf_counter() - t0)
+    return Run(out_dir)
+
+
+class Run:
+    """A finished (or stopped) run directory, loaded lazily."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = rd.check_run_dir(path)
+        self.meta: dict[str, Any] = rd.read_json(self.path / rd.META)
+        self._model: Any = None
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.path)!r}, model={self.meta['model']['name']!r}, " \
+               f"strategy={self.meta['strategy']!r}, status={self.meta.get('status')!r})"
+
+    @classmethod
+    def load(cls, path: str | Path) -> Run:
+        return cls(path)
+
+    @property
+    def config(self) -> Config:
+        return build_config(self.path / rd.CONFIG)
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        f = self.path / rd.METRICS
+        return rd.read_json(f) if f.is_file() else {}
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.meta["classes"])
+
+    @property
+    def model(self) -> Any:
+        if self._model is None:
+            from .inference import load_model
+
+            self._model = load_model(self.path, self.meta)
+        return self._model
+
+    def predict(self, inputs: list[Any] | Any, topk: int = 5, batch_size: int = 32
+                ) -> list[dict[str, Any]]:
+        """Top-k classes with probabilities (or the value, for regression) for each input."""
+        from .inference import predict
+
+        items = inputs if isinstance(inputs, (list, tuple)) else [inputs]
+        return predict(self.model, self.meta, items, topk=topk, batch_size=batch_size)
+
+    def evaluate(self, data: str | Path | None = None, split: str | None = None, name: str | None = None,
+                 quiet: bool = True) -> dict[str, Any]:
+        """Metrics on any labeled folder or CSV; written to ``eval/<name>/metrics.json``."""
+        from .inference import evaluate
+
+        return evaluate(self, data, split=split, name=name, quiet=quiet)

@@ -1,0 +1,196 @@
+"""The ``graft`` command. Each subcommand is a thin wrapper over the Python API.
+
+A user mistake (``GraftError``) prints one line, ``error: ...``, and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..errors import GraftError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="graft: fine-tune pretrained networks on your own labeled data.")
+
+
+def _flags(**kw: object) -> dict[str, object]:
+    return {k: v for k, v in kw.items() if v is not None}
+
+
+@app.command()
+def train(
+    data: Optional[str] = typer.Option(None, "--data", help="image folder or CSV manifest"),
+    model: Optional[str] = typer.Option(None, "--model", help="built-in or timm model name"),
+    strategy: Optional[str] = typer.Option(None, "--strategy", help="see `graft list`"),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="default: the strategy's"),
+    out: Optional[Path] = typer.Option(None, "--out", help="run directory to write"),
+    config: Optional[Path] = typer.Option(None, "-c", "--config", help="YAML config file"),
+    weights: Optional[str] = typer.Option(None, "--weights", help=".safetensors/.pth backbone"),
+    lr: Optional[float] = typer.Option(None, "--lr", help="learning rate"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size"),
+    augment: Optional[str] = typer.Option(None, "--augment", help="augmentation preset"),
+    task: Optional[str] = typer.Option(None, "--task", help="classification | regression"),
+    val_fraction: Optional[float] = typer.Option(None, "--val-fraction"),
+    test_fraction: Optional[float] = typer.Option(None, "--test-fraction"),
+    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda | mps"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing run in --out"),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="continue a stopped run"),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    overrides: Optional[list[str]] = typer.Argument(None, help="config overrides key=value"),
+) -> None:
+    """Fine-tune a pretrained model and write a run directory."""
+    from .. import api
+    from ..config import parse_override
+
+    if resume is not None:
+        given = _flags(data=data, model=model, strategy=strategy, epochs=epochs, config=config,
+                       out=out, lr=lr, augment=augment) or overrides
+        if given:
+            raise GraftError("--resume continues a run with its saved config; drop the other "
+                             "options (edit RUN_DIR/config.yaml to change it)")
+        run = api.resume(resume, quiet=quiet)
+    else:
+        flags = _flags(**{
+            "data.path": data, "model.name": model, "strategy.name": strategy,
+            "train.epochs": epochs, "model.weights": weights, "optim.lr": lr,
+            "data.batch_size": batch_size, "train.augment": augment, "task": task,
+            "data.val_fraction": val_fraction, "data.test_fraction": test_fraction,
+            "train.device": device,
+        })
+        extra = dict(parse_override(o) for o in overrides or [])
+        cfg = api.build_config(config, {**flags, **extra})
+        run = api.train(cfg, out=out, overwrite=overwrite, quiet=quiet)
+    typer.echo(str(run.path))
+
+
+def _expand(inputs: list[str]) -> list[str]:
+    from ..data.images import IMAGE_EXTENSIONS
+
+    out: list[str] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            out += sorted(str(f) for f in p.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS)
+        elif not p.exists():
+            raise GraftError(f"input {item!r} does not exist")
+        else:
+            out.append(item)
+    if not out:
+        raise GraftError("no images found in the given inputs")
+    return out
+
+
+@app.command()
+def predict(
+    run_dir: Path = typer.Argument(..., help="a run directory"),
+    inputs: list[str] = typer.Argument(..., help="image files or folders"),
+    topk: int = typer.Option(5, "--topk", "-k", min=1),
+    as_json: bool = typer.Option(False, "--json", help="print JSON"),
+) -> None:
+    """Predict the top-k classes (with probabilities) of images."""
+    from ..api import Run
+
+    run = Run(run_dir)
+    results = run.predict(_expand(inputs), topk=topk)
+    if as_json:
+        typer.echo(json.dumps(results, indent=2))
+        return
+    for r in results:
+        if "value" in r:
+            typer.echo(f"{r['input']}: {r['value']:.4f}")
+        else:
+            tops = ", ".join(f"{t['label']} {t['prob']:.3f}" for t in r["top"])
+            typer.echo(f"{r['input']}: {tops}")
+
+
+@app.command()
+def evaluate(
+    run_dir: Path = typer.Argument(..., help="a run directory"),
+    data: Optional[str] = typer.Option(None, "--data", help="labeled folder or CSV (default: "
+                                       "the run's own data)"),
+    split: Optional[str] = typer.Option(None, "--split", help="train | val | test"),
+    name: Optional[str] = typer.Option(None, "--name", help="name of the eval/<name> folder"),
+    as_json: bool = typer.Option(False, "--json", help="print the metrics as JSON"),
+) -> None:
+    """Compute metrics of a run on labeled data; writes RUN_DIR/eval/<name>/metrics.json."""
+    from ..api import Run
+
+    if split is not None and split not in ("train", "val", "test"):
+        raise GraftError(f"--split {split!r}: use train, val or test")
+    m = Run(run_dir).evaluate(data, split=split, name=name, quiet=as_json)
+    if as_json:
+        typer.echo(json.dumps(m, indent=2))
+        return
+    keys = [k for k in ("accuracy", "balanced_accuracy", "macro_f1", "macro_precision",
+                        "macro_recall", "top5_accuracy", "log_loss", "mae", "rmse", "r2") if k in m]
+    typer.echo(f"{m['data']} [{m['split']}] n={m['n']}" + (
+        f" ({m['n_skipped']} skipped)" if m["n_skipped"] else ""))
+    for k in keys:
+        typer.echo(f"  {k:<18} {m[k]:.4f}")
+    typer.echo(f"written to {m['written_to']}")
+
+
+@app.command("list")
+def list_cmd() -> None:
+    """Show registered models, strategies, optimizers, schedules, losses, augmentations."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from ..data.transforms import AUGMENTATIONS
+    from ..models.vision import MODELS
+    from ..strategies import STRATEGIES
+    from ..train.losses import LOSSES
+    from ..train.optim import OPTIMIZERS, SCHEDULES
+
+    console = Console()
+    for reg in (MODELS, STRATEGIES, OPTIMIZERS, SCHEDULES, LOSSES, AUGMENTATIONS):
+        table = Table(title=f"{reg.kind}s", title_justify="left", show_header=False, box=None)
+        for name in reg.names():
+            table.add_row(f"  [bold]{name}[/]", reg.help(name))
+        if reg is MODELS:
+            table.add_row("  [bold]<timm name>[/]", "any timm model (hub weights need a network)")
+        console.print(table)
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("runs/demo"), "--out", help="run directory (replaced if a run)"),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Fine-tune the built-in efficientnet_lite0 on scikit-learn's handwritten digits."""
+    from ..demo import run_demo
+
+    run_demo(out, quiet=quiet)
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except GraftError as e:
+        typer.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+    except (typer.Exit, SystemExit) as e:
+        code = getattr(e, "exit_code", getattr(e, "code", 0))
+        sys.exit(code)
+    except Exception as e:  # click usage errors carry their own formatting
+        import click
+
+        if isinstance(e, click.exceptions.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        if isinstance(e, click.exceptions.Abort):
+            typer.echo("aborted", err=True)
+            sys.exit(130)
+        raise
+
+
+if __name__ == "__main__":
+    main()

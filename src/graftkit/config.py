@@ -1,0 +1,194 @@
+"""Typed configuration tree.
+
+Loaded from YAML, overridden by dotted ``key=value`` pairs from the command line, validated before
+any heavy work, and written back resolved into the run directory. A bad value fails with one line
+that names the key and what to do (``ConfigError``).
+
+Config stops at builder functions: components take plain arguments, never this object.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .errors import ConfigError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    path: str | None = Field(None, description="image folder or CSV manifest (path,label)")
+    val_fraction: float = Field(0.2, ge=0.0, lt=1.0)
+    test_fraction: float = Field(0.0, ge=0.0, lt=1.0)
+    split_seed: int = 0
+    path_column: str = "path"
+    label_column: str = "label"
+    batch_size: int = Field(32, ge=1)
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes (0 = main process)")
+
+    @model_validator(mode="after")
+    def _fractions(self) -> DataConfig:
+        if self.val_fraction + self.test_fraction >= 0.9:
+            raise ValueError("val_fraction + test_fraction must leave at least 10% for training")
+        return self
+
+
+class ModelConfig(_Section):
+    name: str = "efficientnet_lite0"
+    pretrained: bool = True
+    weights: str | None = Field(None, description="local .safetensors or .pth backbone weights")
+    dropout: float = Field(0.2, ge=0.0, lt=1.0, description="dropout before the new head")
+    image_size: int | None = Field(None, ge=16, description="override the model's input size")
+
+
+class StrategyConfig(_Section):
+    name: str = "linear_probe"
+    n_blocks: int = Field(2, ge=1, description="last_n: how many of the last blocks to unfreeze")
+    probe_epochs: int | None = Field(
+        None, ge=1, description="lp_ft: epochs of the linear-probe stage (default: half)"
+    )
+    probe_lr: float = Field(3e-3, gt=0, description="lp_ft: learning rate of the probe stage")
+    unfreeze_every: int = Field(1, ge=1, description="gradual: epochs between unfreezing steps")
+    layer_decay: float = Field(
+        1.0, gt=0.0, le=1.0, description="lr multiplier per block going down (1 = off)"
+    )
+
+
+class OptimConfig(_Section):
+    name: str = "adamw"
+    lr: float | None = Field(None, gt=0, description="default: the strategy's")
+    weight_decay: float = Field(1e-4, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = True
+    schedule: str = "cosine"
+    warmup_epochs: float = Field(0.0, ge=0)
+    step_size: int = Field(5, ge=1, description="step schedule: epochs between decays")
+    gamma: float = Field(0.1, gt=0, le=1, description="step schedule: decay factor")
+
+
+class LossConfig(_Section):
+    name: str | None = Field(None, description="default: cross_entropy, or mse for regression")
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    class_weights: Literal["none", "auto"] | list[float] = "none"
+    focal_gamma: float = Field(2.0, ge=0)
+    huber_delta: float = Field(1.0, gt=0)
+
+
+class EarlyStopConfig(_Section):
+    metric: str = Field("auto", description="validation metric to watch (auto: accuracy or rmse)")
+    patience: int | None = Field(None, ge=1, description="epochs without improvement; off if unset")
+    min_delta: float = Field(0.0, ge=0)
+
+
+class TrainConfig(_Section):
+    epochs: int | None = Field(None, ge=1, description="default: the strategy's")
+    augment: str = Field("auto", description="preset; auto = none for head-only stages, else light")
+    mixup: float = Field(0.0, ge=0, description="MixUp alpha (0 = off)")
+    cutmix: float = Field(0.0, ge=0, description="CutMix alpha (0 = off)")
+    grad_clip: float | None = Field(None, gt=0)
+    accumulate: int = Field(1, ge=1, description="gradient accumulation steps")
+    early_stop: EarlyStopConfig = EarlyStopConfig()
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    channels_last: Literal["auto", "on", "off"] = "auto"
+    threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's)")
+    feature_cache: Literal["disk", "memory", "off"] = "disk"
+    freeze_bn: bool = Field(False, description="keep BatchNorm running statistics fixed")
+    seed: int = 0
+    topk: int = Field(5, ge=1)
+
+
+class Config(_Section):
+    task: Literal["classification", "regression"] = "classification"
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    strategy: StrategyConfig = StrategyConfig()
+    optim: OptimConfig = OptimConfig()
+    loss: LossConfig = LossConfig()
+    train: TrainConfig = TrainConfig()
+
+
+def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = tree
+    for p in parts[:-1]:
+        child = node.setdefault(p, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{key}: {p!r} is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """``"optim.lr=1e-3"`` -> ``("optim.lr", 0.001)``; values are parsed as YAML scalars."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} must look like key=value, e.g. optim.lr=1e-3")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override {item!r} has no key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    if isinstance(value, str):  # YAML leaves 1e-3 as a string; try a float
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    return key, value
+
+
+def _format_error(err: ValidationError) -> str:
+    first = err.errors()[0]
+    key = ".".join(str(p) for p in first["loc"]) or "config"
+    msg = first["msg"]
+    if first["type"] == "extra_forbidden":
+        section = ".".join(str(p) for p in first["loc"][:-1])
+        msg = "unknown key" + (f" in section '{section}'" if section else "")
+        msg += "; run `graft list` or see configs/default.yaml for valid keys"
+    return f"config key '{key}': {msg} (got {first.get('input')!r})"
+
+
+def build_config(
+    file: str | Path | None = None,
+    overrides: list[str] | dict[str, Any] | None = None,
+    base: dict[str, Any] | None = None,
+) -> Config:
+    """Merge base dict < YAML file < overrides, then validate."""
+    tree: dict[str, Any] = dict(base or {})
+    if file is not None:
+        p = Path(file)
+        if not p.is_file():
+            raise ConfigError(f"config file {str(p)!r} not found")
+        try:
+            loaded = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {str(p)!r} is not valid YAML: {e}".splitlines()[0])
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {str(p)!r} must hold a mapping of sections")
+        tree = _merge(tree, loaded)
+    items = overrides.items() if isinstance(overrides, dict) else map(parse_override, overrides or [])
+    for key, value in items:
+        _set_dotted(tree, key, value)
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as e:
+        raise ConfigError(_format_error(e)) from None
+
+
+def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def to_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,1 @@
+"""Data: sources and audit, image decoding, transforms, datasets."""

@@ -1,0 +1,379 @@
+"""Find the labeled examples in a user's data and audit them.
+
+Three layouts are understood:
+
+* ``<root>/<split>/<class>/*`` with split folders ``train`` and ``val`` (or ``valid`` /
+  ``validation``), optionally ``test``;
+* ``<root>/<class>/*``: split here, seeded and stratified per class;
+* a CSV manifest with a path column and a label column (paths relative to the CSV), optionally a
+  ``split`` column; for ``task: regression`` the label is a number.
+
+Every file is decoded once up front (in threads). Unreadable, truncated, zero-byte and non-image
+files are skipped and listed in the data report with the reason; they never crash training.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import math
+import os
+import random
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import DataError
+from .images import BadImage, load_image
+
+SPLIT_ALIASES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
+
+
+@dataclass
+class DataSpec:
+    """The examples of every split, as ``(path, target)``; targets are class indices or floats."""
+
+    task: str
+    classes: list[str]
+    splits: dict[str, list[tuple[str, float]]]
+    layout: str
+    source: str
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    target_stats: dict[str, float] = field(default_factory=dict)  # regression: mean/std of train
+
+    def fingerprint(self) -> str:
+        """Content key of the data: every file's path, size and mtime, its split and target."""
+        h = hashlib.sha256()
+        for split in sorted(self.splits):
+            for path, target in self.splits[split]:
+                st = os.stat(path)
+                h.update(f"{split}\0{path}\0{st.st_size}\0{st.st_mtime_ns}\0{target}\n".encode())
+        return h.hexdigest()[:16]
+
+    def report(self) -> dict:
+        counts: dict[str, dict[str, int] | int] = {}
+        for split, items in self.splits.items():
+            if self.task == "classification":
+                c = Counter(int(t) for _, t in items)
+                counts[split] = {self.classes[i]: c.get(i, 0) for i in range(len(self.classes))}
+            else:
+                counts[split] = len(items)
+        return {
+            "source": self.source,
+            "layout": self.layout,
+            "task": self.task,
+            "classes": self.classes,
+            "counts": counts,
+            "n_skipped": len(self.skipped),
+            "skipped": self.skipped,
+            "target_stats": self.target_stats,
+        }
+
+
+def _is_hidden(p: Path) -> bool:
+    return p.name.startswith(".")
+
+
+def _audit(paths: list[Path]) -> tuple[list[Path], list[dict[str, str]]]:
+    """Decode every file; return the good ones (order kept) and the skipped ones with reasons."""
+
+    def check(p: Path) -> str | None:
+        try:
+            load_image(p)
+            return None
+        except BadImage as e:
+            return e.reason
+
+    with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 2) * 2)) as pool:
+        reasons = list(pool.map(check, paths))
+    good = [p for p, r in zip(paths, reasons) if r is None]
+    bad = [{"path": str(p), "reason": r} for p, r in zip(paths, reasons) if r is not None]
+    return good, bad
+
+
+def _class_dirs(root: Path) -> list[Path]:
+    return sorted(d for d in root.iterdir() if d.is_dir() and not _is_hidden(d))
+
+
+def _files(d: Path) -> list[Path]:
+    return sorted(p for p in d.rglob("*") if p.is_file() and not _is_hidden(p))
+
+
+def _scan_class_tree(root: Path) -> tuple[dict[str, list[Path]], list[dict[str, str]]]:
+    dirs = _class_dirs(root)
+    stray = [p for p in root.iterdir() if p.is_file() and not _is_hidden(p)]
+    skipped = [{"path": str(p), "reason": "file outside any class folder"} for p in stray]
+    per_class: dict[str, list[Path]] = {}
+    for d in dirs:
+        good, bad = _audit(_files(d))
+        skipped += bad
+        if not good:
+            raise DataError(f"class folder {str(d)!r} has no usable images ({len(bad)} skipped)")
+        per_class[d.name] = good
+    return per_class, skipped
+
+
+def _check_classes(classes: list[str], where: str) -> None:
+    if not classes:
+        raise DataError(f"no class folders found in {where!r}: expected <class>/<image> folders")
+    if len(classes) < 2:
+        raise DataError(
+            f"only one class ({classes[0]!r}) found in {where!r}: classification needs at least 2"
+        )
+
+
+def stratified_split(
+    per_class: dict[str, list[Path]], val_fraction: float, test_fraction: float, seed: int
+) -> dict[str, dict[str, list[Path]]]:
+    """Per class: shuffle with ``seed``, then cut test and val; train keeps at least one item."""
+    out: dict[str, dict[str, list[Path]]] = {"train": {}, "val": {}, "test": {}}
+    for name, items in per_class.items():
+        items = list(items)
+        random.Random(f"{seed}:{name}").shuffle(items)
+        n = len(items)
+        n_test = min(n - 1, math.floor(n * test_fraction + 0.5)) if test_fraction > 0 else 0
+        n_val = min(n - 1 - n_test, math.floor(n * val_fraction + 0.5)) if val_fraction > 0 else 0
+        if val_fraction > 0 and n_val == 0 and n - n_test >= 2:
+            n_val = 1
+        out["test"][name] = items[:n_test]
+        out["val"][name] = items[n_test : n_test + n_val]
+        out["train"][name] = items[n_test + n_val :]
+    return out
+
+
+def _from_folders(
+    root: Path, val_fraction: float, test_fraction: float, seed: int
+) -> DataSpec:
+    children = {d.name.lower(): d for d in _class_dirs(root)}
+    split_dirs = {SPLIT_ALIASES[k]: d for k, d in children.items() if k in SPLIT_ALIASES}
+    if "train" in split_dirs and len(split_dirs) >= 2:
+        layout = "split-folders"
+        extra = sorted(set(children) - set(SPLIT_ALIASES))
+        if extra:
+            raise DataError(
+                f"{str(root)!r} mixes split folders with other folders ({', '.join(extra)}); "
+                "use <root>/<split>/<class>/ or <root>/<class>/"
+            )
+        per_split: dict[str, dict[str, list[Path]]] = {}
+        skipped: list[dict[str, str]] = []
+        for split, d in split_dirs.items():
+            per_split[split], bad = _scan_class_tree(d)
+            skipped += bad
+        classes = sorted(per_split["train"])
+        _check_classes(classes, str(split_dirs["train"]))
+        for split, per_class in per_split.items():
+            unknown = sorted(set(per_class) - set(classes))
+            if unknown:
+                raise DataError(
+                    f"class folder {str(split_dirs[split] / unknown[0])!r} is in {split} but not in "
+                    f"train; every class needs training images"
+                )
+    else:
+        layout = "class-folders"
+        per_class, skipped = _scan_class_tree(root)
+        classes = sorted(per_class)
+        _check_classes(classes, str(root))
+        per_split = stratified_split(per_class, val_fraction, test_fraction, seed)
+        if not any(per_split["val"].values()):
+            raise DataError(f"val_fraction={val_fraction} leaves no validation images")
+    index = {c: i for i, c in enumerate(classes)}
+    splits = {
+        split: [(str(p), float(index[c])) for c in sorted(pc) for p in pc[c]]
+        for split, pc in per_split.items()
+        if any(pc.values())
+    }
+    return DataSpec("classification", classes, splits, layout, str(root), skipped)
+
+
+def _from_csv(
+    csv_path: Path,
+    task: str,
+    path_column: str,
+    label_column: str,
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+) -> DataSpec:
+    try:
+        with csv_path.open(newline="", encoding="utf-8-sig") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise DataError(f"cannot read CSV {str(csv_path)!r}: {e}") from None
+    if not rows:
+        raise DataError(f"CSV {str(csv_path)!r} has no rows")
+    for col in (path_column, label_column):
+        if col not in rows[0]:
+            raise DataError(
+                f"CSV {str(csv_path)!r} has no column {col!r} (columns: {', '.join(rows[0])}); "
+                f"set data.path_column / data.label_column"
+            )
+    base = csv_path.parent
+    skipped: list[dict[str, str]] = []
+    entries: list[tuple[Path, str, str | None]] = []
+    for i, row in enumerate(rows, start=2):
+        raw_path, label = (row.get(path_column) or "").strip(), (row.get(label_column) or "").strip()
+        if not raw_path or not label:
+            skipped.append({"path": f"{csv_path}:{i}", "reason": "empty path or label"})
+            continue
+        p = Path(raw_path)
+        p = p if p.is_absolute() else base / p
+        split = (row.get("split") or "").strip().lower() or None
+        if split is not None and split not in SPLIT_ALIASES:
+            raise DataError(f"{csv_path}:{i}: unknown split {split!r}; use train, val or test")
+        entries.append((p, label, SPLIT_ALIASES[split] if split else None))
+    good, bad = _audit([p for p, _, _ in entries])
+    skipped += bad
+    good_set = {str(p) for p in good}
+    entries = [e for e in entries if str(e[0]) in good_set]
+    if task == "regression":
+        try:
+            targets = [float(lab) for _, lab, _ in entries]
+        except ValueError:
+            bad_label = next(lab for _, lab, _ in entries if not _is_float(lab))
+            raise DataError(
+                f"task is regression but label {bad_label!r} in {str(csv_path)!r} is not a number"
+            ) from None
+        by_path = {str(p): t for (p, _, _), t in zip(entries, targets)}
+        classes: list[str] = []
+    else:
+        classes = sorted({lab for _, lab, s in entries if s in (None, "train")})
+        _check_classes(classes, str(csv_path))
+        unknown = sorted({lab for _, lab, s in entries if s in ("val", "test")} - set(classes))
+        if unknown:
+            raise DataError(f"label {unknown[0]!r} in {str(csv_path)!r} appears in val/test only")
+        index = {c: i for i, c in enumerate(classes)}
+        by_path = {str(p): float(index[lab]) for p, lab, _ in entries}
+    has_split_col = any(s is not None for _, _, s in entries)
+    if has_split_col:
+        splits = {
+            s: [(str(p), by_path[str(p)]) for p, _, sp in entries if sp == s]
+            for s in ("train", "val", "test")
+        }
+    else:
+        keys = {"all": [p for p, _, _ in entries]} if task == "regression" else {
+            c: [p for p, lab, _ in entries if lab == c] for c in classes
+        }
+        parts = stratified_split(keys, val_fraction, test_fraction, seed)
+        splits = {
+            s: [(str(p), by_path[str(p)]) for group in pc.values() for p in group]
+            for s, pc in parts.items()
+        }
+    splits = {s: items for s, items in splits.items() if items}
+    for s in ("train", "val"):
+        if s not in splits:
+            raise DataError(f"CSV {str(csv_path)!r} gives no {s} examples")
+    spec = DataSpec(task, classes, splits, "csv", str(csv_path), skipped)
+    if task == "regression":
+        ys = [t for _, t in splits["train"]]
+        mean = sum(ys) / len(ys)
+        std = math.sqrt(sum((y - mean) ** 2 for y in ys) / max(1, len(ys) - 1)) or 1.0
+        spec.target_stats = {"mean": mean, "std": std}
+    return spec
+
+
+def _is_float(s: str) -> bool:
+    try:
+        float(s)
+        return True
+    except ValueError:
+        return False
+
+
+def discover(
+    path: str | Path,
+    *,
+    task: str = "classification",
+    val_fraction: float = 0.2,
+    test_fraction: float = 0.0,
+    seed: int = 0,
+    path_column: str = "path",
+    label_column: str = "label",
+) -> DataSpec:
+    """Find, audit and split the data at ``path``. Raises :class:`DataError` with a clear line."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise DataError(f"data path {str(p)!r} does not exist")
+    if p.is_file():
+        if p.suffix.lower() != ".csv":
+            raise DataError(f"data path {str(p)!r} is a file but not a CSV manifest")
+        return _from_csv(p, task, path_column, label_column, val_fraction, test_fraction, seed)
+    if task == "regression":
+        raise DataError("task: regression needs a CSV manifest with a numeric target column")
+    return _from_folders(p, val_fraction, test_fraction, seed)
+
+
+def discover_eval(
+    path: str | Path,
+    classes: list[str],
+    *,
+    task: str = "classification",
+    split: str | None = None,
+    path_column: str = "path",
+    label_column: str = "label",
+) -> tuple[list[tuple[str, float]], list[dict[str, str]], str]:
+    """Labeled examples to evaluate a trained run on, with the run's own label map.
+
+    A folder with split subfolders uses ``split`` (default: test if present, else val); a folder of
+    class folders or a CSV is used whole (a CSV ``split`` column is honoured when ``split`` is set).
+    Returns ``(items, skipped, split_used)``.
+    """
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise DataError(f"data path {str(p)!r} does not exist")
+    index = {c: i for i, c in enumerate(classes)}
+    if p.is_file():
+        return _eval_csv(p, index, task, split, path_column, label_column)
+    children = {d.name.lower(): d for d in _class_dirs(p)}
+    split_dirs = {SPLIT_ALIASES[k]: d for k, d in children.items() if k in SPLIT_ALIASES}
+    used = "all"
+    if split_dirs:
+        used = split or ("test" if "test" in split_dirs else "val" if "val" in split_dirs else "train")
+        if used not in split_dirs:
+            raise DataError(f"{str(p)!r} has no {used!r} split folder ({', '.join(split_dirs)})")
+        p = split_dirs[used]
+    elif split:
+        raise DataError(f"{str(p)!r} has no split folders; drop --split to use it whole")
+    if task == "regression":
+        raise DataError("a regression run is evaluated on a CSV manifest, not a folder")
+    per_class, skipped = _scan_class_tree(p)
+    for name in per_class:
+        if name not in index:
+            raise DataError(
+                f"class folder {str(p / name)!r} is not a class of this run ({', '.join(classes)})"
+            )
+    items = [(str(f), float(index[c])) for c in sorted(per_class) for f in per_class[c]]
+    return items, skipped, used
+
+
+def _eval_csv(
+    p: Path, index: dict[str, int], task: str, split: str | None, path_column: str,
+    label_column: str,
+) -> tuple[list[tuple[str, float]], list[dict[str, str]], str]:
+    try:
+        with p.open(newline="", encoding="utf-8-sig") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise DataError(f"cannot read CSV {str(p)!r}: {e}") from None
+    if not rows or path_column not in rows[0] or label_column not in rows[0]:
+        raise DataError(f"CSV {str(p)!r} needs columns {path_column!r} and {label_column!r}")
+    if split:
+        rows = [r for r in rows if SPLIT_ALIASES.get((r.get("split") or "").lower()) == split]
+        if not rows:
+            raise DataError(f"CSV {str(p)!r} has no rows with split {split!r}")
+    entries: list[tuple[Path, float]] = []
+    for i, r in enumerate(rows, start=2):
+        label = (r[label_column] or "").strip()
+        f = Path(r[path_column].strip())
+        f = f if f.is_absolute() else p.parent / f
+        if task == "regression":
+            if not _is_float(label):
+                raise DataError(f"{p}:{i}: target {label!r} is not a number")
+            entries.append((f, float(label)))
+        else:
+            if label not in index:
+                raise DataError(f"{p}:{i}: label {label!r} is not a class of this run")
+            entries.append((f, float(index[label])))
+    good, skipped = _audit([f for f, _ in entries])
+    ok = {str(g) for g in good}
+    return [(str(f), t) for f, t in entries if str(f) in ok], skipped, split or "all"

@@ -1,0 +1,112 @@
+"""The run directory: the one artifact everything downstream reads.
+
+    RUN_DIR/
+      config.yaml             the fully resolved config
+      meta.json               labels, preprocessing, model, strategy, versions, data fingerprint
+      model.safetensors       the best weights (backbone + head), written atomically
+      metrics.json            final train/val/test metrics
+      history.jsonl           one line per epoch
+      data_report.json        counts per split/class, skipped files with reasons
+      checkpoints/last.safetensors   resumable state (weights, optimizer, scheduler, counters)
+      eval/<name>/metrics.json       `graft evaluate` results
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from .errors import GraftError
+
+CONFIG, META, WEIGHTS, METRICS, HISTORY, DATA_REPORT = (
+    "config.yaml", "meta.json", "model.safetensors", "metrics.json", "history.jsonl",
+    "data_report.json",
+)
+STATE = "checkpoints/last.safetensors"
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Atomic JSON write (temp file + rename), so readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f, indent=2, default=_json_default)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def _json_default(o: Any) -> Any:
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text())
+
+
+def versions() -> dict[str, str]:
+    import timm
+    import torch
+    import torchvision
+
+    from . import __version__
+
+    return {"graftkit": __version__, "python": platform.python_version(), "torch": torch.__version__,
+            "torchvision": torchvision.__version__, "timm": timm.__version__,
+            "platform": platform.platform()}
+
+
+def prepare_out_dir(out: Path, overwrite: bool) -> None:
+    """Refuse to write into a non-empty folder unless asked; never wipe a folder we did not make."""
+    if out.exists() and not out.is_dir():
+        raise GraftError(f"--out {str(out)!r} is a file, not a folder")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise GraftError(
+                f"--out {str(out)!r} is not empty; pass --overwrite to replace that run, "
+                "--resume to continue it, or choose another folder"
+            )
+        if not (out / META).is_file():
+            raise GraftError(
+                f"refusing to overwrite {str(out)!r}: it is not a graft run directory (no {META})"
+            )
+        for name in (CONFIG, META, WEIGHTS, METRICS, HISTORY, DATA_REPORT, STATE):
+            (out / name).unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def default_out(model: str, strategy: str) -> Path:
+    import time
+
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{stamp}-{model}-{strategy}"
+
+
+def safe_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "data"
+
+
+def truncate_history(path: Path, last_epoch: int) -> None:
+    """Drop history lines after ``last_epoch`` (written before a kill, redone on resume)."""
+    if not path.is_file():
+        return
+    keep = [ln for ln in path.read_text().splitlines() if ln.strip()
+            and json.loads(ln)["epoch"] <= last_epoch]
+    path.write_text("".join(ln + "\n" for ln in keep))
+
+
+def check_run_dir(path: str | Path) -> Path:
+    p = Path(path).expanduser()
+    if not p.is_dir():
+        raise GraftError(f"run directory {str(p)!r} does not exist")
+    if not (p / META).is_file():
+        raise GraftError(f"{str(p)!r} is not a graft run directory (no {META})")
+    return p

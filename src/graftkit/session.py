@@ -1,0 +1,206 @@
+"""One training session: the config turned into components, run, and written to the run directory.
+
+``build_session`` is the only place that reads the config tree; every component below it gets
+plain values.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import run as rd
+from .config import Config, to_yaml
+from .data.sources import DataSpec, discover
+from .models.vision import TimmAdapter, create_model, resolve_arch
+from .strategies import STRATEGIES, Stage, StrategyParams
+from .train import hooks as H
+from .train.checkpoint import load_weights, read_state_info
+from .train.device import resolve_channels_last, resolve_device, resolve_precision
+from .train.loop import LoopData, LoopSettings, features_for, fit, predict_batches, score
+from .train.losses import LossFn, auto_class_weights, build_loss
+from .train.progress import Reporter
+
+
+@dataclass
+class Session:
+    cfg: Config
+    out: Path
+    spec: DataSpec
+    model: TimmAdapter
+    stages: list[Stage]
+    loss_fn: LossFn
+    settings: LoopSettings
+    data: LoopData
+    reporter: Reporter
+    resume_info: dict[str, Any] | None = None
+
+    def fit(self) -> None:
+        metric = self.settings.monitor
+        hooks: list[H.Hook] = [H.BestCheckpoint(self.out / rd.WEIGHTS, metric,
+                                                self.cfg.train.early_stop.min_delta)]
+        if self.cfg.train.early_stop.patience:
+            hooks.append(H.EarlyStopping(self.cfg.train.early_stop.patience))
+        hooks += [H.History(self.out / rd.HISTORY), H.StateCheckpoint(self.out / rd.STATE)]
+        state = fit(self.model, self.stages, self.loss_fn, self.settings, self.data, hooks,
+                    self.reporter, self.out / rd.STATE if self.resume_info else None,
+                    self.resume_info)
+        self.best_value, self.best_epoch, self.stop_reason = (
+            state.best, state.best_epoch, state.stop_reason)
+
+    def mark(self, status: str, seconds: float) -> None:
+        meta = rd.read_json(self.out / rd.META)
+        meta["status"] = status
+        meta["train_time_s"] = meta.get("train_time_s", 0.0) + seconds
+        rd.write_json(self.out / rd.META, meta)
+
+    def finish(self, seconds: float) -> None:
+        """Reload the best weights, score every split, write metrics.json and the final meta."""
+        load_weights(self.model, self.out / rd.WEIGHTS)
+        self.model.eval()
+        s, unchanged = self.settings, all(st.head_only for st in self.stages)
+        metrics: dict[str, Any] = {"monitor": s.monitor, "best_epoch": (self.best_epoch or 0) + 1}
+        for split, items in self.spec.splits.items():
+            # A backbone that never trained hits the feature cache: scoring costs the head only.
+            feats = features_for(self.model, items, split, self.data, s, self.reporter,
+                                 mode=s.feature_cache if unchanged else "off")
+            loader = torch.utils.data.DataLoader(feats, batch_size=256)
+            metrics[split] = score(*predict_batches(self.model.head, loader, s), self.loss_fn, s)
+        rd.write_json(self.out / rd.METRICS, metrics)
+        meta = rd.read_json(self.out / rd.META)
+        meta.update(status="completed", best_epoch=metrics["best_epoch"],
+                    best_value=self.best_value, stop_reason=self.stop_reason,
+                    train_time_s=meta.get("train_time_s", 0.0) + seconds)
+        rd.write_json(self.out / rd.META, meta)
+        self._summary(metrics, meta["train_time_s"])
+
+    def _summary(self, metrics: dict[str, Any], seconds: float) -> None:
+        keys = ["rmse", "mae", "r2"] if self.cfg.task == "regression" else [
+            "accuracy", "macro_f1"]
+        for split in ("train", "val", "test"):
+            if split in metrics:
+                vals = "  ".join(f"{k} {metrics[split][k]:.4f}" for k in keys)
+                self.reporter.line(f"  {split:<5} {vals}  (n={metrics[split]['n']})")
+        self.reporter.line(f"[bold green]done[/] in {seconds:.0f}s; best epoch "
+                           f"{metrics['best_epoch']}; run directory: {self.out}")
+
+
+def _stages(cfg: Config) -> list[Stage]:
+    strat = STRATEGIES.get(cfg.strategy.name)
+    params = StrategyParams(cfg.strategy.n_blocks, cfg.strategy.probe_epochs,
+                            cfg.strategy.probe_lr, cfg.strategy.unfreeze_every)
+    return strat.plan(cfg.train.epochs or strat.default_epochs, cfg.optim.lr or strat.default_lr,
+                      params)
+
+
+def _loss(cfg: Config, spec: DataSpec) -> LossFn:
+    name = cfg.loss.name or ("mse" if cfg.task == "regression" else "cross_entropy")
+    weights = None
+    if cfg.task == "classification":
+        k = len(spec.classes)
+        if cfg.loss.class_weights == "auto":
+            weights = auto_class_weights([int(t) for _, t in spec.splits["train"]], k)
+        elif isinstance(cfg.loss.class_weights, list):
+            if len(cfg.loss.class_weights) != k:
+                from .errors import ConfigError
+
+                raise ConfigError(f"config key 'loss.class_weights': {len(cfg.loss.class_weights)}"
+                                  f" weights for {k} classes ({', '.join(spec.classes)})")
+            weights = torch.tensor(cfg.loss.class_weights, dtype=torch.float32)
+    return build_loss(name, class_weights=weights, label_smoothing=cfg.loss.label_smoothing,
+                      focal_gamma=cfg.loss.focal_gamma, huber_delta=cfg.loss.huber_delta)
+
+
+def build_session(cfg: Config, out: Path, quiet: bool = False, resuming: bool = False) -> Session:
+    from .api import monitor_metric
+
+    reporter = Reporter(quiet)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    torch.manual_seed(cfg.train.seed)
+    device = resolve_device(cfg.train.device)
+    amp = resolve_precision(cfg.train.precision, device)
+    d = cfg.data
+    reporter.line(f"[bold]data[/] {d.path}")
+    spec = discover(d.path or "", task=cfg.task, val_fraction=d.val_fraction,
+                    test_fraction=d.test_fraction, seed=d.split_seed, path_column=d.path_column,
+                    label_column=d.label_column)
+    report = spec.report()
+    rd.write_json(out / rd.DATA_REPORT, report)
+    reporter.line(_data_line(spec))
+    for item in spec.skipped[:5]:
+        reporter.warn(f"skipped {item['path']}: {item['reason']}")
+    if len(spec.skipped) > 5:
+        reporter.warn(f"... {len(spec.skipped) - 5} more skipped; see {out / rd.DATA_REPORT}")
+    n_out = 1 if cfg.task == "regression" else len(spec.classes)
+    m = cfg.model
+    reporter.line(f"[bold]model[/] {m.name}  [bold]strategy[/] {cfg.strategy.name}")
+    model = create_model(m.name, n_out, pretrained=m.pretrained and not resuming,
+                         weights=None if resuming else m.weights, dropout=m.dropout,
+                         image_size=m.image_size)
+    stages = _stages(cfg)
+    ts = spec.target_stats
+    settings = LoopSettings(
+        task=cfg.task, classes=spec.classes, batch_size=d.batch_size, num_workers=d.num_workers,
+        augment=cfg.train.augment, optimizer=cfg.optim.name, weight_decay=cfg.optim.weight_decay,
+        momentum=cfg.optim.momentum, nesterov=cfg.optim.nesterov,
+        layer_decay=cfg.strategy.layer_decay, schedule=cfg.optim.schedule,
+        warmup_epochs=cfg.optim.warmup_epochs, step_size=cfg.optim.step_size,
+        gamma=cfg.optim.gamma, grad_clip=cfg.train.grad_clip, accumulate=cfg.train.accumulate,
+        mixup=cfg.train.mixup, cutmix=cfg.train.cutmix, monitor=monitor_metric(cfg),
+        seed=cfg.train.seed, device=device, amp_dtype=amp,
+        channels_last=resolve_channels_last(cfg.train.channels_last, device),
+        feature_cache=cfg.train.feature_cache, freeze_bn=cfg.train.freeze_bn, topk=cfg.train.topk,
+        target_mean=ts.get("mean", 0.0), target_std=ts.get("std", 1.0),
+    )
+    data = LoopData(spec.splits["train"], spec.splits["val"], model.data_config,
+                    spec.fingerprint())
+    resume_info = None
+    if resuming:
+        resume_info = read_state_info(out / rd.STATE)
+        rd.truncate_history(out / rd.HISTORY, resume_info["epoch"] + 1)
+        reporter.line(f"resuming after epoch {resume_info['epoch'] + 1}")
+        meta = rd.read_json(out / rd.META)
+        if meta["data"]["fingerprint"] != data.fingerprint:
+            reporter.warn("the data changed since this run started; resuming on the new data")
+    else:
+        (out / rd.CONFIG).write_text(to_yaml(cfg))
+        rd.write_json(out / rd.META, _meta(cfg, spec, model, stages, data.fingerprint, settings))
+    return Session(cfg, out, spec, model, stages, _loss(cfg, spec), settings, data, reporter,
+                   resume_info)
+
+
+def _data_line(spec: DataSpec) -> str:
+    counts = ", ".join(f"{s} {len(v)}" for s, v in spec.splits.items())
+    what = f"{len(spec.classes)} classes" if spec.task == "classification" else "regression"
+    return f"  {spec.layout}: {what}; {counts}; {len(spec.skipped)} files skipped"
+
+
+def _meta(cfg: Config, spec: DataSpec, model: TimmAdapter, stages: list[Stage], fingerprint: str,
+          s: LoopSettings) -> dict[str, Any]:
+    return {
+        "format": 1,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "status": "running",
+        "task": cfg.task,
+        "classes": spec.classes,
+        "num_outputs": 1 if cfg.task == "regression" else len(spec.classes),
+        "target_stats": spec.target_stats,
+        "model": {"name": cfg.model.name, "arch": resolve_arch(cfg.model.name),
+                  "dropout": cfg.model.dropout, "num_features": model.num_features,
+                  "total_params": sum(p.numel() for p in model.parameters()),
+                  "weights": cfg.model.weights, "pretrained": cfg.model.pretrained},
+        "preprocessing": model.data_config.to_dict(),
+        "strategy": cfg.strategy.name,
+        "stages": [{"name": st.name, "epochs": st.epochs, "lr": st.lr} for st in stages],
+        "monitor": s.monitor,
+        "data": {"source": spec.source, "layout": spec.layout, "fingerprint": fingerprint,
+                 "counts": {k: len(v) for k, v in spec.splits.items()}},
+        "device": str(s.device),
+        "precision": str(s.amp_dtype).replace("torch.", "") if s.amp_dtype else "fp32",
+        "versions": rd.versions(),
+    }

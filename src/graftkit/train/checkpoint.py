@@ -1,0 +1,112 @@
+"""Checkpoints in safetensors (never pickle), written atomically.
+
+The resumable training state is ONE file: model weights, optimizer tensors, and the rest (epoch,
+stage, scheduler, best metric, optimizer hyper-parameters) as JSON in the safetensors metadata.
+One file replaced with ``os.replace`` means a run killed at any instant leaves either the previous
+state or the new one, never a mix.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, safe_open, save_file
+
+
+def atomic_save(tensors: dict[str, torch.Tensor], path: str | Path, meta: dict[str, str] | None = None) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=meta)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save_weights(model: torch.nn.Module, path: str | Path) -> None:
+    atomic_save(model.state_dict(), path)
+
+
+def load_weights(model: torch.nn.Module, path: str | Path) -> None:
+    model.load_state_dict(load_file(str(path)), strict=True)
+
+
+def _split_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    sd = opt.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for idx, st in sd["state"].items():
+        for k, v in st.items():
+            if isinstance(v, torch.Tensor):
+                tensors[f"optim.{idx}.{k}"] = v
+            else:
+                scalars.setdefault(str(idx), {})[k] = v
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def _join_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {}
+    for key, v in tensors.items():
+        if key.startswith("optim."):
+            _, idx, k = key.split(".", 2)
+            state.setdefault(int(idx), {})[k] = v
+    for idx, st in meta["scalars"].items():
+        state.setdefault(int(idx), {}).update(st)
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def save_state(
+    path: str | Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    info: dict[str, Any],
+) -> None:
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    opt_tensors, opt_meta = _split_optimizer(optimizer)
+    tensors.update(opt_tensors)
+    sched = {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"}
+    meta = {"info": json.dumps(info), "optimizer": json.dumps(opt_meta),
+            "scheduler": json.dumps(sched)}
+    atomic_save(tensors, path, meta)
+
+
+def read_state_info(path: str | Path) -> dict[str, Any]:
+    with safe_open(str(path), framework="pt") as f:
+        return json.loads(f.metadata()["info"])
+
+
+def load_model_state(path: str | Path, model: torch.nn.Module) -> None:
+    """Only the model weights of a resumable state file."""
+    with safe_open(str(path), framework="pt") as f:
+        sd = {k[len("model."):]: f.get_tensor(k) for k in f.keys() if k.startswith("model.")}
+    model.load_state_dict(sd, strict=True)
+
+
+def load_state(
+    path: str | Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+) -> dict[str, Any]:
+    tensors = load_file(str(path))
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+    model.load_state_dict(
+        {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}, strict=True
+    )
+    optimizer.load_state_dict(_join_optimizer(tensors, json.loads(meta["optimizer"])))
+    sched = scheduler.state_dict()
+    sched.update(json.loads(meta["scheduler"]))
+    scheduler.load_state_dict(sched)
+    return json.loads(meta["info"])

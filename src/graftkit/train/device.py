@@ -1,0 +1,41 @@
+"""Device, precision and memory-format choices, resolved once from the config's ``auto``."""
+
+from __future__ import annotations
+
+import torch
+
+from ..errors import ConfigError
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("config key 'train.device': cuda requested but no CUDA GPU is available")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("config key 'train.device': mps requested but not available here")
+    return torch.device(name)
+
+
+def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype, or None for plain fp32. ``auto``: bf16 on GPUs that support it, fp16 on
+    older CUDA GPUs, fp32 on CPU (CPU autocast is rarely faster and changes the numbers)."""
+    if name == "fp32":
+        return None
+    if name == "bf16":
+        return torch.bfloat16
+    if name == "fp16":
+        if device.type == "cpu":
+            raise ConfigError("config key 'train.precision': fp16 needs a GPU; use bf16 or fp32")
+        return torch.float16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return None
+
+
+def resolve_channels_last(name: str, device: torch.device) -> bool:
+    return name == "on" or (name == "auto" and device.type == "cuda")

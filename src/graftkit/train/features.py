@@ -1,0 +1,83 @@
+"""Backbone features computed once and cached, for head-only training (linear probe, LP-FT's
+first stage). The key covers everything the features depend on: the backbone's weights, the data
+(every file's path, size, mtime) and the preprocessing, so a stale cache cannot be hit.
+
+``memory`` keeps them for this process (a search reuses them across trials); ``disk`` also stores
+them as safetensors under ``$GRAFT_CACHE_DIR`` (default ``~/.cache/graftkit``)/features.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from torch.utils.data import DataLoader, Dataset
+
+from .checkpoint import atomic_save
+
+_MEMORY: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("GRAFT_CACHE_DIR", Path.home() / ".cache" / "graftkit")) / "features"
+
+
+def weights_digest(module: torch.nn.Module) -> str:
+    h = hashlib.sha256()
+    for k, v in module.state_dict().items():
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def cache_key(backbone_digest: str, data_fingerprint: str, transform: object, split: str) -> str:
+    raw = f"{backbone_digest}|{data_fingerprint}|{transform!r}|{split}"
+    return hashlib.sha256(raw.encode()).hexdigest()[:24]
+
+
+@torch.no_grad()
+def extract(
+    features: Callable[[torch.Tensor], torch.Tensor],
+    dataset: Dataset,
+    batch_size: int,
+    device: torch.device,
+    num_workers: int = 0,
+    on_batch: Callable[[int], None] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run ``features`` over ``dataset`` in order -> ``(feats (N, F) float32, targets (N,))``."""
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    feats, targets = [], []
+    for x, y in loader:
+        feats.append(features(x.to(device)).float().cpu())
+        targets.append(y)
+        if on_batch:
+            on_batch(len(y))
+    return torch.cat(feats), torch.cat(targets)
+
+
+def cached_extract(
+    key: str,
+    mode: str,
+    compute: Callable[[], tuple[torch.Tensor, torch.Tensor]],
+) -> tuple[tuple[torch.Tensor, torch.Tensor], str]:
+    """Return the features for ``key`` and where they came from: memory, disk or computed."""
+    if mode != "off" and key in _MEMORY:
+        return _MEMORY[key], "memory"
+    path = cache_dir() / f"{key}.safetensors"
+    if mode == "disk" and path.is_file():
+        try:
+            t = load_file(str(path))
+            _MEMORY[key] = (t["features"], t["targets"])
+            return _MEMORY[key], "disk"
+        except Exception:  # noqa: BLE001 - a corrupt cache file is recomputed, not fatal
+            path.unlink(missing_ok=True)
+    result = compute()
+    if mode != "off":
+        _MEMORY[key] = result
+    if mode == "disk":
+        atomic_save({"features": result[0], "targets": result[1]}, path)
+    return result, "computed"

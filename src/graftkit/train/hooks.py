@@ -1,0 +1,113 @@
+"""Hooks: small pieces of behaviour the training loop calls on a short list of events.
+
+Events (in order): ``on_stage_start(state)``, ``on_epoch_end(state, record)`` after validation,
+``on_train_end(state)``. A hook may set ``state.stop = True`` to end training after this epoch.
+Hooks run in list order; ``BestCheckpoint`` must come before ``StateCheckpoint`` so the saved
+state knows the best value.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from ..evaluate.metrics import is_better
+from .checkpoint import save_state, save_weights
+
+
+@dataclass
+class LoopState:
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer | None = None
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+    stage_index: int = 0
+    stage_epoch: int = -1  # last completed epoch within the stage
+    epoch: int = -1  # last completed epoch overall
+    step: int = 0
+    best: float | None = None
+    best_epoch: int | None = None
+    bad_epochs: int = 0
+    stop: bool = False
+    stop_reason: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "stage_index": self.stage_index, "stage_epoch": self.stage_epoch, "epoch": self.epoch,
+            "step": self.step, "best": self.best, "best_epoch": self.best_epoch,
+            "bad_epochs": self.bad_epochs, "stop": self.stop, "stop_reason": self.stop_reason,
+        }
+
+
+class Hook(Protocol):
+    def on_stage_start(self, state: LoopState) -> None: ...
+    def on_epoch_end(self, state: LoopState, record: dict[str, Any]) -> None: ...
+    def on_train_end(self, state: LoopState) -> None: ...
+
+
+class BaseHook:
+    def on_stage_start(self, state: LoopState) -> None:
+        pass
+
+    def on_epoch_end(self, state: LoopState, record: dict[str, Any]) -> None:
+        pass
+
+    def on_train_end(self, state: LoopState) -> None:
+        pass
+
+
+class History(BaseHook):
+    """Appends one JSON line per epoch to ``history.jsonl``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def on_epoch_end(self, state: LoopState, record: dict[str, Any]) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+class BestCheckpoint(BaseHook):
+    """Keeps the weights of the best epoch (by ``metric`` on validation) in ``model.safetensors``."""
+
+    def __init__(self, path: Path, metric: str, min_delta: float = 0.0) -> None:
+        self.path, self.metric, self.min_delta = path, metric, min_delta
+
+    def on_epoch_end(self, state: LoopState, record: dict[str, Any]) -> None:
+        value = record[f"val_{self.metric}"]
+        record["best"] = is_better(value, state.best, self.metric, self.min_delta)
+        if record["best"]:
+            state.best, state.best_epoch, state.bad_epochs = value, state.epoch, 0
+            save_weights(state.model, self.path)
+        else:
+            state.bad_epochs += 1
+
+
+class EarlyStopping(BaseHook):
+    """Stops after ``patience`` epochs without improvement; the count restarts at each stage."""
+
+    def __init__(self, patience: int) -> None:
+        self.patience = patience
+
+    def on_stage_start(self, state: LoopState) -> None:
+        state.bad_epochs = 0
+
+    def on_epoch_end(self, state: LoopState, record: dict[str, Any]) -> None:
+        if state.bad_epochs >= self.patience:
+            state.stop = True
+            state.stop_reason = f"early stop: no improvement for {self.patience} epochs"
+
+
+class StateCheckpoint(BaseHook):
+    """Writes the resumable state (weights, optimizer, scheduler, counters) after every epoch."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def on_epoch_end(self, state: LoopState, record: dict[str, Any]) -> None:
+        assert state.optimizer is not None and state.scheduler is not None
+        save_state(self.path, state.model, state.optimizer, state.scheduler, state.info())

@@ -1,0 +1,61 @@
+"""User mistakes give one readable line and exit 2, never a traceback; nothing is overwritten."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from .conftest import TINY, graft
+
+pytestmark = pytest.mark.integration
+
+
+def _fails(*args: str) -> str:
+    proc = graft(*args, check=False)
+    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert lines[-1].startswith("error: ")
+    return lines[-1]
+
+
+def test_mistakes_are_one_line(tmp_path: Path, hymenoptera: Path) -> None:
+    assert "does not exist" in _fails("train", "--data", tmp_path / "nope")
+    assert "unknown model 'resnet9000'" in _fails("train", "--data", hymenoptera, "--model",
+                                                  "resnet9000")
+    assert "unknown strategy" in _fails("train", "--data", hymenoptera, "--strategy", "magic")
+    assert "'optim.lrr': unknown key" in _fails("train", "--data", hymenoptera, "optim.lrr=3")
+    assert "'train.epochs'" in _fails("train", "--data", hymenoptera, "train.epochs=-1")
+    assert "not a graft run directory" in _fails("predict", tmp_path, hymenoptera)
+    bad = tmp_path / "single"
+    (bad / "only").mkdir(parents=True)
+    (bad / "only" / "x.jpg").write_bytes((hymenoptera / "train" / "ants").glob("*.jpg")
+                                         .__next__().read_bytes())
+    assert "only one class" in _fails("train", "--data", bad)
+
+
+def test_existing_output_is_never_overwritten_silently(tmp_path: Path, small_csv: Path) -> None:
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "precious.txt").write_text("keep me")
+    assert "not empty" in _fails("train", "--data", small_csv, "--out", mine, *TINY)
+    assert "not a graft run directory" in _fails("train", "--data", small_csv, "--out", mine,
+                                                 "--overwrite", *TINY)
+    assert (mine / "precious.txt").read_text() == "keep me"
+
+
+def test_divergence_stops_and_keeps_the_last_good_checkpoint(tmp_path: Path,
+                                                             small_csv: Path) -> None:
+    out = tmp_path / "nan"
+    line = _fails("train", "--data", small_csv, "--strategy", "lp_ft", "--out", out, *TINY,
+                  "strategy.probe_epochs=2", "optim.name=sgd", "optim.lr=1e30",
+                  "train.epochs=3")
+    assert "loss became" in line and "last good checkpoint" in line
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["status"] == "diverged"
+    assert (out / "model.safetensors").is_file()  # from the probe stage
+    image = small_csv.read_text().splitlines()[1].split(",")[0]
+    pred = json.loads(graft("predict", out, image, "--json").stdout)
+    assert 0.0 <= pred[0]["prob"] <= 1.0  # the kept weights are finite and usable
