@@ -99,7 +99,9 @@ class TrainConfig(_Section):
     channels_last: Literal["auto", "on", "off"] = "auto"
     threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's)")
     feature_cache: Literal["disk", "memory", "off"] = "disk"
-    freeze_bn: bool = Field(False, description="keep BatchNorm running statistics fixed")
+    freeze_bn: bool = Field(
+        True, description="keep BatchNorm running statistics fixed while fine-tuning"
+    )
     seed: int = 0
     topk: int = Field(5, ge=1)
 

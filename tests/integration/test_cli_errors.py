@@ -52,7 +52,7 @@ def test_divergence_stops_and_keeps_the_last_good_checkpoint(tmp_path: Path,
     line = _fails("train", "--data", small_csv, "--strategy", "lp_ft", "--out", out, *TINY,
                   "strategy.probe_epochs=2", "optim.name=sgd", "optim.lr=1e30",
                   "train.epochs=3")
-    assert "loss became" in line and "last good checkpoint" in line
+    assert ("loss became" in line or "non-finite" in line) and "last good checkpoint" in line
     meta = json.loads((out / "meta.json").read_text())
     assert meta["status"] == "diverged"
     assert (out / "model.safetensors").is_file()  # from the probe stage

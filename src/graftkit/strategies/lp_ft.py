@@ -20,5 +20,5 @@ def plan(epochs: int, lr: float, p: StrategyParams) -> list[Stage]:
 
 
 STRATEGIES.register("lp_ft", "linear probe, then full fine-tune from that head (Kumar et al.)")(
-    Strategy(plan, default_epochs=5, default_lr=3e-5)
+    Strategy(plan, default_epochs=5, default_lr=1e-5)
 )

@@ -67,7 +67,7 @@ class LoopSettings:
     amp_dtype: torch.dtype | None = None
     channels_last: bool = False
     feature_cache: str = "disk"
-    freeze_bn: bool = False
+    freeze_bn: bool = True
     topk: int = 5
     target_mean: float = 0.0  # regression targets are standardised for training
     target_std: float = 1.0
@@ -335,7 +335,12 @@ def fit(
             finally:
                 reporter.stop()
             model.eval()
-            val = score(*predict_batches(batches.forward, batches.loader("val"), s), loss_fn, s)
+            outputs, targets = predict_batches(batches.forward, batches.loader("val"), s)
+            if not torch.isfinite(outputs).all():  # the last step can blow up the weights
+                raise TrainingDiverged(
+                    f"validation outputs became non-finite after epoch {state.epoch + 2}: lower "
+                    "optim.lr or set train.grad_clip; the last good checkpoint is kept")
+            val = score(outputs, targets, loss_fn, s)
             state.epoch, state.stage_epoch = state.epoch + 1, e
             record = {"epoch": state.epoch + 1, "stage": stage.name, "stage_epoch": e + 1,
                       "trainable_params": trainable, "unfrozen_blocks": min(n_blocks, 10**3),

@@ -1,0 +1,88 @@
+"""Resume reaches the same weights as an uninterrupted run; the demo and the Python API work."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from .conftest import TINY, graft, read_history
+
+pytestmark = pytest.mark.integration
+
+ARGS = ["--strategy", "gradual", "--epochs", "4", "strategy.unfreeze_every=1", *TINY,
+        "train.augment=light", "optim.warmup_epochs=1", "optim.schedule=cosine"]
+
+
+def _same_weights(a: Path, b: Path) -> None:
+    wa, wb = load_file(str(a)), load_file(str(b))
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert (wa[k] == wb[k]).all(), f"{k} differs"
+
+
+def test_killed_run_resumes_to_the_same_weights(small_csv: Path, tmp_path: Path) -> None:
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    graft("train", "--data", small_csv, "--out", full, *ARGS)
+    # Start the same run and kill it (SIGKILL: no chance to clean up) once epoch 2 is on disk.
+    proc = subprocess.Popen([sys.executable, "-m", "graftkit.cli.main", "train", "--data",
+                             str(small_csv), "--out", str(cut), *ARGS],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        hist = cut / "history.jsonl"
+        if hist.is_file() and len(hist.read_text().splitlines()) >= 2:
+            os.kill(proc.pid, signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert json.loads((cut / "meta.json").read_text())["status"] == "running"
+    assert len(read_history(cut)) < 4
+    graft("train", "--resume", cut)
+    assert [h["epoch"] for h in read_history(cut)] == [1, 2, 3, 4]
+    _same_weights(full / "checkpoints" / "last.safetensors", cut / "checkpoints" / "last.safetensors")
+    _same_weights(full / "model.safetensors", cut / "model.safetensors")
+    a = [h["val_loss"] for h in read_history(full)]
+    b = [h["val_loss"] for h in read_history(cut)]
+    assert a == b
+    assert json.loads((cut / "meta.json").read_text())["status"] == "completed"
+    assert "already completed" in graft("train", "--resume", cut, check=False).stderr
+
+
+def test_python_api_mirrors_the_cli(small_csv: Path, tmp_path: Path) -> None:
+    import graftkit
+
+    run = graftkit.finetune(data=small_csv, model="test_efficientnet", strategy="last_n",
+                            epochs=1, out=tmp_path / "api", quiet=True,
+                            overrides={"model.pretrained": False, "model.image_size": 64})
+    assert isinstance(run, graftkit.Run) and run.meta["status"] == "completed"
+    image = small_csv.read_text().splitlines()[1].split(",")[0]
+    (pred,) = run.predict(image, topk=2)
+    assert pred["label"] in ("ants", "bees") and len(pred["top"]) == 2
+    m = run.evaluate(split="val")
+    assert m["n"] == 12 and 0.0 <= m["accuracy"] <= 1.0
+    again = graftkit.load_run(tmp_path / "api")
+    assert again.predict(image)[0]["prob"] == pytest.approx(pred["prob"])
+
+
+def test_demo_runs_offline_and_learns(tmp_path: Path) -> None:
+    proc = graft("demo", "--out", tmp_path / "demo", timeout=900)
+    metrics = json.loads((tmp_path / "demo" / "metrics.json").read_text())
+    assert metrics["test"]["accuracy"] >= 0.9, metrics["test"]["accuracy"]
+    assert "test accuracy" in proc.stderr + proc.stdout
+    assert "run directory" in proc.stderr + proc.stdout
+
+
+def test_list_shows_every_registry() -> None:
+    out = graft("list").stdout
+    for name in ("efficientnet_lite0", "mobilenet_v2", "linear_probe", "lp_ft", "gradual",
+                 "adamw", "one_cycle", "focal", "huber", "strong", "randaugment"):
+        assert name in out
