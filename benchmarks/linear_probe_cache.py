@@ -5,7 +5,8 @@ batch size and threads. Both go through graft's own training loop; the only diff
 ``train.feature_cache`` (``memory``: features once, then the head trains on them; ``off``: the
 frozen backbone runs over train and val every epoch, as a plain fixed-feature-extractor loop
 does). Timed: the training loop, including the cached run's one-off feature extraction; data
-audit and model creation are the same for both and excluded.
+audit and model creation are the same for both and excluded. Each variant runs in a fresh process
+(as a user's `graft train` does), so neither inherits the other's warmed-up kernels.
 
     python benchmarks/linear_probe_cache.py [--epochs 10] [--data DIR]
 """
@@ -13,7 +14,10 @@ audit and model creation are the same for both and excluded.
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -41,11 +45,20 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--data", type=Path, default=DATA_DIR / "hymenoptera_256")
+    ap.add_argument("--child", choices=["memory", "off"], help=argparse.SUPPRESS)
     args = ap.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        os.environ["GRAFT_CACHE_DIR"] = tmp  # no disk cache from earlier runs
-        cached_s, cached_acc = timed_fit(args.data, args.epochs, "memory", Path(tmp) / "a")
-        recompute_s, recompute_acc = timed_fit(args.data, args.epochs, "off", Path(tmp) / "b")
+    if args.child:  # one timed variant, in its own process; prints JSON
+        with tempfile.TemporaryDirectory() as tmp:
+            os.environ["GRAFT_CACHE_DIR"] = tmp  # no disk cache from earlier runs
+            print(json.dumps(timed_fit(args.data, args.epochs, args.child, Path(tmp) / "run")))
+        return
+    res = {}
+    for mode in ("memory", "off"):
+        out = subprocess.run([sys.executable, __file__, "--child", mode, "--epochs",
+                              str(args.epochs), "--data", str(args.data)],
+                             capture_output=True, text=True, check=True).stdout
+        res[mode] = json.loads(out.strip().splitlines()[-1])
+    (cached_s, cached_acc), (recompute_s, recompute_acc) = res["memory"], res["off"]
     ratio = recompute_s / cached_s
     print(f"linear probe, {args.epochs} epochs on {args.data.name}:")
     print(f"  cached features       {cached_s:7.1f} s   best val accuracy {cached_acc:.4f}")

@@ -51,7 +51,9 @@ def graft_loop(model, loader) -> float:
     from graftkit.train.losses import build_loss
     from graftkit.train.progress import Reporter
 
-    s = LoopSettings(task="classification", classes=["ants", "bees"], weight_decay=0.01)
+    # Same computation as the hand loop: BatchNorm in train mode, AdamW's default weight decay.
+    s = LoopSettings(task="classification", classes=["ants", "bees"], weight_decay=0.01,
+                     freeze_bn=False)
     stage = Stage("full", 1, 1e-5, lambda e: ALL)
     state = LoopState(model)
     state.optimizer, state.scheduler = _stage_optimizer(model, stage, s, len(loader))

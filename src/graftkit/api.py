@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from . import run as rd
-from .config import Config, build_config, to_yaml
+from .config import Config, build_config, parse_override
 from .errors import ConfigError, GraftError, TrainingDiverged
 
 
@@ -82,14 +82,9 @@ def _compose(data: Any, model: Any, strategy: Any, epochs: Any, config: Any, ove
     cfg_file = None if isinstance(config, Config) else config
     flags = {k: v for k, v in {"data.path": str(data) if data else None, "model.name": model,
              "strategy.name": strategy, "train.epochs": epochs}.items() if v is not None}
-    extra = dict(map(_split, overrides)) if isinstance(overrides, list) else dict(overrides or {})
+    extra = dict(map(parse_override, overrides)) if isinstance(overrides, list) else dict(
+        overrides or {})
     return build_config(cfg_file, {**flags, **extra}, base=base)
-
-
-def _split(item: str) -> tuple[str, Any]:
-    from .config import parse_override
-
-    return parse_override(item)
 
 
 def resume(run_dir: str | Path, quiet: bool = False) -> Run:

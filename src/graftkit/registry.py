@@ -25,8 +25,7 @@ class Registry(Generic[T]):
             if name in self._items:
                 raise ValueError(f"{self.kind} {name!r} registered twice")
             self._items[name] = obj
-            doc = help or (getattr(obj, "__doc__", "") or "").strip().splitlines()[0:1]
-            self._help[name] = doc if isinstance(doc, str) else (doc[0] if doc else "")
+            self._help[name] = help
             return obj
 
         return deco

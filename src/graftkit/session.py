@@ -42,7 +42,8 @@ class Session:
     def fit(self) -> None:
         metric = self.settings.monitor
         hooks: list[H.Hook] = [H.BestCheckpoint(self.out / rd.WEIGHTS, metric,
-                                                self.cfg.train.early_stop.min_delta)]
+                                                self.cfg.train.early_stop.min_delta,
+                                                last_stage=len(self.stages) - 1)]
         if self.cfg.train.early_stop.patience:
             hooks.append(H.EarlyStopping(self.cfg.train.early_stop.patience))
         hooks += [H.History(self.out / rd.HISTORY), H.StateCheckpoint(self.out / rd.STATE)]

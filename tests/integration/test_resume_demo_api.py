@@ -86,3 +86,28 @@ def test_list_shows_every_registry() -> None:
     for name in ("efficientnet_lite0", "mobilenet_v2", "linear_probe", "lp_ft", "gradual",
                  "adamw", "one_cycle", "focal", "huber", "strong", "randaugment"):
         assert name in out
+
+
+def test_ctrl_c_leaves_a_resumable_run(small_csv: Path, tmp_path: Path) -> None:
+    out = tmp_path / "int"
+    args = ["--strategy", "full", "--epochs", "30", *TINY]
+    proc = subprocess.Popen([sys.executable, "-m", "graftkit.cli.main", "train", "--data",
+                             str(small_csv), "--out", str(out), *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        hist = out / "history.jsonl"
+        if hist.is_file() and hist.read_text().strip():
+            proc.send_signal(signal.SIGINT)
+            break
+        time.sleep(0.05)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in err
+    assert f"graft train --resume {out}" in err
+    assert json.loads((out / "meta.json").read_text())["status"] == "interrupted"
+    done = len(read_history(out))
+    assert 1 <= done < 30
+    (out / "config.yaml").write_text(
+        (out / "config.yaml").read_text().replace("epochs: 30", f"epochs: {done + 1}"))
+    graft("train", "--resume", out)
+    assert len(read_history(out)) == done + 1

@@ -95,6 +95,8 @@ def test_every_strategy_trains_end_to_end(strategy: str, small_csv: Path, tmp_pa
     if strategy == "lp_ft":
         assert [h["stage"] for h in hist] == ["probe", "probe", "finetune", "finetune"]
         assert hist[0]["trainable_params"] < hist[2]["trainable_params"]
+        # the result is the fine-tuned model: the checkpoint is chosen in the last stage
+        assert json.loads((out / "metrics.json").read_text())["best_epoch"] in (3, 4)
 
 
 def test_augmented_probe_says_it_recomputes(small_csv: Path, tmp_path: Path) -> None:

@@ -72,10 +72,21 @@ class History(BaseHook):
 
 
 class BestCheckpoint(BaseHook):
-    """Keeps the weights of the best epoch (by ``metric`` on validation) in ``model.safetensors``."""
+    """Keeps the weights of the best epoch (by ``metric`` on validation) in ``model.safetensors``.
 
-    def __init__(self, path: Path, metric: str, min_delta: float = 0.0) -> None:
+    The choice is made among the epochs of the last stage only: a multi-stage strategy's result is
+    the model its last stage produced (LP-FT's is the fine-tuned model, not its probe), so the
+    best-so-far restarts when the last stage begins.
+    """
+
+    def __init__(self, path: Path, metric: str, min_delta: float = 0.0, last_stage: int = 0
+                 ) -> None:
         self.path, self.metric, self.min_delta = path, metric, min_delta
+        self.last_stage = last_stage
+
+    def on_stage_start(self, state: LoopState) -> None:
+        if state.stage_index == self.last_stage and self.last_stage > 0:
+            state.best, state.best_epoch = None, None
 
     def on_epoch_end(self, state: LoopState, record: dict[str, Any]) -> None:
         value = record[f"val_{self.metric}"]
