@@ -44,7 +44,7 @@ def hand_loop(model, loader) -> float:
     return seen / (time.perf_counter() - t0)
 
 
-def graft_loop(model, loader) -> float:
+def graft_loop(model, loader, channels_last: bool = False) -> float:
     from graftkit.strategies import ALL, Stage
     from graftkit.train.hooks import LoopState
     from graftkit.train.loop import LoopSettings, _stage_optimizer, train_epoch
@@ -53,7 +53,7 @@ def graft_loop(model, loader) -> float:
 
     # Same computation as the hand loop: BatchNorm in train mode, AdamW's default weight decay.
     s = LoopSettings(task="classification", classes=["ants", "bees"], weight_decay=0.01,
-                     freeze_bn=False)
+                     freeze_bn=False, channels_last=channels_last)
     stage = Stage("full", 1, 1e-5, lambda e: ALL)
     state = LoopState(model)
     state.optimizer, state.scheduler = _stage_optimizer(model, stage, s, len(loader))
@@ -76,21 +76,30 @@ def main() -> None:
     ds = batches(args.data, args.batch * args.steps, 224)
     loader = torch.utils.data.DataLoader(ds, batch_size=args.batch, shuffle=False)
     model = create_model("efficientnet_lite0", 2, pretrained=True, dropout=0.2)
+    # graft's default on CPU and CUDA is channels_last (train.channels_last=auto); measured too.
+    model_cl = create_model("efficientnet_lite0", 2, pretrained=True, dropout=0.2)
+    model_cl.to(memory_format=torch.channels_last)
     hand_loop(model, [next(iter(loader))])  # warm-up (allocator, kernels)
-    hand, graft = [], []
+    graft_loop(model_cl, [next(iter(loader))], channels_last=True)
+    hand, graft, graft_cl = [], [], []
     for _ in range(args.rounds):
         hand.append(hand_loop(model, loader))
         graft.append(graft_loop(model, loader))
-    h, g = statistics.median(hand), statistics.median(graft)
+        graft_cl.append(graft_loop(model_cl, loader, channels_last=True))
+    h, g, gc = statistics.median(hand), statistics.median(graft), statistics.median(graft_cl)
+    fmt = lambda v: ", ".join(f"{x:.1f}" for x in v)  # noqa: E731
     print(f"full fine-tune, efficientnet_lite0, batch {args.batch}, {torch.get_num_threads()} "
-          f"threads, {args.steps} steps x {args.rounds} rounds:")
-    print(f"  hand-written loop  {h:6.1f} img/s   (rounds: {', '.join(f'{v:.1f}' for v in hand)})")
-    print(f"  graft train_epoch  {g:6.1f} img/s   (rounds: {', '.join(f'{v:.1f}' for v in graft)})")
-    print(f"  ratio graft/hand   {g / h:6.3f}")
+          f"threads, {args.steps} steps x {args.rounds} rounds (median):")
+    print(f"  hand-written loop              {h:6.1f} img/s   ({fmt(hand)})")
+    print(f"  graft train_epoch, same layout {g:6.1f} img/s   ({fmt(graft)})")
+    print(f"  graft default (channels_last)  {gc:6.1f} img/s   ({fmt(graft_cl)})")
+    print(f"  ratio graft/hand, same layout  {g / h:6.3f}   (the loop's overhead)")
+    print(f"  ratio graft default/hand       {gc / h:6.3f}")
     path = write_result("train_overhead", {
         "model": "efficientnet_lite0", "batch": args.batch, "steps": args.steps,
         "rounds": args.rounds, "hand_img_s": h, "graft_img_s": g, "ratio": g / h,
-        "hand_rounds": hand, "graft_rounds": graft,
+        "graft_channels_last_img_s": gc, "ratio_default": gc / h,
+        "hand_rounds": hand, "graft_rounds": graft, "graft_channels_last_rounds": graft_cl,
     })
     print(f"  written to {path}")
 

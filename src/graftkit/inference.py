@@ -25,7 +25,8 @@ def load_model(path: Path, meta: dict[str, Any]) -> TimmAdapter:
     dc = DataConfig.from_dict(meta["preprocessing"])
     model = rebuild_model(meta["model"]["arch"], meta["num_outputs"], meta["model"]["dropout"], dc)
     load_weights(model, weights)
-    return model.eval()
+    # NHWC is what oneDNN/cuDNN convolutions run fastest (see train.device.resolve_channels_last).
+    return model.eval().to(memory_format=torch.channels_last)
 
 
 def _as_image(item: Any) -> tuple[str, Image.Image]:
@@ -45,7 +46,7 @@ def predict(model: TimmAdapter, meta: dict[str, Any], items: list[Any], topk: in
     for start in range(0, len(items), batch_size):
         named = [_as_image(it) for it in items[start:start + batch_size]]
         x = torch.stack([tf(img) for _, img in named])  # (B, C, H, W)
-        out = model(x).float()
+        out = model(x.contiguous(memory_format=torch.channels_last)).float()
         for (name, _), row in zip(named, out):
             results.append(_describe(name, row, meta, topk))
     return results
@@ -98,7 +99,8 @@ def evaluate(run: Any, data: str | Path | None, split: str | None = None,
         raise DataError(f"no usable labeled images in {str(data)!r}")
     ts = meta.get("target_stats") or {}
     s = LoopSettings(task=meta["task"], classes=meta["classes"], topk=cfg.train.topk,
-                     target_mean=ts.get("mean", 0.0), target_std=ts.get("std", 1.0))
+                     target_mean=ts.get("mean", 0.0), target_std=ts.get("std", 1.0),
+                     channels_last=True)
     model = run.model
     ds = ImageDataset(items, eval_transform(model.data_config), meta["task"])
     loader = torch.utils.data.DataLoader(ds, batch_size=cfg.data.batch_size)

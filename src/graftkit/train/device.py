@@ -38,4 +38,6 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
 
 
 def resolve_channels_last(name: str, device: torch.device) -> bool:
-    return name == "on" or (name == "auto" and device.type == "cuda")
+    """``auto``: on for CUDA and CPU. On CPU, oneDNN's convolutions run NHWC much faster
+    (efficientnet_lite0 on 2 cores: about 1.7x for inference, 1.4-2x for training steps)."""
+    return name == "on" or (name == "auto" and device.type in ("cuda", "cpu"))

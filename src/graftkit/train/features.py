@@ -47,12 +47,14 @@ def extract(
     device: torch.device,
     num_workers: int = 0,
     on_batch: Callable[[int], None] | None = None,
+    channels_last: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Run ``features`` over ``dataset`` in order -> ``(feats (N, F) float32, targets (N,))``."""
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
     feats, targets = [], []
     for x, y in loader:
-        feats.append(features(x.to(device)).float().cpu())
+        feats.append(features(x.to(device).contiguous(memory_format=fmt)).float().cpu())
         targets.append(y)
         if on_batch:
             on_batch(len(y))

@@ -186,7 +186,8 @@ def features_for(model: nn.Module, items: Sequence[tuple[str, float]], split: st
             with torch.autocast(s.device.type, s.amp_dtype, enabled=s.amp_dtype is not None):
                 return feature_cache.extract(model.features, ImageDataset(items, tf, s.task),
                                              s.batch_size, s.device, s.num_workers,
-                                             on_batch=reporter.advance)
+                                             on_batch=reporter.advance,
+                                             channels_last=s.channels_last)
         finally:
             reporter.stop()
 
