@@ -15,7 +15,7 @@ from .config import Config, build_config, parse_override
 from .errors import ConfigError, GraftError, TrainingDiverged
 
 
-def validate(cfg: Config) -> None:
+def validate(cfg: Config, resuming: bool = False) -> None:
     """Every name in the config refers to something registered; fail before any heavy work."""
     from .data.transforms import AUGMENTATIONS
     from .models.vision import resolve_arch
@@ -34,7 +34,7 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"config key '{key}': unknown {reg.kind} {name!r}; choose one of: "
                               f"{', '.join(reg.names())}")
     resolve_arch(cfg.model.name)
-    if cfg.model.weights and not Path(cfg.model.weights).expanduser().is_file():
+    if not resuming and cfg.model.weights and not Path(cfg.model.weights).expanduser().is_file():
         raise ConfigError(f"config key 'model.weights': file {cfg.model.weights!r} not found")
     if cfg.data.path is None:
         raise ConfigError("config key 'data.path': no data given; pass --data DIR_OR_CSV")
@@ -102,7 +102,7 @@ def resume(run_dir: str | Path, quiet: bool = False) -> Run:
 def train(cfg: Config, out: str | Path | None = None, overwrite: bool = False,
           resume_dir: Path | None = None, quiet: bool = False) -> Run:
     """Train from a validated config into a run directory."""
-    validate(cfg)
+    validate(cfg, resuming=resume_dir is not None)
     from .session import build_session
 
     out_dir = Path(out) if out else rd.default_out(cfg.model.name, cfg.strategy.name)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import re
 import tempfile
 from pathlib import Path
@@ -28,6 +29,9 @@ CONFIG, META, WEIGHTS, METRICS, HISTORY, DATA_REPORT = (
     "data_report.json",
 )
 STATE = "checkpoints/last.safetensors"
+# Everything a run writes at its top level; a folder holding only these is a graft run (perhaps
+# one that failed before writing meta.json) and may be replaced with --overwrite.
+OWN = {CONFIG, META, WEIGHTS, METRICS, HISTORY, DATA_REPORT, "checkpoints", "eval"}
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -74,12 +78,14 @@ def prepare_out_dir(out: Path, overwrite: bool) -> None:
                 f"--out {str(out)!r} is not empty; pass --overwrite to replace that run, "
                 "--resume to continue it, or choose another folder"
             )
-        if not (out / META).is_file():
+        foreign = sorted(p.name for p in out.iterdir() if p.name not in OWN)
+        if foreign:
             raise GraftError(
-                f"refusing to overwrite {str(out)!r}: it is not a graft run directory (no {META})"
+                f"refusing to overwrite {str(out)!r}: it is not a graft run directory (it holds "
+                f"{', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''})"
             )
-        for name in (CONFIG, META, WEIGHTS, METRICS, HISTORY, DATA_REPORT, STATE):
-            (out / name).unlink(missing_ok=True)
+        for p in out.iterdir():
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
     out.mkdir(parents=True, exist_ok=True)
 
 
@@ -95,12 +101,20 @@ def safe_name(text: str) -> str:
 
 
 def truncate_history(path: Path, last_epoch: int) -> None:
-    """Drop history lines after ``last_epoch`` (written before a kill, redone on resume)."""
+    """Drop history lines after ``last_epoch`` (written before a kill, redone on resume), and a
+    line torn by a kill in mid-write."""
     if not path.is_file():
         return
-    keep = [ln for ln in path.read_text().splitlines() if ln.strip()
-            and json.loads(ln)["epoch"] <= last_epoch]
-    path.write_text("".join(ln + "\n" for ln in keep))
+    keep = []
+    for ln in path.read_text().splitlines():
+        try:
+            if json.loads(ln)["epoch"] <= last_epoch:
+                keep.append(ln)
+        except (ValueError, KeyError, TypeError):
+            continue
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(ln + "\n" for ln in keep))
+    os.replace(tmp, path)
 
 
 def check_run_dir(path: str | Path) -> Path:

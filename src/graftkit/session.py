@@ -45,7 +45,8 @@ class Session:
                                                 self.cfg.train.early_stop.min_delta,
                                                 last_stage=len(self.stages) - 1)]
         if self.cfg.train.early_stop.patience:
-            hooks.append(H.EarlyStopping(self.cfg.train.early_stop.patience))
+            hooks.append(H.EarlyStopping(self.cfg.train.early_stop.patience,
+                                         last_stage=len(self.stages) - 1))
         hooks += [H.History(self.out / rd.HISTORY), H.StateCheckpoint(self.out / rd.STATE)]
         state = fit(self.model, self.stages, self.loss_fn, self.settings, self.data, hooks,
                     self.reporter, self.out / rd.STATE if self.resume_info else None,
@@ -166,6 +167,11 @@ def build_session(cfg: Config, out: Path, quiet: bool = False, resuming: bool = 
         rd.truncate_history(out / rd.HISTORY, resume_info["epoch"] + 1)
         reporter.line(f"resuming after epoch {resume_info['epoch'] + 1}")
         meta = rd.read_json(out / rd.META)
+        if spec.classes != meta["classes"] or spec.target_stats != meta["target_stats"]:
+            from .errors import DataError
+
+            raise DataError(f"the classes or targets in {d.path!r} changed since this run started"
+                            "; start a new run instead of resuming")
         if meta["data"]["fingerprint"] != data.fingerprint:
             reporter.warn("the data changed since this run started; resuming on the new data")
     else:

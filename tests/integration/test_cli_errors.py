@@ -59,3 +59,19 @@ def test_divergence_stops_and_keeps_the_last_good_checkpoint(tmp_path: Path,
     image = small_csv.read_text().splitlines()[1].split(",")[0]
     pred = json.loads(graft("predict", out, image, "--json").stdout)
     assert 0.0 <= pred[0]["prob"] <= 1.0  # the kept weights are finite and usable
+
+
+def test_overwrite_replaces_a_failed_run_and_resume_refuses_changed_classes(
+        tmp_path: Path, small_csv: Path) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "data_report.json").write_text("{}")  # a run that failed before meta.json
+    (out / "checkpoints").mkdir()
+    graft("train", "--data", small_csv, "--out", out, "--overwrite", "--epochs", "1", *TINY)
+    assert json.loads((out / "meta.json").read_text())["status"] == "completed"
+    meta = json.loads((out / "meta.json").read_text())
+    meta["status"] = "interrupted"
+    meta["classes"] = ["ants", "wasps"]
+    (out / "meta.json").write_text(json.dumps(meta))
+    assert "changed since this run started" in _fails("train", "--resume", out)
+    assert "drop the other options" in _fails("train", "--resume", out, "--batch-size", "8")

@@ -117,3 +117,12 @@ def test_regression_from_csv(hymenoptera: Path, tmp_path: Path) -> None:
     assert {"mae", "rmse", "r2"} <= set(m["val"]) and m["monitor"] == "rmse"
     pred = json.loads(graft("predict", out, files[0], "--json").stdout)
     assert isinstance(pred[0]["value"], float)
+
+
+def test_early_stop_ends_the_probe_stage_not_the_run(small_csv: Path, tmp_path: Path) -> None:
+    out = tmp_path / "es"
+    graft("train", "--data", small_csv, "--strategy", "lp_ft", "--out", out, "--epochs", "2",
+          *TINY, "strategy.probe_epochs=20", "train.early_stop.patience=1",
+          "train.early_stop.metric=loss", "strategy.probe_lr=0.5")
+    stages = [h["stage"] for h in read_history(out)]
+    assert stages.count("probe") < 20 and stages[-1] == "finetune"

@@ -116,8 +116,11 @@ def test_regression_csv(tmp_path: Path) -> None:
     ys = [t for _, t in spec.splits["train"]]
     assert spec.target_stats["mean"] == pytest.approx(np.mean(ys))
     (tmp_path / "bad.csv").write_text("path,label\n0.png,abc\n1.png,2\n")
-    with pytest.raises(DataError, match="not a number"):
+    with pytest.raises(DataError, match="not a finite number"):
         discover(tmp_path / "bad.csv", task="regression")
+    (tmp_path / "nan.csv").write_text("path,label\n0.png,nan\n1.png,2\n")
+    with pytest.raises(DataError, match="'nan'.*not a finite number"):
+        discover(tmp_path / "nan.csv", task="regression")
 
 
 def test_discover_eval_uses_run_labels(hymenoptera: Path, tmp_path: Path) -> None:
@@ -127,3 +130,25 @@ def test_discover_eval_uses_run_labels(hymenoptera: Path, tmp_path: Path) -> Non
     assert used == "all" and len(items) == 153
     with pytest.raises(DataError, match="not a class of this run"):
         discover_eval(hymenoptera / "val", ["ants", "wasps"])
+
+
+def test_partial_split_column_is_an_error(tmp_path: Path) -> None:
+    for i in range(3):
+        _img(tmp_path / f"{i}.png", i)
+    (tmp_path / "m.csv").write_text("path,label,split\n0.png,a,train\n1.png,b,train\n2.png,c,\n")
+    with pytest.raises(DataError, match="m.csv:4: the split column is empty"):
+        discover(tmp_path / "m.csv")
+
+
+def test_train_and_test_folders_without_val_carve_val_from_train(tmp_path: Path) -> None:
+    _tree(tmp_path / "d" / "train", {"a": 10, "b": 10})
+    _tree(tmp_path / "d" / "test", {"a": 2, "b": 2})
+    spec = discover(tmp_path / "d", val_fraction=0.2)
+    assert {k: len(v) for k, v in spec.splits.items()} == {"train": 16, "val": 4, "test": 4}
+
+
+def test_hidden_folders_are_ignored(tmp_path: Path) -> None:
+    root = _tree(tmp_path / "d", {"a": 3, "b": 3})
+    _img(root / "a" / ".ipynb_checkpoints" / "copy.png")
+    spec = discover(root)
+    assert not any(".ipynb_checkpoints" in p for items in spec.splits.values() for p, _ in items)

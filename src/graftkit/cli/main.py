@@ -49,7 +49,9 @@ def train(
 
     if resume is not None:
         given = _flags(data=data, model=model, strategy=strategy, epochs=epochs, config=config,
-                       out=out, lr=lr, augment=augment) or overrides
+                       out=out, lr=lr, augment=augment, weights=weights, batch_size=batch_size,
+                       task=task, val_fraction=val_fraction, test_fraction=test_fraction,
+                       device=device) or overrides or overwrite
         if given:
             raise GraftError("--resume continues a run with its saved config; drop the other "
                              "options (edit RUN_DIR/config.yaml to change it)")

@@ -97,7 +97,10 @@ def _class_dirs(root: Path) -> list[Path]:
 
 
 def _files(d: Path) -> list[Path]:
-    return sorted(p for p in d.rglob("*") if p.is_file() and not _is_hidden(p))
+    """Files below ``d``, skipping hidden ones and anything inside hidden folders
+    (``.ipynb_checkpoints``, ``.git``, ...)."""
+    return sorted(p for p in d.rglob("*") if p.is_file()
+                  and not any(part.startswith(".") for part in p.relative_to(d).parts))
 
 
 def _scan_class_tree(root: Path) -> tuple[dict[str, list[Path]], list[dict[str, str]]]:
@@ -162,6 +165,9 @@ def _from_folders(
             skipped += bad
         classes = sorted(per_split["train"])
         _check_classes(classes, str(split_dirs["train"]))
+        if "val" not in per_split:  # train (+ test) given: carve a stratified val out of train
+            carved = stratified_split(per_split["train"], val_fraction or 0.2, 0.0, seed)
+            per_split["train"], per_split["val"] = carved["train"], carved["val"]
         for split, per_class in per_split.items():
             unknown = sorted(set(per_class) - set(classes))
             if unknown:
@@ -221,19 +227,20 @@ def _from_csv(
         split = (row.get("split") or "").strip().lower() or None
         if split is not None and split not in SPLIT_ALIASES:
             raise DataError(f"{csv_path}:{i}: unknown split {split!r}; use train, val or test")
+        if "split" in row and split is None:
+            raise DataError(f"{csv_path}:{i}: the split column is empty; give every row train, "
+                            "val or test, or drop the column to split automatically")
         entries.append((p, label, SPLIT_ALIASES[split] if split else None))
     good, bad = _audit([p for p, _, _ in entries])
     skipped += bad
     good_set = {str(p) for p in good}
     entries = [e for e in entries if str(e[0]) in good_set]
     if task == "regression":
-        try:
-            targets = [float(lab) for _, lab, _ in entries]
-        except ValueError:
-            bad_label = next(lab for _, lab, _ in entries if not _is_float(lab))
-            raise DataError(
-                f"task is regression but label {bad_label!r} in {str(csv_path)!r} is not a number"
-            ) from None
+        bad_label = next((lab for _, lab, _ in entries if not _is_float(lab)), None)
+        if bad_label is not None:
+            raise DataError(f"task is regression but label {bad_label!r} in {str(csv_path)!r} is "
+                            "not a finite number")
+        targets = [float(lab) for _, lab, _ in entries]
         by_path = {str(p): t for (p, _, _), t in zip(entries, targets)}
         classes: list[str] = []
     else:
@@ -273,9 +280,9 @@ def _from_csv(
 
 
 def _is_float(s: str) -> bool:
+    """A finite number (``nan`` and ``inf`` parse as floats but cannot be regression targets)."""
     try:
-        float(s)
-        return True
+        return math.isfinite(float(s))
     except ValueError:
         return False
 
@@ -363,8 +370,10 @@ def _eval_csv(
             raise DataError(f"CSV {str(p)!r} has no rows with split {split!r}")
     entries: list[tuple[Path, float]] = []
     for i, r in enumerate(rows, start=2):
-        label = (r[label_column] or "").strip()
-        f = Path(r[path_column].strip())
+        label, raw = (r.get(label_column) or "").strip(), (r.get(path_column) or "").strip()
+        if not raw or not label:
+            raise DataError(f"{p}:{i}: empty path or label")
+        f = Path(raw)
         f = f if f.is_absolute() else p.parent / f
         if task == "regression":
             if not _is_float(label):

@@ -22,6 +22,7 @@ from .checkpoint import save_state, save_weights
 @dataclass
 class LoopState:
     model: torch.nn.Module
+    scaler: torch.amp.GradScaler | None = None
     optimizer: torch.optim.Optimizer | None = None
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
     stage_index: int = 0
@@ -31,7 +32,8 @@ class LoopState:
     best: float | None = None
     best_epoch: int | None = None
     bad_epochs: int = 0
-    stop: bool = False
+    stop: bool = False  # end training
+    stop_stage: bool = False  # end this stage, go on with the next
     stop_reason: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -39,7 +41,9 @@ class LoopState:
         return {
             "stage_index": self.stage_index, "stage_epoch": self.stage_epoch, "epoch": self.epoch,
             "step": self.step, "best": self.best, "best_epoch": self.best_epoch,
-            "bad_epochs": self.bad_epochs, "stop": self.stop, "stop_reason": self.stop_reason,
+            "bad_epochs": self.bad_epochs, "stop": self.stop, "stop_stage": self.stop_stage,
+            "stop_reason": self.stop_reason,
+            "scaler": self.scaler.state_dict() if self.scaler and self.scaler.is_enabled() else None,
         }
 
 
@@ -90,7 +94,10 @@ class BestCheckpoint(BaseHook):
 
     def on_epoch_end(self, state: LoopState, record: dict[str, Any]) -> None:
         value = record[f"val_{self.metric}"]
-        record["best"] = is_better(value, state.best, self.metric, self.min_delta)
+        # The first epoch is always kept, even with a NaN metric (e.g. R² of one example), so a
+        # finished run always has weights.
+        first = state.best_epoch is None
+        record["best"] = first or is_better(value, state.best, self.metric, self.min_delta)
         if record["best"]:
             state.best, state.best_epoch, state.bad_epochs = value, state.epoch, 0
             save_weights(state.model, self.path)
@@ -99,18 +106,24 @@ class BestCheckpoint(BaseHook):
 
 
 class EarlyStopping(BaseHook):
-    """Stops after ``patience`` epochs without improvement; the count restarts at each stage."""
+    """After ``patience`` epochs without improvement, ends the stage (and, in the last stage,
+    training). The count restarts at each stage, so LP-FT's probe stopping early still leads on
+    to the fine-tuning stage."""
 
-    def __init__(self, patience: int) -> None:
-        self.patience = patience
+    def __init__(self, patience: int, last_stage: int = 0) -> None:
+        self.patience, self.last_stage = patience, last_stage
 
     def on_stage_start(self, state: LoopState) -> None:
-        state.bad_epochs = 0
+        state.bad_epochs, state.stop_stage = 0, False
 
     def on_epoch_end(self, state: LoopState, record: dict[str, Any]) -> None:
         if state.bad_epochs >= self.patience:
-            state.stop = True
-            state.stop_reason = f"early stop: no improvement for {self.patience} epochs"
+            state.stop_reason = (f"early stop in stage {state.stage_index + 1}: no improvement "
+                                 f"for {self.patience} epochs")
+            if state.stage_index >= self.last_stage:
+                state.stop = True
+            else:
+                state.stop_stage = True
 
 
 class StateCheckpoint(BaseHook):

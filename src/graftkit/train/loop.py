@@ -104,18 +104,20 @@ def set_trainable(model: nn.Module, n_blocks: int) -> int:
 
 
 def train_mode(model: nn.Module, n_blocks: int, freeze_bn: bool = False) -> None:
-    """model.train(), except frozen parts: a frozen backbone and frozen BatchNorm stay in eval, so
-    their running statistics are the pretrained ones (updating them would silently change a
-    "frozen" layer). ``freeze_bn`` keeps every BatchNorm's statistics (its affine weights still
-    train): small batches of a small dataset give noisy statistics that distort the features."""
+    """model.train(), except frozen parts: every module whose parameters are all frozen stays in
+    eval mode (its BatchNorm keeps the pretrained statistics, its dropout and drop-path are off),
+    so a "frozen" layer really computes what it did before. ``freeze_bn`` keeps every BatchNorm's
+    statistics (its affine weights still train): small batches of a small dataset give noisy
+    statistics that distort the features."""
     model.train()
     if n_blocks == 0:
         model.backbone.eval()
         return
     for m in model.backbone.modules():
-        if isinstance(m, _BatchNorm) and (
-            freeze_bn or m.weight is None or not m.weight.requires_grad
-        ):
+        params = list(m.parameters())
+        if params and not any(p.requires_grad for p in params):
+            m.eval()
+        elif freeze_bn and isinstance(m, _BatchNorm):
             m.eval()
 
 
@@ -176,7 +178,7 @@ def features_for(model: nn.Module, items: Sequence[tuple[str, float]], split: st
     (``data.fingerprint`` covers every split's files and targets)."""
     tf = eval_transform(data.data_config)
     key = feature_cache.cache_key(feature_cache.weights_digest(model.backbone), data.fingerprint,
-                                  tf, split)
+                                  tf, f"{split}|{s.device.type}|{s.amp_dtype}")
     was_training = model.training
     model.eval()
 
@@ -297,9 +299,9 @@ def fit(
     model.to(s.device)
     if s.channels_last:
         model.to(memory_format=torch.channels_last)
-    state = LoopState(model)
-    start_stage = resume_info["stage_index"] if resume_info else 0
     scaler = torch.amp.GradScaler(s.device.type, enabled=s.amp_dtype == torch.float16)
+    state = LoopState(model, scaler=scaler)
+    start_stage = resume_info["stage_index"] if resume_info else 0
     for si, stage in enumerate(stages):
         if si < start_stage:
             state.epoch += stage.epochs
@@ -315,15 +317,16 @@ def fit(
         state.optimizer, state.scheduler = _stage_optimizer(model, stage, s, steps)
         if resuming:
             info = load_state(resume_from, model, state.optimizer, state.scheduler)
-            for k in ("stage_epoch", "epoch", "step", "best", "best_epoch", "bad_epochs"):
+            for k in ("stage_epoch", "epoch", "step", "best", "best_epoch", "bad_epochs",
+                      "stop", "stop_stage", "stop_reason"):
                 setattr(state, k, info[k])
-            if info.get("stop"):
-                state.stop, state.stop_reason = True, info.get("stop_reason")
+            if info.get("scaler"):
+                scaler.load_state_dict(info["scaler"])
         reporter.line(f"[bold]stage {si + 1}/{len(stages)}: {stage.name}[/] "
                       f"({stage.epochs} epochs, lr {stage.lr:g}"
                       f"{', cached features' if batches.cached else ''})")
         for e in range(state.stage_epoch + 1, stage.epochs):
-            if state.stop:
+            if state.stop or state.stop_stage:
                 break
             n_blocks = stage.blocks_at(e)
             trainable = set_trainable(model, n_blocks)
