@@ -159,7 +159,7 @@ class Run:
             self._model = load_model(self.path, self.meta)
         return self._model
 
-    def predict(self, inputs: list[Any] | Any, topk: int = 5, batch_size: int = 32
+    def predict(self, inputs: list[Any] | Any, topk: int = 5, batch_size: int = 8
                 ) -> list[dict[str, Any]]:
         """Top-k classes with probabilities (or the value, for regression) for each input."""
         from .inference import predict

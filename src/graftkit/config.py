@@ -30,6 +30,9 @@ class DataConfig(_Section):
     path_column: str = "path"
     label_column: str = "label"
     batch_size: int = Field(32, ge=1)
+    eval_batch_size: int | None = Field(
+        None, ge=1, description="feature extraction, validation, prediction (default: by device)"
+    )
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes (0 = main process)")
 
     @model_validator(mode="after")

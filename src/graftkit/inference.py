@@ -16,6 +16,7 @@ from .data.transforms import DataConfig, eval_transform
 from .errors import DataError, GraftError
 from .models.vision import TimmAdapter, rebuild_model
 from .train.checkpoint import load_weights
+from .train.device import resolve_eval_batch
 
 
 def load_model(path: Path, meta: dict[str, Any]) -> TimmAdapter:
@@ -40,7 +41,7 @@ def _as_image(item: Any) -> tuple[str, Image.Image]:
 
 @torch.no_grad()
 def predict(model: TimmAdapter, meta: dict[str, Any], items: list[Any], topk: int = 5,
-            batch_size: int = 32) -> list[dict[str, Any]]:
+            batch_size: int = 8) -> list[dict[str, Any]]:
     tf = eval_transform(model.data_config)
     results: list[dict[str, Any]] = []
     for start in range(0, len(items), batch_size):
@@ -103,7 +104,8 @@ def evaluate(run: Any, data: str | Path | None, split: str | None = None,
                      channels_last=True)
     model = run.model
     ds = ImageDataset(items, eval_transform(model.data_config), meta["task"])
-    loader = torch.utils.data.DataLoader(ds, batch_size=cfg.data.batch_size)
+    loader = torch.utils.data.DataLoader(ds, batch_size=resolve_eval_batch(
+        cfg.data.eval_batch_size, torch.device("cpu"), cfg.data.batch_size))
     reporter = Reporter(quiet)
     reporter.start("evaluate", len(loader))
     try:

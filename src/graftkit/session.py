@@ -20,7 +20,9 @@ from .models.vision import TimmAdapter, create_model, resolve_arch
 from .strategies import STRATEGIES, Stage, StrategyParams
 from .train import hooks as H
 from .train.checkpoint import load_weights, read_state_info
-from .train.device import resolve_channels_last, resolve_device, resolve_precision
+from .train.device import (
+    resolve_channels_last, resolve_device, resolve_eval_batch, resolve_precision,
+)
 from .train.loop import LoopData, LoopSettings, features_for, fit, predict_batches, score
 from .train.losses import LossFn, auto_class_weights, build_loss
 from .train.progress import Reporter
@@ -130,7 +132,7 @@ def build_session(cfg: Config, out: Path, quiet: bool = False, resuming: bool = 
     reporter.line(f"[bold]data[/] {d.path}")
     spec = discover(d.path or "", task=cfg.task, val_fraction=d.val_fraction,
                     test_fraction=d.test_fraction, seed=d.split_seed, path_column=d.path_column,
-                    label_column=d.label_column)
+                    label_column=d.label_column, progress=reporter)
     report = spec.report()
     rd.write_json(out / rd.DATA_REPORT, report)
     reporter.line(_data_line(spec))
@@ -148,6 +150,7 @@ def build_session(cfg: Config, out: Path, quiet: bool = False, resuming: bool = 
     ts = spec.target_stats
     settings = LoopSettings(
         task=cfg.task, classes=spec.classes, batch_size=d.batch_size, num_workers=d.num_workers,
+        eval_batch_size=resolve_eval_batch(d.eval_batch_size, device, d.batch_size),
         augment=cfg.train.augment, optimizer=cfg.optim.name, weight_decay=cfg.optim.weight_decay,
         momentum=cfg.optim.momentum, nesterov=cfg.optim.nesterov,
         layer_decay=cfg.strategy.layer_decay, schedule=cfg.optim.schedule,

@@ -23,6 +23,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from ..errors import DataError
 from .images import BadImage, load_image
@@ -75,7 +76,14 @@ def _is_hidden(p: Path) -> bool:
     return p.name.startswith(".")
 
 
-def _audit(paths: list[Path]) -> tuple[list[Path], list[dict[str, str]]]:
+class Progress(Protocol):
+    def start(self, description: str, total: int) -> None: ...
+    def advance(self, n: int = 1) -> None: ...
+    def stop(self) -> None: ...
+
+
+def _audit(paths: list[Path], progress: Progress | None = None
+           ) -> tuple[list[Path], list[dict[str, str]]]:
     """Decode every file; return the good ones (order kept) and the skipped ones with reasons."""
 
     def check(p: Path) -> str | None:
@@ -85,8 +93,18 @@ def _audit(paths: list[Path]) -> tuple[list[Path], list[dict[str, str]]]:
         except BadImage as e:
             return e.reason
 
-    with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 2) * 2)) as pool:
-        reasons = list(pool.map(check, paths))
+    if progress:
+        progress.start("checking images", len(paths))
+    try:
+        with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 2) * 2)) as pool:
+            reasons = []
+            for r in pool.map(check, paths):  # decoding releases the GIL: threads overlap
+                reasons.append(r)
+                if progress:
+                    progress.advance(1)
+    finally:
+        if progress:
+            progress.stop()
     good = [p for p, r in zip(paths, reasons) if r is None]
     bad = [{"path": str(p), "reason": r} for p, r in zip(paths, reasons) if r is not None]
     return good, bad
@@ -103,17 +121,21 @@ def _files(d: Path) -> list[Path]:
                   and not any(part.startswith(".") for part in p.relative_to(d).parts))
 
 
-def _scan_class_tree(root: Path) -> tuple[dict[str, list[Path]], list[dict[str, str]]]:
+def _scan_class_tree(root: Path, progress: Progress | None = None
+                     ) -> tuple[dict[str, list[Path]], list[dict[str, str]]]:
     dirs = _class_dirs(root)
     stray = [p for p in root.iterdir() if p.is_file() and not _is_hidden(p)]
     skipped = [{"path": str(p), "reason": "file outside any class folder"} for p in stray]
+    files = {d.name: _files(d) for d in dirs}
+    good, bad = _audit([p for d in dirs for p in files[d.name]], progress)
+    skipped += bad
+    usable = set(good)
     per_class: dict[str, list[Path]] = {}
     for d in dirs:
-        good, bad = _audit(_files(d))
-        skipped += bad
-        if not good:
-            raise DataError(f"class folder {str(d)!r} has no usable images ({len(bad)} skipped)")
-        per_class[d.name] = good
+        per_class[d.name] = [p for p in files[d.name] if p in usable]
+        if not per_class[d.name]:
+            raise DataError(f"class folder {str(d)!r} has no usable images "
+                            f"({len(files[d.name])} skipped)")
     return per_class, skipped
 
 
@@ -146,7 +168,8 @@ def stratified_split(
 
 
 def _from_folders(
-    root: Path, val_fraction: float, test_fraction: float, seed: int
+    root: Path, val_fraction: float, test_fraction: float, seed: int,
+    progress: Progress | None = None,
 ) -> DataSpec:
     children = {d.name.lower(): d for d in _class_dirs(root)}
     split_dirs = {SPLIT_ALIASES[k]: d for k, d in children.items() if k in SPLIT_ALIASES}
@@ -161,7 +184,7 @@ def _from_folders(
         per_split: dict[str, dict[str, list[Path]]] = {}
         skipped: list[dict[str, str]] = []
         for split, d in split_dirs.items():
-            per_split[split], bad = _scan_class_tree(d)
+            per_split[split], bad = _scan_class_tree(d, progress)
             skipped += bad
         classes = sorted(per_split["train"])
         _check_classes(classes, str(split_dirs["train"]))
@@ -177,7 +200,7 @@ def _from_folders(
                 )
     else:
         layout = "class-folders"
-        per_class, skipped = _scan_class_tree(root)
+        per_class, skipped = _scan_class_tree(root, progress)
         classes = sorted(per_class)
         _check_classes(classes, str(root))
         per_split = stratified_split(per_class, val_fraction, test_fraction, seed)
@@ -200,6 +223,7 @@ def _from_csv(
     val_fraction: float,
     test_fraction: float,
     seed: int,
+    progress: Progress | None = None,
 ) -> DataSpec:
     try:
         with csv_path.open(newline="", encoding="utf-8-sig") as f:
@@ -231,7 +255,7 @@ def _from_csv(
             raise DataError(f"{csv_path}:{i}: the split column is empty; give every row train, "
                             "val or test, or drop the column to split automatically")
         entries.append((p, label, SPLIT_ALIASES[split] if split else None))
-    good, bad = _audit([p for p, _, _ in entries])
+    good, bad = _audit([p for p, _, _ in entries], progress)
     skipped += bad
     good_set = {str(p) for p in good}
     entries = [e for e in entries if str(e[0]) in good_set]
@@ -296,18 +320,21 @@ def discover(
     seed: int = 0,
     path_column: str = "path",
     label_column: str = "label",
+    progress: Progress | None = None,
 ) -> DataSpec:
-    """Find, audit and split the data at ``path``. Raises :class:`DataError` with a clear line."""
+    """Find, audit and split the data at ``path``. Raises :class:`DataError` with a clear line.
+    ``progress`` (start/advance/stop, e.g. graftkit's Reporter) shows the audit as it goes."""
     p = Path(path).expanduser()
     if not p.exists():
         raise DataError(f"data path {str(p)!r} does not exist")
     if p.is_file():
         if p.suffix.lower() != ".csv":
             raise DataError(f"data path {str(p)!r} is a file but not a CSV manifest")
-        return _from_csv(p, task, path_column, label_column, val_fraction, test_fraction, seed)
+        return _from_csv(p, task, path_column, label_column, val_fraction, test_fraction, seed,
+                         progress)
     if task == "regression":
         raise DataError("task: regression needs a CSV manifest with a numeric target column")
-    return _from_folders(p, val_fraction, test_fraction, seed)
+    return _from_folders(p, val_fraction, test_fraction, seed, progress)
 
 
 def discover_eval(

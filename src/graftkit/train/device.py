@@ -37,6 +37,15 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
     return None
 
 
+def resolve_eval_batch(size: int | None, device: torch.device, batch_size: int) -> int:
+    """Batch size for passes without gradients. ``None``: 8 on CPU, where a small batch's
+    activations stay in cache (efficientnet_lite0 on 2 cores: about 100 img/s at 8 against 55-70
+    at 32), and twice the training batch on accelerators."""
+    if size:
+        return size
+    return 8 if device.type == "cpu" else 2 * batch_size
+
+
 def resolve_channels_last(name: str, device: torch.device) -> bool:
     """``auto``: on for CUDA and CPU. On CPU, oneDNN's convolutions run NHWC much faster
     (efficientnet_lite0 on 2 cores: about 1.7x for inference, 1.4-2x for training steps)."""

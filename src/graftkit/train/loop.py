@@ -46,6 +46,7 @@ class LoopSettings:
     task: str
     classes: Sequence[str]
     batch_size: int = 32
+    eval_batch_size: int = 8
     num_workers: int = 0
     augment: str = "auto"
     optimizer: str = "adamw"
@@ -165,7 +166,8 @@ class Batches:
     def loader(self, split: str, generator: torch.Generator | None = None) -> DataLoader:
         train = split == "train"
         workers = 0 if self.cached else self.s.num_workers
-        return DataLoader(self.train_set if train else self.val_set, batch_size=self.s.batch_size,
+        return DataLoader(self.train_set if train else self.val_set,
+                          batch_size=self.s.batch_size if train else self.s.eval_batch_size,
                           shuffle=train, generator=generator, num_workers=workers,
                           drop_last=train and len(self.train_set) > self.s.batch_size
                           and self.mix is not None)
@@ -187,7 +189,7 @@ def features_for(model: nn.Module, items: Sequence[tuple[str, float]], split: st
         try:
             with torch.autocast(s.device.type, s.amp_dtype, enabled=s.amp_dtype is not None):
                 return feature_cache.extract(model.features, ImageDataset(items, tf, s.task),
-                                             s.batch_size, s.device, s.num_workers,
+                                             s.eval_batch_size, s.device, s.num_workers,
                                              on_batch=reporter.advance,
                                              channels_last=s.channels_last)
         finally:

@@ -1,0 +1,65 @@
+"""Print the README's result tables (Markdown) from benchmarks/results/*.json.
+
+    python benchmarks/report.py
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def load(name: str) -> dict | None:
+    p = RESULTS / f"{name}.json"
+    return json.loads(p.read_text()) if p.is_file() else None
+
+
+def machine_line(r: dict) -> str:
+    m = r["machine"]
+    gpu = f", {m['cuda']}" if m.get("cuda") else ""
+    return (f"{m['cpu']} ({m['cpu_count']} cores, {m['torch_threads']} torch threads{gpu}); "
+            f"torch {m['torch']}, timm {m['timm']}, Python {m['python']}; {m['date']}")
+
+
+def main() -> None:
+    acc = load("accuracy")
+    if acc:
+        print("| data | strategy | val accuracy (selected checkpoint) | last epoch | best epoch "
+              "| time |")
+        print("|---|---|---|---|---|---|")
+        for r in acc["rows"]:
+            print(f"| {r['data']} | {r['strategy']} | {r['val_accuracy']:.4f} | "
+                  f"{r['val_accuracy_last_epoch']:.4f} | {r['best_epoch']}/{r['epochs']} | "
+                  f"{r['seconds']:.0f} s |")
+        print(f"\n`benchmarks/accuracy.py` on {machine_line(acc)}.\n")
+    cache = load("linear_probe_cache")
+    over = load("train_overhead")
+    gpu = load("gpu_precision")
+    print("| benchmark | measured side by side | result |")
+    print("|---|---|---|")
+    if cache:
+        for r in cache["rows"]:
+            print(f"| `linear_probe_cache` ({r['epochs']} epochs) | cached {r['cached_s']:.1f} s "
+                  f"vs recomputed every epoch {r['recompute_s']:.1f} s | **{r['speedup']:.1f}x** |")
+    if over:
+        print(f"| `train_overhead` | graft `train_epoch` {over['graft_img_s']:.1f} img/s vs "
+              f"hand-written loop {over['hand_img_s']:.1f} img/s (same layout) | "
+              f"**{over['ratio']:.2f}x** |")
+        print(f"| `train_overhead` (graft default) | channels_last "
+              f"{over['graft_channels_last_img_s']:.1f} img/s vs hand-written loop "
+              f"{over['hand_img_s']:.1f} img/s | **{over['ratio_default']:.2f}x** |")
+    if gpu:
+        print(f"| `gpu_precision` | bf16 + channels_last {gpu['bf16_channels_last']['img_s']:.0f}"
+              f" img/s vs fp32 {gpu['fp32']['img_s']:.0f} img/s (losses "
+              f"{gpu['bf16_channels_last']['loss']:.4f} / {gpu['fp32']['loss']:.4f}) | "
+              f"**{gpu['speedup']:.2f}x** |")
+    for name, r in (("CPU", cache or over), ("GPU", gpu)):
+        if r:
+            print(f"\n{name}: {machine_line(r)}.", end="")
+    print()
+
+
+if __name__ == "__main__":
+    main()
