@@ -34,8 +34,8 @@ def throughput(amp: torch.dtype | None, channels_last: bool, loader, steps: int)
     s = LoopSettings(task="classification", classes=["a", "b"], device=dev, amp_dtype=amp,
                      channels_last=channels_last)
     state = LoopState(model)
-    state.optimizer, state.scheduler = _stage_optimizer(model, Stage("full", 1, 1e-4, lambda e: ALL),
-                                                        s, steps)
+    stage = Stage("full", 1, 1e-4, lambda e: ALL)
+    state.optimizer, state.scheduler = _stage_optimizer(model, stage, s, steps)
     scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
     args = (SimpleNamespace(forward=model, mix=None), loader, state, build_loss("cross_entropy"),
             s, ALL, Reporter(quiet=True), scaler)
@@ -66,11 +66,14 @@ def main() -> None:
     fp32 = throughput(None, False, loader, args.steps)
     bf16 = throughput(torch.bfloat16, True, loader, args.steps)
     ratio = bf16["img_s"] / fp32["img_s"]
-    print(f"{torch.cuda.get_device_name(0)}, efficientnet_lite0 full fine-tune, batch {args.batch}:")
+    gpu = torch.cuda.get_device_name(0)
+    print(f"{gpu}, efficientnet_lite0 full fine-tune, batch {args.batch}:")
     print(f"  fp32                    {fp32['img_s']:8.0f} img/s  loss {fp32['loss']:.4f}")
     print(f"  bf16 + channels_last    {bf16['img_s']:8.0f} img/s  loss {bf16['loss']:.4f}")
     print(f"  speed-up                {ratio:8.2f}x")
-    print(f"  written to {write_result('gpu_precision', {'batch': args.batch, 'steps': args.steps, 'fp32': fp32, 'bf16_channels_last': bf16, 'speedup': ratio})}")
+    path = write_result("gpu_precision", {"batch": args.batch, "steps": args.steps, "fp32": fp32,
+                                          "bf16_channels_last": bf16, "speedup": ratio})
+    print(f"  written to {path}")
 
 
 if __name__ == "__main__":

@@ -114,6 +114,9 @@ def train(cfg: Config, out: str | Path | None = None, overwrite: bool = False,
         session.fit()
     except KeyboardInterrupt:
         session.mark("interrupted", time.perf_counter() - t0)
+        if not (out_dir / rd.STATE).is_file():
+            raise GraftError("interrupted before the first epoch finished; nothing to resume, "
+                             "start again") from None
         raise GraftError(f"interrupted; continue with: graft train --resume {out_dir}") from None
     except TrainingDiverged:
         session.mark("diverged", time.perf_counter() - t0)
@@ -167,8 +170,8 @@ class Run:
         items = inputs if isinstance(inputs, (list, tuple)) else [inputs]
         return predict(self.model, self.meta, items, topk=topk, batch_size=batch_size)
 
-    def evaluate(self, data: str | Path | None = None, split: str | None = None, name: str | None = None,
-                 quiet: bool = True) -> dict[str, Any]:
+    def evaluate(self, data: str | Path | None = None, split: str | None = None,
+                 name: str | None = None, quiet: bool = True) -> dict[str, Any]:
         """Metrics on any labeled folder or CSV; written to ``eval/<name>/metrics.json``."""
         from .inference import evaluate
 

@@ -175,11 +175,15 @@ def build_config(
         try:
             loaded = yaml.safe_load(p.read_text()) or {}
         except yaml.YAMLError as e:
-            raise ConfigError(f"config file {str(p)!r} is not valid YAML: {e}".splitlines()[0])
+            msg = f"config file {str(p)!r} is not valid YAML: {e}".splitlines()[0]
+            raise ConfigError(msg) from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {str(p)!r} must hold a mapping of sections")
         tree = _merge(tree, loaded)
-    items = overrides.items() if isinstance(overrides, dict) else map(parse_override, overrides or [])
+    if isinstance(overrides, dict):
+        items = overrides.items()
+    else:
+        items = map(parse_override, overrides or [])
     for key, value in items:
         _set_dotted(tree, key, value)
     try:

@@ -52,7 +52,8 @@ def run_demo(out: Path, quiet: bool = False) -> None:
     from .train.progress import console
 
     data = digits_folder()
-    console.print(f"[bold]graft demo[/]: built-in efficientnet_lite0 on scikit-learn digits ({data})")
+    console.print(f"[bold]graft demo[/]: built-in efficientnet_lite0 on scikit-learn digits "
+                  f"({data})")
     run = finetune(data=data, out=out, overrides=dict(DEMO_OVERRIDES), overwrite=True, quiet=quiet)
     metrics = run.metrics
     test = metrics.get("test", metrics["val"])

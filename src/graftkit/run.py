@@ -16,8 +16,8 @@ from __future__ import annotations
 import json
 import os
 import platform
-import shutil
 import re
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -63,7 +63,8 @@ def versions() -> dict[str, str]:
 
     from . import __version__
 
-    return {"graftkit": __version__, "python": platform.python_version(), "torch": torch.__version__,
+    return {"graftkit": __version__, "python": platform.python_version(),
+            "torch": torch.__version__,
             "torchvision": torchvision.__version__, "timm": timm.__version__,
             "platform": platform.platform()}
 

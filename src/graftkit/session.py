@@ -21,7 +21,10 @@ from .strategies import STRATEGIES, Stage, StrategyParams
 from .train import hooks as H
 from .train.checkpoint import load_weights, read_state_info
 from .train.device import (
-    resolve_channels_last, resolve_device, resolve_eval_batch, resolve_precision,
+    resolve_channels_last,
+    resolve_device,
+    resolve_eval_batch,
+    resolve_precision,
 )
 from .train.loop import LoopData, LoopSettings, features_for, fit, predict_batches, score
 from .train.losses import LossFn, auto_class_weights, build_loss

@@ -28,7 +28,8 @@ def test_linear_probe_run_directory_and_accuracy(probe_run: Path) -> None:
         assert (probe_run / name).is_file(), name
     meta = json.loads((probe_run / "meta.json").read_text())
     assert meta["status"] == "completed" and meta["classes"] == ["ants", "bees"]
-    assert meta["model"]["name"] == "efficientnet_lite0" and meta["preprocessing"]["input_size"] == 224
+    assert meta["model"]["name"] == "efficientnet_lite0"
+    assert meta["preprocessing"]["input_size"] == 224
     assert meta["versions"]["torch"] and len(meta["data"]["fingerprint"]) == 16
     metrics = json.loads((probe_run / "metrics.json").read_text())
     assert metrics["val"]["accuracy"] >= 0.92, metrics["val"]["accuracy"]  # issue target

@@ -46,7 +46,8 @@ def test_bad_values_name_the_key(override: str, message: str) -> None:
 
 
 def test_validate_catches_unknown_names_before_heavy_work(tmp_path: Path) -> None:
-    for override, key in [("strategy.name=nope", "strategy.name"), ("optim.name=lion", "optim.name"),
+    for override, key in [("strategy.name=nope", "strategy.name"),
+                          ("optim.name=lion", "optim.name"),
                           ("optim.schedule=zigzag", "optim.schedule"),
                           ("train.augment=wild", "train.augment"),
                           ("model.name=not_a_model_xyz", "model.name"),

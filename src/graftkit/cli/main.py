@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -24,24 +23,24 @@ def _flags(**kw: object) -> dict[str, object]:
 
 @app.command()
 def train(
-    data: Optional[str] = typer.Option(None, "--data", help="image folder or CSV manifest"),
-    model: Optional[str] = typer.Option(None, "--model", help="built-in or timm model name"),
-    strategy: Optional[str] = typer.Option(None, "--strategy", help="see `graft list`"),
-    epochs: Optional[int] = typer.Option(None, "--epochs", help="default: the strategy's"),
-    out: Optional[Path] = typer.Option(None, "--out", help="run directory to write"),
-    config: Optional[Path] = typer.Option(None, "-c", "--config", help="YAML config file"),
-    weights: Optional[str] = typer.Option(None, "--weights", help=".safetensors/.pth backbone"),
-    lr: Optional[float] = typer.Option(None, "--lr", help="learning rate"),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size"),
-    augment: Optional[str] = typer.Option(None, "--augment", help="augmentation preset"),
-    task: Optional[str] = typer.Option(None, "--task", help="classification | regression"),
-    val_fraction: Optional[float] = typer.Option(None, "--val-fraction"),
-    test_fraction: Optional[float] = typer.Option(None, "--test-fraction"),
-    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda | mps"),
+    data: str | None = typer.Option(None, "--data", help="image folder or CSV manifest"),
+    model: str | None = typer.Option(None, "--model", help="built-in or timm model name"),
+    strategy: str | None = typer.Option(None, "--strategy", help="see `graft list`"),
+    epochs: int | None = typer.Option(None, "--epochs", help="default: the strategy's"),
+    out: Path | None = typer.Option(None, "--out", help="run directory to write"),
+    config: Path | None = typer.Option(None, "-c", "--config", help="YAML config file"),
+    weights: str | None = typer.Option(None, "--weights", help=".safetensors/.pth backbone"),
+    lr: float | None = typer.Option(None, "--lr", help="learning rate"),
+    batch_size: int | None = typer.Option(None, "--batch-size"),
+    augment: str | None = typer.Option(None, "--augment", help="augmentation preset"),
+    task: str | None = typer.Option(None, "--task", help="classification | regression"),
+    val_fraction: float | None = typer.Option(None, "--val-fraction"),
+    test_fraction: float | None = typer.Option(None, "--test-fraction"),
+    device: str | None = typer.Option(None, "--device", help="auto | cpu | cuda | mps"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing run in --out"),
-    resume: Optional[Path] = typer.Option(None, "--resume", help="continue a stopped run"),
+    resume: Path | None = typer.Option(None, "--resume", help="continue a stopped run"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
-    overrides: Optional[list[str]] = typer.Argument(None, help="config overrides key=value"),
+    overrides: list[str] | None = typer.Argument(None, help="config overrides key=value"),
 ) -> None:
     """Fine-tune a pretrained model and write a run directory."""
     from .. import api
@@ -113,10 +112,10 @@ def predict(
 @app.command()
 def evaluate(
     run_dir: Path = typer.Argument(..., help="a run directory"),
-    data: Optional[str] = typer.Option(None, "--data", help="labeled folder or CSV (default: "
+    data: str | None = typer.Option(None, "--data", help="labeled folder or CSV (default: "
                                        "the run's own data)"),
-    split: Optional[str] = typer.Option(None, "--split", help="train | val | test"),
-    name: Optional[str] = typer.Option(None, "--name", help="name of the eval/<name> folder"),
+    split: str | None = typer.Option(None, "--split", help="train | val | test"),
+    name: str | None = typer.Option(None, "--name", help="name of the eval/<name> folder"),
     as_json: bool = typer.Option(False, "--json", help="print the metrics as JSON"),
 ) -> None:
     """Compute metrics of a run on labeled data; writes RUN_DIR/eval/<name>/metrics.json."""

@@ -29,7 +29,9 @@ class ImageDataset(Dataset):
         try:
             img = load_image(path)
         except BadImage as e:  # audited before training, so the file changed underneath us
-            raise DataError(f"{path}: {e.reason} (it was readable when the data was audited)")
+            raise DataError(
+                f"{path}: {e.reason} (it was readable when the data was audited)"
+            ) from None
         x = self.transform(img)
         y = torch.tensor(int(target)) if self.task == "classification" else torch.tensor(target)
         return x, y

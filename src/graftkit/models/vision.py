@@ -127,7 +127,9 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any failure to read is the user's file
-        raise GraftError(f"cannot load weights {str(path)!r} safely: {str(e).splitlines()[0]}")
+        raise GraftError(
+            f"cannot load weights {str(path)!r} safely: {str(e).splitlines()[0]}"
+        ) from None
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]

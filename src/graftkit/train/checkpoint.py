@@ -18,13 +18,16 @@ import torch
 from safetensors.torch import load_file, safe_open, save_file
 
 
-def atomic_save(tensors: dict[str, torch.Tensor], path: str | Path, meta: dict[str, str] | None = None) -> None:
+def atomic_save(
+    tensors: dict[str, torch.Tensor], path: str | Path, meta: dict[str, str] | None = None
+) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=meta)
+        plain = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+        save_file(plain, tmp, metadata=meta)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -43,7 +43,8 @@ class LoopState:
             "step": self.step, "best": self.best, "best_epoch": self.best_epoch,
             "bad_epochs": self.bad_epochs, "stop": self.stop, "stop_stage": self.stop_stage,
             "stop_reason": self.stop_reason,
-            "scaler": self.scaler.state_dict() if self.scaler and self.scaler.is_enabled() else None,
+            "scaler": (self.scaler.state_dict()
+                       if self.scaler and self.scaler.is_enabled() else None),
         }
 
 

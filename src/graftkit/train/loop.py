@@ -14,9 +14,12 @@ uninterrupted one on CPU. Nothing here reads the config: ``LoopSettings`` holds 
 
 from __future__ import annotations
 
+import contextlib
 import math
+import signal
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -151,7 +154,8 @@ class Batches:
         self.cached = stage.head_only and preset == "none" and s.feature_cache != "off"
         if stage.head_only and preset != "none":
             reporter.warn(f"augmentation '{preset}' is random, so backbone features cannot be "
-                          "cached: they are recomputed every epoch (train.augment=none caches them)")
+                          "cached: they are recomputed every epoch "
+                          "(train.augment=none caches them)")
         if self.cached:
             self.train_set: Dataset = features_for(model, data.train, "train", data, s, reporter)
             self.val_set: Dataset = features_for(model, data.val, "val", data, s, reporter)
@@ -297,7 +301,7 @@ def fit(
     resume_from: Path | None = None,
     resume_info: dict[str, Any] | None = None,
 ) -> LoopState:
-    """Train ``model`` through ``stages``; returns the final loop state (best value, stop reason)."""
+    """Train ``model`` through ``stages``; returns the final loop state (best, stop reason)."""
     model.to(s.device)
     if s.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -349,17 +353,35 @@ def fit(
             val = score(outputs, targets, loss_fn, s)
             state.epoch, state.stage_epoch = state.epoch + 1, e
             record = {"epoch": state.epoch + 1, "stage": stage.name, "stage_epoch": e + 1,
-                      "trainable_params": trainable, "unfrozen_blocks": min(n_blocks, 10**3),
+                      "trainable_params": trainable,
+                      "unfrozen_blocks": min(n_blocks, len(model.blocks())),
                       "lr": max(g["lr"] for g in state.optimizer.param_groups), **rec,
                       **{f"val_{k}": v for k, v in val.items() if isinstance(v, (int, float))}}
-            for h in hooks:
-                h.on_epoch_end(state, record)
+            with _defer_sigint():  # Ctrl-C must not split the epoch's bookkeeping in two
+                for h in hooks:
+                    h.on_epoch_end(state, record)
             reporter.line(_epoch_line(record, s.monitor))
         if state.stop:
             break
     for h in hooks:
         h.on_train_end(state)
     return state
+
+
+@contextlib.contextmanager
+def _defer_sigint() -> Iterator[None]:
+    """Hold a Ctrl-C until the block ends, then raise it (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[bool] = []
+    previous = signal.signal(signal.SIGINT, lambda *_: caught.append(True))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
 
 
 def _epoch_line(r: dict[str, Any], monitor: str) -> str:

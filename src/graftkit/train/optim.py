@@ -69,7 +69,7 @@ def step(t: float, *, epoch: float, step_size: int, gamma: float, **_: Any) -> f
     return gamma ** int(epoch // step_size)
 
 
-@SCHEDULES.register("one_cycle", "one-cycle: up to the peak in 30% of training, cosine down (Smith)")
+@SCHEDULES.register("one_cycle", "one-cycle: peak at 30% of training, cosine down (Smith)")
 def one_cycle(t: float, **_: Any) -> float:
     peak, start, end = 0.3, 1.0 / 25.0, 1.0 / 1e4
     if t < peak:
