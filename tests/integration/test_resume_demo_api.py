@@ -70,6 +70,9 @@ def test_python_api_mirrors_the_cli(small_csv: Path, tmp_path: Path) -> None:
     assert pred["label"] in ("ants", "bees") and len(pred["top"]) == 2
     m = run.evaluate(split="val")
     assert m["n"] == 12 and 0.0 <= m["accuracy"] <= 1.0
+    from_csv = run.evaluate(small_csv, split="val", name="csv-val")  # a labeled CSV manifest
+    assert from_csv["n"] == 12 and from_csv["accuracy"] == pytest.approx(m["accuracy"])
+    assert (run.path / "eval" / "csv-val" / "metrics.json").is_file()
     again = graftkit.load_run(tmp_path / "api")
     assert again.predict(image)[0]["prob"] == pytest.approx(pred["prob"])
 

@@ -227,13 +227,7 @@ def _from_csv(
     seed: int,
     progress: Progress | None = None,
 ) -> DataSpec:
-    try:
-        with csv_path.open(newline="", encoding="utf-8-sig") as f:
-            rows = list(csv.DictReader(f))
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise DataError(f"cannot read CSV {str(csv_path)!r}: {e}") from None
-    if not rows:
-        raise DataError(f"CSV {str(csv_path)!r} has no rows")
+    rows = _read_rows(csv_path)
     for col in (path_column, label_column):
         if col not in rows[0]:
             raise DataError(
@@ -304,6 +298,18 @@ def _from_csv(
         std = math.sqrt(sum((y - mean) ** 2 for y in ys) / max(1, len(ys) - 1)) or 1.0
         spec.target_stats = {"mean": mean, "std": std}
     return spec
+
+
+def _read_rows(path: Path) -> list[dict[str, str]]:
+    """The CSV's rows as dicts (a BOM is tolerated); a DataError if unreadable or empty."""
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise DataError(f"cannot read CSV {str(path)!r}: {e}") from None
+    if not rows:
+        raise DataError(f"CSV {str(path)!r} has no rows")
+    return rows
 
 
 def _is_float(s: str) -> bool:
@@ -388,12 +394,8 @@ def _eval_csv(
     p: Path, index: dict[str, int], task: str, split: str | None, path_column: str,
     label_column: str,
 ) -> tuple[list[tuple[str, float]], list[dict[str, str]], str]:
-    try:
-        with p.open(newline="", encoding="utf-8-sig") as f:
-            rows = list(csv.DictReader(f))
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise DataError(f"cannot read CSV {str(p)!r}: {e}") from None
-    if not rows or path_column not in rows[0] or label_column not in rows[0]:
+    rows = _read_rows(p)
+    if path_column not in rows[0] or label_column not in rows[0]:
         raise DataError(f"CSV {str(p)!r} needs columns {path_column!r} and {label_column!r}")
     if split:
         rows = [r for r in rows if SPLIT_ALIASES.get((r.get("split") or "").lower()) == split]
