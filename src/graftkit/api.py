@@ -162,13 +162,15 @@ class Run:
             self._model = load_model(self.path, self.meta)
         return self._model
 
-    def predict(self, inputs: list[Any] | Any, topk: int = 5, batch_size: int = 8
+    def predict(self, inputs: list[Any] | Any, topk: int = 5, batch_size: int | None = None
                 ) -> list[dict[str, Any]]:
-        """Top-k classes with probabilities (or the value, for regression) for each input."""
-        from .inference import predict
+        """Top-k classes with probabilities (or the value, for regression) for each input.
+        ``batch_size`` defaults to the run's ``data.eval_batch_size`` (as evaluate does)."""
+        from .inference import predict, run_eval_batch
 
         items = inputs if isinstance(inputs, (list, tuple)) else [inputs]
-        return predict(self.model, self.meta, items, topk=topk, batch_size=batch_size)
+        return predict(self.model, self.meta, items, topk=topk,
+                       batch_size=batch_size or run_eval_batch(self.config))
 
     def evaluate(self, data: str | Path | None = None, split: str | None = None,
                  name: str | None = None, quiet: bool = True) -> dict[str, Any]:

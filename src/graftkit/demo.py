@@ -15,7 +15,7 @@ from PIL import Image
 
 DEMO_OVERRIDES = {
     "strategy.name": "lp_ft",
-    # 96 px keeps LP-FT within the demo's budget on 2 CPU cores (about 90 s); the digits are 8x8,
+    # 96 px keeps LP-FT within the demo's budget on 2 CPU cores (about a minute); digits are 8x8,
     # so a larger input only repeats pixels. Digits are far from ImageNet photos, so the
     # fine-tuning stage gets a larger learning rate than lp_ft's default, and no augmentation
     # (a flipped or cropped digit is another digit, or none).

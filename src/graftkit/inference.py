@@ -39,6 +39,11 @@ def _as_image(item: Any) -> tuple[str, Image.Image]:
         raise DataError(f"{item}: {e.reason}") from None
 
 
+def run_eval_batch(cfg: Any) -> int:
+    """A run's batch size for gradient-free passes; its model is used on the CPU."""
+    return resolve_eval_batch(cfg.data.eval_batch_size, torch.device("cpu"), cfg.data.batch_size)
+
+
 @torch.no_grad()
 def predict(model: TimmAdapter, meta: dict[str, Any], items: list[Any], topk: int = 5,
             batch_size: int = 8) -> list[dict[str, Any]]:
@@ -104,8 +109,7 @@ def evaluate(run: Any, data: str | Path | None, split: str | None = None,
                      channels_last=True)
     model = run.model
     ds = ImageDataset(items, eval_transform(model.data_config), meta["task"])
-    loader = torch.utils.data.DataLoader(ds, batch_size=resolve_eval_batch(
-        cfg.data.eval_batch_size, torch.device("cpu"), cfg.data.batch_size))
+    loader = torch.utils.data.DataLoader(ds, batch_size=run_eval_batch(cfg))
     reporter = Reporter(quiet)
     reporter.start("evaluate", len(loader))
     try:

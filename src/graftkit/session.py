@@ -16,6 +16,7 @@ import torch
 from . import run as rd
 from .config import Config, to_yaml
 from .data.sources import DataSpec, discover
+from .errors import ConfigError, DataError
 from .models.vision import TimmAdapter, create_model, resolve_arch
 from .strategies import STRATEGIES, Stage, StrategyParams
 from .train import hooks as H
@@ -113,8 +114,6 @@ def _loss(cfg: Config, spec: DataSpec) -> LossFn:
             weights = auto_class_weights([int(t) for _, t in spec.splits["train"]], k)
         elif isinstance(cfg.loss.class_weights, list):
             if len(cfg.loss.class_weights) != k:
-                from .errors import ConfigError
-
                 raise ConfigError(f"config key 'loss.class_weights': {len(cfg.loss.class_weights)}"
                                   f" weights for {k} classes ({', '.join(spec.classes)})")
             weights = torch.tensor(cfg.loss.class_weights, dtype=torch.float32)
@@ -174,8 +173,6 @@ def build_session(cfg: Config, out: Path, quiet: bool = False, resuming: bool = 
         reporter.line(f"resuming after epoch {resume_info['epoch'] + 1}")
         meta = rd.read_json(out / rd.META)
         if spec.classes != meta["classes"] or spec.target_stats != meta["target_stats"]:
-            from .errors import DataError
-
             raise DataError(f"the classes or targets in {d.path!r} changed since this run started"
                             "; start a new run instead of resuming")
         if meta["data"]["fingerprint"] != data.fingerprint:
