@@ -172,9 +172,18 @@ class Run:
         return predict(self.model, self.meta, items, topk=topk,
                        batch_size=batch_size or run_eval_batch(self.config))
 
+    def calibrate(self, temperature: bool = True, threshold: str = "keep",
+                  target: float | None = None) -> dict[str, Any]:
+        """Refit temperature scaling (and a binary threshold: f1 | precision | recall | none)
+        on the validation split; predict and evaluate use it from then on."""
+        from .inference import calibrate
+
+        return calibrate(self, temperature=temperature, threshold=threshold, target=target)
+
     def evaluate(self, data: str | Path | None = None, split: str | None = None,
                  name: str | None = None, quiet: bool = True) -> dict[str, Any]:
-        """Metrics on any labeled folder or CSV; written to ``eval/<name>/metrics.json``."""
+        """Metrics, plots and report.html on any labeled folder or CSV (default: the run's own
+        test or validation split), written to ``eval/<name>/``."""
         from .inference import evaluate
 
         return evaluate(self, data, split=split, name=name, quiet=quiet)

@@ -109,6 +109,29 @@ class TrainConfig(_Section):
     topk: int = Field(5, ge=1)
 
 
+class CalibrationConfig(_Section):
+    temperature: bool = Field(
+        True, description="fit temperature scaling on the validation split (Guo et al. 2017)"
+    )
+    threshold: Literal["none", "f1", "precision", "recall"] = Field(
+        "none", description="binary tasks: choose the decision threshold on validation"
+    )
+    target: float | None = Field(
+        None, gt=0.0, lt=1.0, description="threshold=precision|recall: the value to reach"
+    )
+
+    @model_validator(mode="after")
+    def _target(self) -> CalibrationConfig:
+        if self.threshold in ("precision", "recall") and self.target is None:
+            raise ValueError(f"threshold={self.threshold} needs calibration.target, e.g. 0.95")
+        return self
+
+
+class ReportConfig(_Section):
+    enabled: bool = Field(True, description="write eval/<name>/report.html at the end of training")
+    top_losses: int = Field(12, ge=0, description="most confidently wrong examples to show")
+
+
 class Config(_Section):
     task: Literal["classification", "regression"] = "classification"
     data: DataConfig = DataConfig()
@@ -117,6 +140,8 @@ class Config(_Section):
     optim: OptimConfig = OptimConfig()
     loss: LossConfig = LossConfig()
     train: TrainConfig = TrainConfig()
+    calibration: CalibrationConfig = CalibrationConfig()
+    report: ReportConfig = ReportConfig()
 
 
 def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:

@@ -48,6 +48,7 @@ def digits_folder(root: Path | None = None) -> Path:
 
 
 def run_demo(out: Path, quiet: bool = False) -> None:
+    from . import run as rd
     from .api import finetune
     from .train.progress import console
 
@@ -63,4 +64,6 @@ def run_demo(out: Path, quiet: bool = False) -> None:
         console.print(f"  predict {Path(r['input']).parent.name}/{Path(r['input']).name}: {tops}")
     console.print(f"[bold]test accuracy {test['accuracy']:.4f}, macro-F1 {test['macro_f1']:.4f}[/] "
                   f"(n={test['n']}); run directory: {run.path}")
+    split = "test" if "test" in metrics else "val"
+    console.print(f"open the report: {rd.eval_dir(run.path, data, split) / 'report.html'}")
     console.print(f"next: graft predict {run.path} IMAGE  |  graft evaluate {run.path} --data DIR")

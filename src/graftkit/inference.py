@@ -14,6 +14,7 @@ from .data.images import BadImage, load_image
 from .data.sources import discover_eval
 from .data.transforms import DataConfig, eval_transform
 from .errors import DataError, GraftError
+from .evaluate.calibration import Calibration
 from .models.vision import TimmAdapter, rebuild_model
 from .train.checkpoint import load_weights
 from .train.device import resolve_eval_batch
@@ -48,26 +49,30 @@ def run_eval_batch(cfg: Any) -> int:
 def predict(model: TimmAdapter, meta: dict[str, Any], items: list[Any], topk: int = 5,
             batch_size: int = 8) -> list[dict[str, Any]]:
     tf = eval_transform(model.data_config)
+    cal = Calibration.from_meta(meta)
     results: list[dict[str, Any]] = []
     for start in range(0, len(items), batch_size):
         named = [_as_image(it) for it in items[start:start + batch_size]]
         x = torch.stack([tf(img) for _, img in named])  # (B, C, H, W)
         out = model(x.contiguous(memory_format=torch.channels_last)).float()
         for (name, _), row in zip(named, out):
-            results.append(_describe(name, row, meta, topk))
+            results.append(_describe(name, row, meta, topk, cal))
     return results
 
 
-def _describe(name: str, row: torch.Tensor, meta: dict[str, Any], topk: int) -> dict[str, Any]:
+def _describe(name: str, row: torch.Tensor, meta: dict[str, Any], topk: int,
+              cal: Calibration) -> dict[str, Any]:
     if meta["task"] == "regression":
         ts = meta.get("target_stats") or {}
         value = float(row[0]) * ts.get("std", 1.0) + ts.get("mean", 0.0)
         return {"input": name, "value": value}
-    probs = row.softmax(-1)
+    probs = cal.probs(row[None])[0]
+    label = meta["classes"][int(cal.decide(probs[None].numpy())[0])]
     k = min(topk, len(probs))
     p, idx = probs.topk(k)
     top = [{"label": meta["classes"][int(i)], "prob": float(v)} for v, i in zip(p, idx)]
-    return {"input": name, "label": top[0]["label"], "prob": top[0]["prob"], "top": top}
+    return {"input": name, "label": label, "prob": float(probs[meta["classes"].index(label)]),
+            "top": top}
 
 
 def _run_split(cfg: Any, meta: dict[str, Any], split: str | None
@@ -87,11 +92,61 @@ def _run_split(cfg: Any, meta: dict[str, Any], split: str | None
     return list(spec.splits[used]), spec.skipped, used
 
 
+def _outputs(run: Any, items: list[tuple[str, float]], quiet: bool = True
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The run's raw outputs (logits) and targets on labeled items."""
+    from .train.loop import LoopSettings, predict_batches
+    from .train.progress import Reporter
+
+    s = LoopSettings(task=run.meta["task"], classes=run.meta["classes"], channels_last=True)
+    model = run.model
+    ds = ImageDataset(items, eval_transform(model.data_config), run.meta["task"])
+    loader = torch.utils.data.DataLoader(ds, batch_size=run_eval_batch(run.config))
+    reporter = Reporter(quiet)
+    reporter.start("predict", len(loader))
+    try:
+        return predict_batches(lambda x: (reporter.advance(1), model(x))[1], loader, s)
+    finally:
+        reporter.stop()
+
+
+def calibrate(run: Any, temperature: bool = True, threshold: str = "keep",
+              target: float | None = None) -> dict[str, Any]:
+    """Refit temperature (and a binary decision threshold) on the run's validation split and
+    store it in meta.json; returns the calibration with val ECE/log loss before and after."""
+    from .evaluate.calibration import fit_calibration
+    from .evaluate.metrics import probability_scores
+
+    meta = run.meta
+    if meta["task"] != "classification":
+        raise GraftError("calibration is for classification runs")
+    old = Calibration.from_meta(meta)
+    if threshold == "keep":
+        threshold, target = old.criterion or "none", target or old.target
+    if threshold != "none" and len(meta["classes"]) != 2:
+        raise GraftError(f"--threshold is for binary runs; this one has {len(meta['classes'])} "
+                         "classes")
+    if threshold in ("precision", "recall") and target is None:
+        raise GraftError(f"--threshold {threshold} needs --target, e.g. 0.95")
+    items, _, _ = _run_split(run.config, meta, "val")
+    logits, targets = _outputs(run, items)
+    cal, warning = fit_calibration(logits, targets, meta["classes"], temperature, threshold,
+                                   target)
+    y = targets.numpy()
+    before = probability_scores(old.probs(logits).double().numpy(), y, len(meta["classes"]))
+    after = probability_scores(cal.probs(logits).double().numpy(), y, len(meta["classes"]))
+    meta = rd.read_json(run.path / rd.META)
+    meta["calibration"] = {**cal.to_dict(), "fitted_on": "val"}
+    rd.write_json(run.path / rd.META, meta)
+    run.meta = meta
+    return {**cal.to_dict(), "before": before, "after": after, "warning": warning}
+
+
 def evaluate(run: Any, data: str | Path | None, split: str | None = None,
              name: str | None = None, quiet: bool = True) -> dict[str, Any]:
-    from .train.loop import LoopSettings, predict_batches, score
-    from .train.losses import build_loss
-    from .train.progress import Reporter
+    """Metrics, plots and report.html of a run on labeled data, in ``RUN_DIR/eval/<name>/``."""
+    from .evaluate.analysis import analyze
+    from .evaluate.report import REPORT, write_eval
 
     meta, cfg = run.meta, run.config
     if data is None:
@@ -103,23 +158,11 @@ def evaluate(run: Any, data: str | Path | None, split: str | None = None,
                                              label_column=cfg.data.label_column)
     if not items:
         raise DataError(f"no usable labeled images in {str(data)!r}")
-    ts = meta.get("target_stats") or {}
-    s = LoopSettings(task=meta["task"], classes=meta["classes"], topk=cfg.train.topk,
-                     target_mean=ts.get("mean", 0.0), target_std=ts.get("std", 1.0),
-                     channels_last=True)
-    model = run.model
-    ds = ImageDataset(items, eval_transform(model.data_config), meta["task"])
-    loader = torch.utils.data.DataLoader(ds, batch_size=run_eval_batch(cfg))
-    reporter = Reporter(quiet)
-    reporter.start("evaluate", len(loader))
-    try:
-        outputs, targets = predict_batches(lambda x: (reporter.advance(1), model(x))[1], loader, s)
-    finally:
-        reporter.stop()
-    loss = build_loss("mse" if meta["task"] == "regression" else "cross_entropy")
-    metrics = score(outputs, targets, loss, s)
-    metrics.update(data=str(data), split=used, n_skipped=len(skipped), skipped=skipped)
-    out_name = rd.safe_name(name or f"{Path(data).resolve().name}-{used}")
-    rd.write_json(run.path / "eval" / out_name / rd.METRICS, metrics)
-    metrics["written_to"] = str(run.path / "eval" / out_name / rd.METRICS)
+    outputs, targets = _outputs(run, items, quiet)
+    a = analyze(outputs, targets, meta["task"], meta["classes"], Calibration.from_meta(meta),
+                cfg.train.topk, meta.get("target_stats"), items=[str(p) for p, _ in items])
+    out = rd.eval_dir(run.path, data, used, name)
+    info = {"data": str(data), "split": used, "n_skipped": len(skipped), "skipped": skipped}
+    metrics = write_eval(out, a, run.path, meta, info, top_losses=cfg.report.top_losses)
+    metrics.update(written_to=str(out / rd.METRICS), report=str(out / REPORT))
     return metrics

@@ -8,7 +8,8 @@
       history.jsonl           one line per epoch
       data_report.json        counts per split/class, skipped files with reasons
       checkpoints/last.safetensors   resumable state (weights, optimizer, scheduler, counters)
-      eval/<name>/metrics.json       `graft evaluate` results
+      eval/<name>/                   metrics.json, plots (PNG) and report.html of one split;
+                                     written at the end of training and by `graft evaluate`
 """
 
 from __future__ import annotations
@@ -99,6 +100,12 @@ def default_out(model: str, strategy: str) -> Path:
 
 def safe_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "data"
+
+
+def eval_dir(run: Path, data: str | Path, split: str, name: str | None = None) -> Path:
+    """``RUN_DIR/eval/<name>``; the default name is ``<data folder or file>-<split>``, the same
+    for the report written at the end of training and for ``graft evaluate``."""
+    return run / "eval" / safe_name(name or f"{Path(data).resolve().name}-{split}")
 
 
 def truncate_history(path: Path, last_epoch: int) -> None:

@@ -17,6 +17,8 @@ from . import run as rd
 from .config import Config, to_yaml
 from .data.sources import DataSpec, discover
 from .errors import ConfigError, DataError
+from .evaluate.analysis import Analysis, analyze
+from .evaluate.calibration import Calibration, fit_calibration
 from .models.vision import TimmAdapter, create_model, resolve_arch
 from .strategies import STRATEGIES, Stage, StrategyParams
 from .train import hooks as H
@@ -27,7 +29,7 @@ from .train.device import (
     resolve_eval_batch,
     resolve_precision,
 )
-from .train.loop import LoopData, LoopSettings, features_for, fit, predict_batches, score
+from .train.loop import LoopData, LoopSettings, features_for, fit, loss_value, predict_batches
 from .train.losses import LossFn, auto_class_weights, build_loss
 from .train.progress import Reporter
 
@@ -67,24 +69,60 @@ class Session:
         rd.write_json(self.out / rd.META, meta)
 
     def finish(self, seconds: float) -> None:
-        """Reload the best weights, score every split, write metrics.json and the final meta."""
+        """Reload the best weights, score every split, calibrate on validation, write
+        metrics.json, the final meta and the evaluation report(s)."""
         load_weights(self.model, self.out / rd.WEIGHTS)
         self.model.eval()
         s, unchanged = self.settings, all(st.head_only for st in self.stages)
-        metrics: dict[str, Any] = {"monitor": s.monitor, "best_epoch": (self.best_epoch or 0) + 1}
+        outputs = {}
         for split, items in self.spec.splits.items():
             # A backbone that never trained hits the feature cache: scoring costs the head only.
             feats = features_for(self.model, items, split, self.data, s, self.reporter,
                                  mode=s.feature_cache if unchanged else "off")
             loader = torch.utils.data.DataLoader(feats, batch_size=256)
-            metrics[split] = score(*predict_batches(self.model.head, loader, s), self.loss_fn, s)
+            outputs[split] = predict_batches(self.model.head, loader, s)
+        cal = self._calibrate(*outputs["val"]) if "val" in outputs else Calibration()
+        metrics: dict[str, Any] = {"monitor": s.monitor, "best_epoch": (self.best_epoch or 0) + 1}
+        analyses = {}
+        for split, (o, t) in outputs.items():
+            analyses[split] = a = analyze(
+                o, t, s.task, list(s.classes), cal, s.topk, self.spec.target_stats,
+                items=[str(p) for p, _ in self.spec.splits[split]])
+            metrics[split] = {"loss": loss_value(o, t, self.loss_fn, s), **a.metrics}
         rd.write_json(self.out / rd.METRICS, metrics)
         meta = rd.read_json(self.out / rd.META)
         meta.update(status="completed", best_epoch=metrics["best_epoch"],
                     best_value=self.best_value, stop_reason=self.stop_reason,
                     train_time_s=meta.get("train_time_s", 0.0) + seconds)
+        if s.task == "classification":
+            meta["calibration"] = {**cal.to_dict(), "fitted_on": "val"}
         rd.write_json(self.out / rd.META, meta)
         self._summary(metrics, meta["train_time_s"])
+        if self.cfg.report.enabled:
+            self._reports(analyses, meta)
+
+    def _calibrate(self, logits: torch.Tensor, targets: torch.Tensor) -> Calibration:
+        if self.settings.task != "classification":
+            return Calibration()
+        c = self.cfg.calibration
+        cal, warning = fit_calibration(logits, targets, list(self.settings.classes),
+                                       c.temperature, c.threshold, c.target)
+        if warning:
+            self.reporter.warn(warning)
+        return cal
+
+    def _reports(self, analyses: dict[str, Analysis], meta: dict[str, Any]) -> None:
+        """The report of the validation split, and of the test split when there is one."""
+        from .evaluate.report import REPORT, write_eval
+
+        data = self.cfg.data.path or ""
+        for split in ("val", "test"):
+            if split in analyses and len(analyses[split].targets):
+                out = rd.eval_dir(self.out, data, split)
+                write_eval(out, analyses[split], self.out, meta,
+                           {"data": data, "split": split, "n_skipped": len(self.spec.skipped)},
+                           top_losses=self.cfg.report.top_losses)
+                self.reporter.line(f"  report: {out / REPORT}")
 
     def _summary(self, metrics: dict[str, Any], seconds: float) -> None:
         keys = ["rmse", "mae", "r2"] if self.cfg.task == "regression" else [
@@ -142,6 +180,10 @@ def build_session(cfg: Config, out: Path, quiet: bool = False, resuming: bool = 
         reporter.warn(f"skipped {item['path']}: {item['reason']}")
     if len(spec.skipped) > 5:
         reporter.warn(f"... {len(spec.skipped) - 5} more skipped; see {out / rd.DATA_REPORT}")
+    if cfg.calibration.threshold != "none" and (cfg.task != "classification"
+                                                or len(spec.classes) != 2):
+        raise ConfigError("config key 'calibration.threshold': a decision threshold is for binary "
+                          f"classification; this data has {len(spec.classes)} classes")
     n_out = 1 if cfg.task == "regression" else len(spec.classes)
     m = cfg.model
     reporter.line(f"[bold]model[/] {m.name}  [bold]strategy[/] {cfg.strategy.name}")

@@ -29,3 +29,15 @@ def read_history(run: Path) -> list[dict]:
     import json
 
     return [json.loads(ln) for ln in (run / "history.jsonl").read_text().splitlines() if ln]
+
+
+@pytest.fixture(scope="session")
+def probe_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The default linear probe on hymenoptera_256 (pretrained efficientnet_lite0), shared by
+    the tests that read a real finished run."""
+    from tests.conftest import shared_dataset
+
+    data = shared_dataset("hymenoptera_256")
+    out = tmp_path_factory.mktemp("runs") / "probe"
+    graft("train", "--data", data, "--strategy", "linear_probe", "--out", out)
+    return out

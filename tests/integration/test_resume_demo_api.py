@@ -83,6 +83,9 @@ def test_demo_runs_offline_and_learns(tmp_path: Path) -> None:
     assert metrics["test"]["accuracy"] >= 0.9, metrics["test"]["accuracy"]
     assert "test accuracy" in proc.stderr + proc.stdout
     assert "run directory" in proc.stderr + proc.stdout
+    for split in ("val", "test"):  # both held-out splits get a report
+        assert (tmp_path / "demo" / "eval" / f"digits-{split}" / "report.html").is_file()
+    assert "report.html" in proc.stderr + proc.stdout
 
 
 def test_list_shows_every_registry() -> None:

@@ -12,16 +12,6 @@ from .conftest import TINY, graft, read_history
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def probe_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from tests.conftest import shared_dataset
-
-    data = shared_dataset("hymenoptera_256")
-    out = tmp_path_factory.mktemp("runs") / "probe"
-    graft("train", "--data", data, "--strategy", "linear_probe", "--out", out)
-    return out
-
-
 def test_linear_probe_run_directory_and_accuracy(probe_run: Path) -> None:
     for name in ("config.yaml", "meta.json", "model.safetensors", "metrics.json",
                  "history.jsonl", "data_report.json", "checkpoints/last.safetensors"):
@@ -116,6 +106,10 @@ def test_regression_from_csv(hymenoptera: Path, tmp_path: Path) -> None:
           "--epochs", "2", "--out", out, *TINY, "loss.name=huber")
     m = json.loads((out / "metrics.json").read_text())
     assert {"mae", "rmse", "r2"} <= set(m["val"]) and m["monitor"] == "rmse"
+    ev = out / "eval" / "r.csv-val"
+    assert {"regression.png", "training_curves.png", "report.html"} <= {
+        p.name for p in ev.iterdir()}
+    assert "calibration" not in json.loads((out / "meta.json").read_text())
     pred = json.loads(graft("predict", out, files[0], "--json").stdout)
     assert isinstance(pred[0]["value"], float)
 

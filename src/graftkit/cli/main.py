@@ -106,7 +106,7 @@ def predict(
             typer.echo(f"{r['input']}: {r['value']:.4f}")
         else:
             tops = ", ".join(f"{t['label']} {t['prob']:.3f}" for t in r["top"])
-            typer.echo(f"{r['input']}: {tops}")
+            typer.echo(f"{r['input']}: {r['label']}  ({tops})")
 
 
 @app.command()
@@ -118,7 +118,7 @@ def evaluate(
     name: str | None = typer.Option(None, "--name", help="name of the eval/<name> folder"),
     as_json: bool = typer.Option(False, "--json", help="print the metrics as JSON"),
 ) -> None:
-    """Compute metrics of a run on labeled data; writes RUN_DIR/eval/<name>/metrics.json."""
+    """Metrics, plots and an HTML report of a run on labeled data (RUN_DIR/eval/<name>/)."""
     from ..api import Run
 
     if split is not None and split not in ("train", "val", "test"):
@@ -128,12 +128,79 @@ def evaluate(
         typer.echo(json.dumps(m, indent=2))
         return
     keys = [k for k in ("accuracy", "balanced_accuracy", "macro_f1", "macro_precision",
-                        "macro_recall", "top5_accuracy", "log_loss", "mae", "rmse", "r2") if k in m]
+                        "macro_recall", "top5_accuracy", "roc_auc", "log_loss", "ece", "mae",
+                        "rmse", "r2") if isinstance(m.get(k), float)]
     typer.echo(f"{m['data']} [{m['split']}] n={m['n']}" + (
         f" ({m['n_skipped']} skipped)" if m["n_skipped"] else ""))
     for k in keys:
         typer.echo(f"  {k:<18} {m[k]:.4f}")
     typer.echo(f"written to {m['written_to']}")
+    typer.echo(f"report: {m['report']}")
+
+
+@app.command()
+def compare(
+    runs: list[Path] = typer.Argument(..., help="run directories (or folders of runs)"),
+    split: str | None = typer.Option(None, "--split", help="val | test (default: test when "
+                                     "every run has one)"),
+    out: Path | None = typer.Option(None, "--out", help="also write the table: .md or .html"),
+    sort: str | None = typer.Option(None, "--sort", help="column to sort by, e.g. macro_f1"),
+) -> None:
+    """Side-by-side table of runs: model, strategy, parameters, time, metrics."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from ..evaluate.compare import best_rows, compare, to_html, to_markdown
+
+    if split is not None and split not in ("train", "val", "test"):
+        raise GraftError(f"--split {split!r}: use train, val or test")
+    if out is not None and out.suffix.lower() not in (".md", ".html", ".htm"):
+        raise GraftError(f"--out {str(out)!r}: the file must end in .md or .html")
+    cols, rows = compare(runs, split)
+    if sort is not None:
+        col = next((c for c in cols if c.key == sort), None)
+        if col is None:
+            raise GraftError(f"--sort {sort!r}: choose one of {', '.join(c.key for c in cols)}")
+        known = [r for r in rows if r[sort] is not None]
+        rows = sorted(known, key=lambda r: r[sort], reverse=col.better != "low") + [
+            r for r in rows if r[sort] is None]
+    table = Table(show_lines=False)
+    for c in cols:
+        table.add_column(c.header, justify="left" if c.better is None else "right")
+    best = {c.key: best_rows(c, rows) for c in cols}
+    for i, r in enumerate(rows):
+        table.add_row(*[f"[bold green]{c.fmt(r[c.key])}[/]" if i in best[c.key] else
+                        c.fmt(r[c.key]) for c in cols])
+    cells = [[c.header, *(c.fmt(r[c.key]) for r in rows)] for c in cols]
+    need = sum(max(map(len, col)) + 3 for col in cells) + 1  # never elide a number
+    Console(width=max(need, Console().width)).print(table)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(to_markdown(cols, rows) if out.suffix.lower() == ".md" else
+                       to_html(cols, rows))
+        typer.echo(f"written to {out}")
+
+
+@app.command()
+def calibrate(
+    run_dir: Path = typer.Argument(..., help="a run directory"),
+    temperature: bool = typer.Option(True, "--temperature/--no-temperature",
+                                     help="fit temperature scaling on validation"),
+    threshold: str = typer.Option("keep", "--threshold", help="binary runs: f1 | precision | "
+                                  "recall | none | keep (the run's current choice)"),
+    target: float | None = typer.Option(None, "--target", help="precision/recall to reach"),
+) -> None:
+    """Refit a run's calibration (temperature, decision threshold) on its validation split."""
+    from ..api import Run
+
+    if threshold not in ("keep", "none", "f1", "precision", "recall"):
+        raise GraftError(f"--threshold {threshold!r}: use f1, precision, recall, none or keep")
+    cal = Run(run_dir).calibrate(temperature=temperature, threshold=threshold, target=target)
+    typer.echo(f"temperature {cal['temperature']:.4f}" + (
+        f"; threshold P({cal['positive_class']}) >= {cal['threshold']:.4f} ({cal['criterion']})"
+        if cal.get("threshold") is not None else ""))
+    for k in ("ece", "log_loss"):
+        typer.echo(f"  val {k:<9} {cal['before'][k]:.4f} -> {cal['after'][k]:.4f}")
 
 
 @app.command("list")

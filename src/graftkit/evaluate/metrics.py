@@ -1,33 +1,109 @@
-"""Metrics as pure functions of predictions and targets (scikit-learn does the arithmetic)."""
+"""Metrics as pure functions of predictions and targets.
+
+scikit-learn does the arithmetic (torchmetrics the calibration errors); nothing here re-implements
+a metric. Values that are undefined on the given data (ROC-AUC of a class with no positives, say)
+are ``None``, never a silent 0.
+"""
 
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
+import torch
 from sklearn import metrics as skm
+from torchmetrics.functional.classification import multiclass_calibration_error
+
+ECE_BINS = 15
+
+
+def calibration_errors(probs: np.ndarray, targets: np.ndarray, n_bins: int = ECE_BINS
+                       ) -> dict[str, float]:
+    """Top-label expected and maximum calibration error over equal-width confidence bins."""
+    p, t = torch.as_tensor(probs, dtype=torch.float64), torch.as_tensor(targets).long()
+    k = p.shape[1]
+    return {"ece": float(multiclass_calibration_error(p, t, k, n_bins=n_bins, norm="l1")),
+            "mce": float(multiclass_calibration_error(p, t, k, n_bins=n_bins, norm="max"))}
+
+
+def probability_scores(probs: np.ndarray, targets: np.ndarray, n_classes: int
+                       ) -> dict[str, float]:
+    """Scores of the probabilities themselves (they change with temperature; argmax doesn't)."""
+    labels = list(range(n_classes))
+    probs = np.asarray(probs, dtype=np.float64)
+    probs = probs / probs.sum(1, keepdims=True)  # float32 softmax sums drift from 1 by ~1e-7
+    clipped = np.clip(probs, 1e-12, 1)
+    clipped = clipped / clipped.sum(1, keepdims=True)
+    if n_classes == 2:
+        brier = skm.brier_score_loss(targets, probs[:, 1], pos_label=1)
+    else:
+        brier = skm.brier_score_loss(targets, probs, labels=labels)
+    return {"log_loss": float(skm.log_loss(targets, clipped, labels=labels)),
+            "brier": float(brier), **calibration_errors(probs, targets)}
+
+
+def _one_vs_rest(probs: np.ndarray, targets: np.ndarray, n_classes: int
+                 ) -> tuple[list[float | None], list[float | None]]:
+    """Per-class ROC-AUC and average precision; None for a class absent from (or all of) y."""
+    auc: list[float | None] = []
+    ap: list[float | None] = []
+    for c in range(n_classes):
+        y = targets == c
+        if y.all() or not y.any():
+            auc.append(None)
+            ap.append(None)
+            continue
+        auc.append(float(skm.roc_auc_score(y, probs[:, c])))
+        ap.append(float(skm.average_precision_score(y, probs[:, c])))
+    return auc, ap
+
+
+def _mean(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return float(np.mean(known)) if known else None
 
 
 def classification_metrics(
-    probs: np.ndarray, targets: np.ndarray, classes: list[str], topk: int = 5
+    probs: np.ndarray, targets: np.ndarray, classes: list[str], topk: int = 5,
+    pred: np.ndarray | None = None,
 ) -> dict:
-    """``probs`` (N, K) and integer ``targets`` (N,) -> accuracy, macro P/R/F1, per-class, CM."""
+    """``probs`` (N, K) and integer ``targets`` (N,) -> the standard classification metrics.
+
+    ``pred`` are the decisions (default: the argmax); a binary run with a tuned threshold passes
+    its own. Threshold-free scores (ROC-AUC, AP, log loss, Brier, ECE) use ``probs``.
+    """
     k = len(classes)
-    pred = probs.argmax(1)
+    pred = probs.argmax(1) if pred is None else pred
     labels = list(range(k))
     p, r, f1, support = skm.precision_recall_fscore_support(
         targets, pred, labels=labels, zero_division=0
     )
+    wp, wr, wf1, _ = skm.precision_recall_fscore_support(
+        targets, pred, labels=labels, average="weighted", zero_division=0
+    )
+    auc, ap = _one_vs_rest(probs, targets, k)
+    with warnings.catch_warnings():  # sklearn warns when y_pred lacks a class; that's expected
+        warnings.simplefilter("ignore")
+        balanced = float(skm.balanced_accuracy_score(targets, pred))
     out = {
         "n": int(len(targets)),
         "accuracy": float(skm.accuracy_score(targets, pred)),
-        "balanced_accuracy": float(skm.balanced_accuracy_score(targets, pred)),
+        "balanced_accuracy": balanced,
         "macro_precision": float(p.mean()),
         "macro_recall": float(r.mean()),
         "macro_f1": float(f1.mean()),
+        "weighted_precision": float(wp),
+        "weighted_recall": float(wr),
+        "weighted_f1": float(wf1),
+        # Binary: the positive class's AUC/AP; multi-class: one-vs-rest, macro over the classes
+        # present in the targets.
+        "roc_auc": auc[1] if k == 2 else _mean(auc),
+        "average_precision": ap[1] if k == 2 else _mean(ap),
+        **probability_scores(probs, targets, k),
         "per_class": {
             c: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f1[i]),
-                "support": int(support[i])}
+                "support": int(support[i]), "roc_auc": auc[i], "average_precision": ap[i]}
             for i, c in enumerate(classes)
         },
         "confusion_matrix": skm.confusion_matrix(targets, pred, labels=labels).tolist(),
@@ -37,8 +113,6 @@ def classification_metrics(
         out[f"top{kk}_accuracy"] = float(
             skm.top_k_accuracy_score(targets, probs, k=kk, labels=labels)
         )
-    eps = 1e-12
-    out["log_loss"] = float(skm.log_loss(targets, np.clip(probs, eps, 1), labels=labels))
     return out
 
 
@@ -52,8 +126,19 @@ def regression_metrics(pred: np.ndarray, targets: np.ndarray) -> dict:
     }
 
 
+def confused_pairs(cm: list[list[int]], classes: list[str], top: int = 10) -> list[dict]:
+    """The off-diagonal cells of a confusion matrix, largest first (true -> predicted)."""
+    m = np.asarray(cm)
+    pairs = [(int(m[i, j]), i, j) for i in range(len(m)) for j in range(len(m)) if i != j
+             and m[i, j] > 0]
+    pairs.sort(key=lambda t: (-t[0], t[1], t[2]))
+    rows = m.sum(1)
+    return [{"true": classes[i], "predicted": classes[j], "count": n,
+             "fraction_of_true": n / rows[i] if rows[i] else 0.0} for n, i, j in pairs[:top]]
+
+
 # Which way is better, for early stopping and checkpoint selection.
-LOWER_IS_BETTER = {"loss", "log_loss", "mae", "rmse"}
+LOWER_IS_BETTER = {"loss", "log_loss", "mae", "rmse", "brier", "ece", "mce"}
 
 
 def is_better(new: float, best: float | None, metric: str, min_delta: float = 0.0) -> bool:

@@ -225,10 +225,16 @@ def predict_batches(forward: Callable, loader: DataLoader, s: LoopSettings
     return torch.cat(outs), torch.cat(ys)
 
 
+def loss_value(outputs: torch.Tensor, targets: torch.Tensor, loss_fn: LossFn, s: LoopSettings
+               ) -> float:
+    """The training loss function on eval outputs (regression targets standardised first)."""
+    return float(loss_fn(outputs, _loss_target(targets, s)))
+
+
 def score(outputs: torch.Tensor, targets: torch.Tensor, loss_fn: LossFn, s: LoopSettings
           ) -> dict[str, Any]:
     """Loss and task metrics of raw outputs; regression outputs are de-standardised first."""
-    loss = float(loss_fn(outputs, _loss_target(targets, s)))
+    loss = loss_value(outputs, targets, loss_fn, s)
     if s.task == "regression":
         pred = outputs.squeeze(-1).numpy() * s.target_std + s.target_mean
         return {"loss": loss, **regression_metrics(pred, targets.float().numpy())}

@@ -1,0 +1,175 @@
+"""Write an evaluation folder: metrics.json, the plots as PNG, and a self-contained report.html.
+
+    RUN_DIR/eval/<name>/
+      metrics.json      every number the report shows (and more)
+      *.png             the figures (also embedded in the page)
+      report.html       one file: opens from disk, no server, no network
+
+The page is a Jinja2 template; images are embedded as data URIs so the file can be mailed or
+moved on its own.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from jinja2 import Environment, PackageLoader, select_autoescape
+
+from .. import run as rd
+from . import plots
+from .analysis import Analysis
+
+REPORT = "report.html"
+THUMB = 176  # px, longest side of a gallery thumbnail
+
+
+def _data_uri(png: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode()
+
+
+def _thumbnail(item: str) -> str | None:
+    from ..data.images import BadImage, load_image
+
+    try:
+        img = load_image(item)
+    except (BadImage, OSError):
+        return None
+    img.thumbnail((THUMB, THUMB))
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=85)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _history(run_path: Path) -> list[dict[str, Any]]:
+    import json
+
+    f = run_path / rd.HISTORY
+    if not f.is_file():
+        return []
+    return [json.loads(ln) for ln in f.read_text().splitlines() if ln.strip()]
+
+
+def run_summary(run_path: Path, meta: dict[str, Any]) -> dict[str, Any]:
+    """What a report or a comparison says about the run itself (not its metrics)."""
+    hist = _history(run_path)
+    return {
+        "run": str(run_path), "name": run_path.name, "model": meta["model"]["name"],
+        "arch": meta["model"]["arch"], "strategy": meta["strategy"],
+        "stages": meta.get("stages", []), "task": meta["task"],
+        "classes": len(meta.get("classes") or []) or None,
+        "total_params": meta["model"].get("total_params"),
+        "trainable_params": max((r.get("trainable_params", 0) for r in hist), default=None),
+        "train_time_s": meta.get("train_time_s"), "epochs": len(hist),
+        "best_epoch": meta.get("best_epoch"), "monitor": meta.get("monitor"),
+        "status": meta.get("status"), "device": meta.get("device"),
+        "precision": meta.get("precision"), "created": meta.get("created"),
+        "data_source": (meta.get("data") or {}).get("source"),
+    }
+
+
+def _figures(a: Analysis, out: Path, hist: list[dict[str, Any]], monitor: str | None,
+             best_epoch: int | None) -> dict[str, Path]:
+    m, figs = a.metrics, {}
+    if hist and monitor:
+        figs["training_curves"] = plots.training_curves(hist, monitor, best_epoch,
+                                                        out / "training_curves.png")
+    if a.task == "regression":
+        assert a.pred is not None
+        figs["regression"] = plots.regression_scatter(a.pred, a.targets, out / "regression.png")
+        return figs
+    assert a.probs is not None and a.probs_raw is not None
+    correct = a.correct
+    raw_pred = a.probs_raw.argmax(1)
+    raw_conf = a.probs_raw[np.arange(len(raw_pred)), raw_pred]
+    t = m["calibration"]["temperature"]
+    figs["reliability"] = plots.reliability(
+        [("before (T = 1)", raw_conf, raw_pred == a.targets, m["uncalibrated"]["ece"]),
+         (f"after (T = {t:.3f})", a.confidence, correct, m["ece"])], out / "reliability.png")
+    figs["confusion_counts"] = plots.confusion_matrix(m["confusion_matrix"], a.classes,
+                                                      out / "confusion_matrix.png")
+    figs["confusion_normalized"] = plots.confusion_matrix(
+        m["confusion_matrix"], a.classes, out / "confusion_matrix_normalized.png", normalize=True)
+    figs["roc_pr"] = plots.roc_pr(a.probs, a.targets, a.classes, out / "roc_pr.png")
+    figs["per_class_f1"] = plots.per_class_f1(m["per_class"], out / "per_class_f1.png")
+    figs["confidence"] = plots.confidence_histogram(a.confidence, correct,
+                                                    out / "confidence_histogram.png")
+    return figs
+
+
+# (label, metrics key, format) shown in the summary card, when present.
+SUMMARY_KEYS = {
+    "classification": [("accuracy", "accuracy"), ("macro-F1", "macro_f1"),
+                       ("balanced accuracy", "balanced_accuracy"), ("ROC-AUC", "roc_auc"),
+                       ("ECE", "ece"), ("log loss", "log_loss")],
+    "regression": [("MAE", "mae"), ("RMSE", "rmse"), ("R²", "r2")],
+}
+TABLE_KEYS = ["accuracy", "balanced_accuracy", "top5_accuracy", "top3_accuracy", "top2_accuracy",
+              "macro_precision", "macro_recall", "macro_f1", "weighted_precision",
+              "weighted_recall", "weighted_f1", "roc_auc", "average_precision", "log_loss",
+              "brier", "ece", "mce", "loss", "mae", "rmse", "r2"]
+
+
+def write_eval(out: Path, a: Analysis, run_path: Path, meta: dict[str, Any],
+               info: dict[str, Any], top_losses: int = 12) -> dict[str, Any]:
+    """Write ``out``/metrics.json, the PNGs and report.html; returns the metrics written."""
+    out.mkdir(parents=True, exist_ok=True)
+    summary = run_summary(run_path, meta)
+    metrics = {**a.metrics, **info}
+    rd.write_json(out / rd.METRICS, metrics)
+    hist = _history(run_path)
+    figs = _figures(a, out, hist, summary["monitor"], summary["best_epoch"])
+    gallery = []
+    for ex in a.top_losses(top_losses) if a.task == "classification" else []:
+        ex = dict(ex)
+        if Path(ex["item"]).suffix:  # a file: show it; otherwise it is a text
+            ex["thumb"] = _thumbnail(ex["item"])
+            ex["label"] = Path(ex["item"]).name
+        else:
+            ex["text"] = ex["item"]
+        gallery.append(ex)
+    env = Environment(loader=PackageLoader("graftkit.evaluate", "templates"),
+                      autoescape=select_autoescape(["html", "j2"]))
+    env.filters["num"] = _num
+    env.filters["count"] = _count
+    env.filters["duration"] = _duration
+    page = env.get_template("report.html.j2").render(
+        title=f"{run_path.name} · {info.get('split', '')}", run=summary, m=metrics,
+        info=info, figs={k: _data_uri(v) for k, v in figs.items()}, gallery=gallery,
+        summary_keys=[(lbl, k) for lbl, k in SUMMARY_KEYS[a.task] if metrics.get(k) is not None],
+        table_keys=[k for k in TABLE_KEYS if isinstance(metrics.get(k), (int, float))],
+        generated=time.strftime("%Y-%m-%d %H:%M:%S"), versions=meta.get("versions", {}),
+        escape=html.escape,
+    )
+    (out / REPORT).write_text(page, encoding="utf-8")
+    return metrics
+
+
+def _num(v: Any, digits: int = 4) -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def _count(v: Any) -> str:
+    if v is None:
+        return "—"
+    v = float(v)
+    for unit, div in (("M", 1e6), ("k", 1e3)):
+        if v >= div:
+            return f"{v / div:.2f}{unit}"
+    return f"{int(v)}"
+
+
+def _duration(s: Any) -> str:
+    if s is None:
+        return "—"
+    s = float(s)
+    return f"{s:.1f} s" if s < 90 else f"{s / 60:.1f} min"
