@@ -34,6 +34,19 @@ def main() -> None:
                   f"{r['val_accuracy_last_epoch']:.4f} | {r['best_epoch']}/{r['epochs']} | "
                   f"{r['seconds']:.0f} s |")
         print(f"\n`benchmarks/accuracy.py` on {machine_line(acc)}.\n")
+    cal = load("calibration")
+    if cal:
+        print("| data | strategy | T (NLL optimum) | accuracy before → after | val ECE before → "
+              "after | held-out ECE (2-fold) | report sections missing |")
+        print("|---|---|---|---|---|---|---|")
+        for r in cal["rows"]:
+            cf = r["cross_fit"]
+            print(f"| {r['data']} | {r['strategy']} | {r['temperature']:.3f} "
+                  f"({r['temperature_nll']:.3f}) | {r['accuracy_before']:.4f} → "
+                  f"{r['accuracy_after']:.4f} | {r['ece_before']:.4f} → {r['ece_after']:.4f} | "
+                  f"{cf['ece_before']:.4f} → {cf['ece_after']:.4f} | "
+                  f"{', '.join(r['sections_missing']) or 'none'} |")
+        print(f"\n`benchmarks/calibration.py` on {machine_line(cal)}.\n")
     cache = load("linear_probe_cache")
     over = load("train_overhead")
     gpu = load("gpu_precision")

@@ -172,6 +172,17 @@ class Run:
         return predict(self.model, self.meta, items, topk=topk,
                        batch_size=batch_size or run_eval_batch(self.config))
 
+    def robustness(self, data: str | Path | None = None, split: str | None = None,
+                   corruptions: str = "all", severities: str = "1-5",
+                   reference: str | Path | None = None, seed: int = 0,
+                   workers: int | None = None, limit: int | None = None, quiet: bool = True
+                   ) -> dict[str, Any]:
+        """Accuracy under the ImageNet-C corruptions; written to ``RUN_DIR/robustness/``."""
+        from .robustness.evaluate import robustness
+
+        return robustness(self, data, split, corruptions, severities, reference, seed, workers,
+                          limit, quiet)
+
     def calibrate(self, temperature: bool = True, threshold: str = "keep",
                   target: float | None = None) -> dict[str, Any]:
         """Refit temperature scaling (and a binary threshold: f1 | precision | recall | none)

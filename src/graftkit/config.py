@@ -107,6 +107,10 @@ class TrainConfig(_Section):
     )
     seed: int = 0
     topk: int = Field(5, ge=1)
+    wise_ft: float | None = Field(
+        None, ge=0.0, le=1.0, description="WiSE-FT: keep alpha * fine-tuned + (1 - alpha) * probe "
+        "weights (Wortsman et al. 2022; lp_ft); off if unset, --wise-ft sets 0.5"
+    )
 
 
 class CalibrationConfig(_Section):

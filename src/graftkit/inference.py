@@ -9,7 +9,6 @@ import torch
 from PIL import Image
 
 from . import run as rd
-from .data.dataset import ImageDataset
 from .data.images import BadImage, load_image
 from .data.sources import discover_eval
 from .data.transforms import DataConfig, eval_transform
@@ -100,8 +99,9 @@ def _outputs(run: Any, items: list[tuple[str, float]], quiet: bool = True
 
     s = LoopSettings(task=run.meta["task"], classes=run.meta["classes"], channels_last=True)
     model = run.model
-    ds = ImageDataset(items, eval_transform(model.data_config), run.meta["task"])
-    loader = torch.utils.data.DataLoader(ds, batch_size=run_eval_batch(run.config))
+    ds = model.make_dataset(items, run.meta["task"])
+    loader = torch.utils.data.DataLoader(ds, batch_size=run_eval_batch(run.config),
+                                         collate_fn=model.collate)
     reporter = Reporter(quiet)
     reporter.start("predict", len(loader))
     try:
@@ -142,12 +142,10 @@ def calibrate(run: Any, temperature: bool = True, threshold: str = "keep",
     return {**cal.to_dict(), "before": before, "after": after, "warning": warning}
 
 
-def evaluate(run: Any, data: str | Path | None, split: str | None = None,
-             name: str | None = None, quiet: bool = True) -> dict[str, Any]:
-    """Metrics, plots and report.html of a run on labeled data, in ``RUN_DIR/eval/<name>/``."""
-    from .evaluate.analysis import analyze
-    from .evaluate.report import REPORT, write_eval
-
+def eval_items(run: Any, data: str | Path | None, split: str | None = None
+               ) -> tuple[list[tuple[str, float]], list[dict[str, str]], str, str]:
+    """Labeled items to evaluate a run on: ``data`` (a folder or CSV, or a split of it), or by
+    default the run's own test split (else val). Returns (items, skipped, split, data)."""
     meta, cfg = run.meta, run.config
     if data is None:
         items, skipped, used = _run_split(cfg, meta, split)
@@ -157,7 +155,18 @@ def evaluate(run: Any, data: str | Path | None, split: str | None = None,
                                              split=split, path_column=cfg.data.path_column,
                                              label_column=cfg.data.label_column)
     if not items:
-        raise DataError(f"no usable labeled images in {str(data)!r}")
+        raise DataError(f"no usable labeled examples in {str(data)!r}")
+    return items, skipped, used, str(data)
+
+
+def evaluate(run: Any, data: str | Path | None, split: str | None = None,
+             name: str | None = None, quiet: bool = True) -> dict[str, Any]:
+    """Metrics, plots and report.html of a run on labeled data, in ``RUN_DIR/eval/<name>/``."""
+    from .evaluate.analysis import analyze
+    from .evaluate.report import REPORT, write_eval
+
+    meta, cfg = run.meta, run.config
+    items, skipped, used, data = eval_items(run, data, split)
     outputs, targets = _outputs(run, items, quiet)
     a = analyze(outputs, targets, meta["task"], meta["classes"], Calibration.from_meta(meta),
                 cfg.train.topk, meta.get("target_stats"), items=[str(p) for p, _ in items])

@@ -32,7 +32,7 @@ CONFIG, META, WEIGHTS, METRICS, HISTORY, DATA_REPORT = (
 STATE = "checkpoints/last.safetensors"
 # Everything a run writes at its top level; a folder holding only these is a graft run (perhaps
 # one that failed before writing meta.json) and may be replaced with --overwrite.
-OWN = {CONFIG, META, WEIGHTS, METRICS, HISTORY, DATA_REPORT, "checkpoints", "eval"}
+OWN = {CONFIG, META, WEIGHTS, METRICS, HISTORY, DATA_REPORT, "checkpoints", "eval", "robustness"}
 
 
 def write_json(path: Path, obj: Any) -> None:

@@ -22,7 +22,8 @@ from .evaluate.calibration import Calibration, fit_calibration
 from .models.vision import TimmAdapter, create_model, resolve_arch
 from .strategies import STRATEGIES, Stage, StrategyParams
 from .train import hooks as H
-from .train.checkpoint import load_weights, read_state_info
+from .train import wise_ft
+from .train.checkpoint import load_weights, read_state_info, save_weights
 from .train.device import (
     resolve_channels_last,
     resolve_device,
@@ -55,6 +56,8 @@ class Session:
         if self.cfg.train.early_stop.patience:
             hooks.append(H.EarlyStopping(self.cfg.train.early_stop.patience,
                                          last_stage=len(self.stages) - 1))
+        if self.cfg.train.wise_ft is not None:  # the probe the fine-tuned weights are mixed with
+            hooks.append(H.SnapshotAtStage(self.out / wise_ft.PROBE, len(self.stages) - 1))
         hooks += [H.History(self.out / rd.HISTORY), H.StateCheckpoint(self.out / rd.STATE)]
         state = fit(self.model, self.stages, self.loss_fn, self.settings, self.data, hooks,
                     self.reporter, self.out / rd.STATE if self.resume_info else None,
@@ -72,6 +75,8 @@ class Session:
         """Reload the best weights, score every split, calibrate on validation, write
         metrics.json, the final meta and the evaluation report(s)."""
         load_weights(self.model, self.out / rd.WEIGHTS)
+        if self.cfg.train.wise_ft is not None:
+            self._wise_ft(self.cfg.train.wise_ft)
         self.model.eval()
         s, unchanged = self.settings, all(st.head_only for st in self.stages)
         outputs = {}
@@ -100,6 +105,20 @@ class Session:
         self._summary(metrics, meta["train_time_s"])
         if self.cfg.report.enabled:
             self._reports(analyses, meta)
+
+    def _wise_ft(self, alpha: float) -> None:
+        """Replace the best fine-tuned weights with their WiSE-FT mix; keep both ends."""
+        from safetensors.torch import load_file
+
+        finetuned = self.out / wise_ft.FINETUNED
+        if not finetuned.is_file():  # a re-run finish (resume) must not mix twice
+            save_weights(self.model, finetuned)
+        mixed = wise_ft.interpolate(load_file(str(self.out / wise_ft.PROBE)),
+                                    load_file(str(finetuned)), alpha)
+        self.model.load_state_dict(mixed)
+        save_weights(self.model, self.out / rd.WEIGHTS)
+        self.reporter.line(f"  WiSE-FT: model.safetensors = {alpha:g} x fine-tuned + "
+                           f"{1 - alpha:g} x probe weights")
 
     def _calibrate(self, logits: torch.Tensor, targets: torch.Tensor) -> Calibration:
         if self.settings.task != "classification":
@@ -191,6 +210,10 @@ def build_session(cfg: Config, out: Path, quiet: bool = False, resuming: bool = 
                          weights=None if resuming else m.weights, dropout=m.dropout,
                          image_size=m.image_size)
     stages = _stages(cfg)
+    if cfg.train.wise_ft is not None and not (
+            len(stages) > 1 and stages[0].head_only and not stages[-1].head_only):
+        raise ConfigError("config key 'train.wise_ft': WiSE-FT mixes a linear probe with its "
+                          "fine-tuned continuation; use --strategy lp_ft")
     ts = spec.target_stats
     settings = LoopSettings(
         task=cfg.task, classes=spec.classes, batch_size=d.batch_size, num_workers=d.num_workers,
@@ -206,8 +229,7 @@ def build_session(cfg: Config, out: Path, quiet: bool = False, resuming: bool = 
         feature_cache=cfg.train.feature_cache, freeze_bn=cfg.train.freeze_bn, topk=cfg.train.topk,
         target_mean=ts.get("mean", 0.0), target_std=ts.get("std", 1.0),
     )
-    data = LoopData(spec.splits["train"], spec.splits["val"], model.data_config,
-                    spec.fingerprint())
+    data = LoopData(spec.splits["train"], spec.splits["val"], spec.fingerprint())
     resume_info = None
     if resuming:
         resume_info = read_state_info(out / rd.STATE)
@@ -250,6 +272,8 @@ def _meta(cfg: Config, spec: DataSpec, model: TimmAdapter, stages: list[Stage], 
         "strategy": cfg.strategy.name,
         "stages": [{"name": st.name, "epochs": st.epochs, "lr": st.lr} for st in stages],
         "monitor": s.monitor,
+        "wise_ft": ({"alpha": cfg.train.wise_ft, "theta_0": wise_ft.PROBE,
+                     "theta_1": wise_ft.FINETUNED} if cfg.train.wise_ft is not None else None),
         "data": {"source": spec.source, "layout": spec.layout, "fingerprint": fingerprint,
                  "counts": {k: len(v) for k, v in spec.splits.items()}},
         "device": str(s.device),

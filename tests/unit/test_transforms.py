@@ -10,7 +10,7 @@ from PIL import Image
 from graftkit.data.transforms import AUGMENTATIONS, DataConfig, eval_transform, train_transform
 
 DC = DataConfig(64, 0.875, "bicubic", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
-PRESETS = {"none", "light", "standard", "strong", "randaugment"}
+PRESETS = {"none", "light", "standard", "strong", "randaugment", "augmix"}
 
 
 def _photo() -> Image.Image:

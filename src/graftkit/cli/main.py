@@ -37,6 +37,8 @@ def train(
     val_fraction: float | None = typer.Option(None, "--val-fraction"),
     test_fraction: float | None = typer.Option(None, "--test-fraction"),
     device: str | None = typer.Option(None, "--device", help="auto | cpu | cuda | mps"),
+    wise_ft: bool = typer.Option(False, "--wise-ft", help="lp_ft: keep the WiSE-FT mix of probe "
+                                 "and fine-tuned weights (alpha 0.5; or train.wise_ft=A)"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing run in --out"),
     resume: Path | None = typer.Option(None, "--resume", help="continue a stopped run"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
@@ -50,7 +52,7 @@ def train(
         given = _flags(data=data, model=model, strategy=strategy, epochs=epochs, config=config,
                        out=out, lr=lr, augment=augment, weights=weights, batch_size=batch_size,
                        task=task, val_fraction=val_fraction, test_fraction=test_fraction,
-                       device=device) or overrides or overwrite
+                       device=device) or overrides or overwrite or wise_ft
         if given:
             raise GraftError("--resume continues a run with its saved config; drop the other "
                              "options (edit RUN_DIR/config.yaml to change it)")
@@ -61,7 +63,7 @@ def train(
             "train.epochs": epochs, "model.weights": weights, "optim.lr": lr,
             "data.batch_size": batch_size, "train.augment": augment, "task": task,
             "data.val_fraction": val_fraction, "data.test_fraction": test_fraction,
-            "train.device": device,
+            "train.device": device, "train.wise_ft": 0.5 if wise_ft else None,
         })
         extra = dict(parse_override(o) for o in overrides or [])
         cfg = api.build_config(config, {**flags, **extra})
@@ -179,6 +181,42 @@ def compare(
         out.write_text(to_markdown(cols, rows) if out.suffix.lower() == ".md" else
                        to_html(cols, rows))
         typer.echo(f"written to {out}")
+
+
+@app.command()
+def robustness(
+    run_dir: Path = typer.Argument(..., help="a run directory"),
+    data: str | None = typer.Option(None, "--data", help="labeled folder or CSV (default: "
+                                    "the run's own test/val split)"),
+    split: str | None = typer.Option(None, "--split", help="train | val | test"),
+    corruptions: str = typer.Option("all", "--corruptions", help="all (the 15 of ImageNet-C), "
+                                    "all+extra, noise, blur, weather, digital, extra, or names"),
+    severities: str = typer.Option("1-5", "--severities", help="e.g. 1-5, 3, 1,3,5"),
+    reference: Path | None = typer.Option(None, "--reference", help="run directory whose "
+                                          "robustness results normalise CE/mCE"),
+    limit: int | None = typer.Option(None, "--limit", min=1, help="score a seeded sample of "
+                                     "this many images"),
+    workers: int | None = typer.Option(None, "--workers", min=0, help="corrupting processes "
+                                       "(default: one per core)"),
+    seed: int = typer.Option(0, "--seed"),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Accuracy under the ImageNet-C corruptions (mCA, relative robustness, mCE)."""
+    from ..api import Run
+
+    if split is not None and split not in ("train", "val", "test"):
+        raise GraftError(f"--split {split!r}: use train, val or test")
+    r = Run(run_dir).robustness(data, split=split, corruptions=corruptions,
+                                severities=severities, reference=reference, seed=seed,
+                                workers=workers, limit=limit, quiet=quiet)
+    worst = sorted(r["corruptions"].items(), key=lambda kv: kv[1]["mean"])[:3]
+    typer.echo(f"clean accuracy {r['clean_accuracy']:.4f}  mCA {r['mca']:.4f}  relative "
+               f"robustness {r['relative_robustness']:.4f}  (n={r['n']}, {r['seconds']:.0f} s)")
+    if r["reference"]:
+        typer.echo(f"mCE {r['reference']['mce']:.4f}  relative mCE "
+                   f"{r['reference']['relative_mce']:.4f}  (vs {r['reference']['run']})")
+    typer.echo("weakest: " + ", ".join(f"{n} {v['mean']:.3f}" for n, v in worst))
+    typer.echo(f"written to {r['written_to']}\nreport: {r['report']}")
 
 
 @app.command()

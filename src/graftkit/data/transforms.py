@@ -50,11 +50,7 @@ def _finish(dc: DataConfig) -> list:
 
 def eval_transform(dc: DataConfig) -> T.Compose:
     """Resize the short side to size/crop_pct, centre-crop ``size`` (timm's eval recipe)."""
-    resize = int(round(dc.input_size / dc.crop_pct))
-    return T.Compose(
-        [T.Resize(resize, interpolation=_interp(dc.interpolation), antialias=True),
-         T.CenterCrop(dc.input_size), *_finish(dc)]
-    )
+    return T.Compose([*eval_view(dc).transforms, *_finish(dc)])
 
 
 AugmentFn = Callable[[DataConfig], T.Compose]
@@ -97,6 +93,31 @@ def _randaugment(dc: DataConfig) -> T.Compose:
     return T.Compose([
         _crop(dc, (0.08, 1.0)), T.RandomHorizontalFlip(), T.RandAugment(2, 9), *_finish(dc),
     ])
+
+
+@AUGMENTATIONS.register("augmix", "crop (0.25-1), flip, AugMix (severity 3, width 3); for "
+                        "robustness to corruptions")
+def _augmix(dc: DataConfig) -> T.Compose:
+    # AugMix (Hendrycks et al., ICLR 2020) mixes chains of augmentations; it is the standard
+    # recipe for ImageNet-C robustness. This is the augmentation only: the paper's Jensen-Shannon
+    # consistency loss (three views per image) is not implemented.
+    return T.Compose([
+        _crop(dc, (0.25, 1.0)), T.RandomHorizontalFlip(), T.AugMix(severity=3, mixture_width=3),
+        *_finish(dc),
+    ])
+
+
+def eval_view(dc: DataConfig) -> T.Compose:
+    """The evaluation geometry only (resize + centre crop, a PIL image out): the picture the model
+    sees, for corrupting (ImageNet-C corrupts the crop) or overlaying a heatmap on."""
+    resize = int(round(dc.input_size / dc.crop_pct))
+    return T.Compose([T.Resize(resize, interpolation=_interp(dc.interpolation), antialias=True),
+                      T.CenterCrop(dc.input_size)])
+
+
+def to_model_input(dc: DataConfig) -> T.Compose:
+    """The rest of the evaluation transform after :func:`eval_view`."""
+    return T.Compose(_finish(dc))
 
 
 def train_transform(dc: DataConfig, preset: str) -> T.Compose:

@@ -59,6 +59,23 @@ for _k, _h, _b in [("accuracy", "accuracy", "high"), ("macro_f1", "macro-F1", "h
     column(_k, _h, _split_metric(_k), _num, _b)
 
 
+def _robust(key: str) -> Callable[[dict[str, Any]], Any]:
+    def get(ctx: dict[str, Any]) -> Any:
+        from .report import robustness_results
+
+        r = robustness_results(ctx["path"])
+        if r is None:
+            return None
+        return (r.get("reference") or {}).get(key) if key in ("mce", "relative_mce") else r[key]
+    return get
+
+
+column("clean_accuracy", "clean acc. (robustness set)", _robust("clean_accuracy"), _num, "high")
+column("mca", "mCA", _robust("mca"), _num, "high")
+column("relative_robustness", "rel. robustness", _robust("relative_robustness"), _num, "high")
+column("mce", "mCE", _robust("mce"), _num, "low")
+
+
 def _expand(paths: list[Path]) -> list[Path]:
     """Run directories as given; a folder of runs (one level) expands to its runs."""
     out: list[Path] = []

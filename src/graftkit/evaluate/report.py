@@ -73,6 +73,24 @@ def run_summary(run_path: Path, meta: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+ROBUSTNESS = "robustness"  # RUN_DIR/robustness/: results.json + figures (graft robustness)
+
+
+def robustness_results(run_path: Path) -> dict[str, Any] | None:
+    f = run_path / ROBUSTNESS / "results.json"
+    return rd.read_json(f) if f.is_file() else None
+
+
+def _robustness_context(run_path: Path, info: dict[str, Any]) -> dict[str, Any] | None:
+    """The run's corruption benchmark, when it was measured on the data this report is about."""
+    r = robustness_results(run_path)
+    if not r or str(r.get("data")) != str(info.get("data")) or r.get("split") != info.get("split"):
+        return None
+    figs = {p.stem: _data_uri(p) for p in sorted((run_path / ROBUSTNESS).glob("*.png"))}
+    worst = sorted(r["corruptions"].items(), key=lambda kv: kv[1]["mean"])[:5]
+    return {**r, "figs": figs, "worst": worst}
+
+
 def _figures(a: Analysis, out: Path, hist: list[dict[str, Any]], monitor: str | None,
              best_epoch: int | None) -> dict[str, Path]:
     m, figs = a.metrics, {}
@@ -144,6 +162,7 @@ def write_eval(out: Path, a: Analysis, run_path: Path, meta: dict[str, Any],
         summary_keys=[(lbl, k) for lbl, k in SUMMARY_KEYS[a.task] if metrics.get(k) is not None],
         table_keys=[k for k in TABLE_KEYS if isinstance(metrics.get(k), (int, float))],
         generated=time.strftime("%Y-%m-%d %H:%M:%S"), versions=meta.get("versions", {}),
+        robustness=_robustness_context(run_path, info),
         escape=html.escape,
     )
     (out / REPORT).write_text(page, encoding="utf-8")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +10,7 @@ import timm
 import torch
 from timm.models import group_parameters
 from torch import nn
+from torch.utils.data import Dataset
 
 from ..data.transforms import DataConfig
 from ..errors import ConfigError, GraftError
@@ -22,6 +24,9 @@ for _name, _spec in BUILTINS.items():
 
 class TimmAdapter(nn.Module):
     """``backbone`` is a timm model with its classifier removed (outputs pooled ``(B, F)``)."""
+
+    modality = "image"
+    collate = None  # torch's default collation stacks image tensors
 
     def __init__(
         self, backbone: nn.Module, num_outputs: int, dropout: float, data_config: DataConfig
@@ -44,6 +49,21 @@ class TimmAdapter(nn.Module):
     def reset_head(self, num_outputs: int, dropout: float | None = None) -> None:
         p = self.head[0].p if dropout is None else dropout
         self.head = self._make_head(num_outputs, p)
+
+    def make_dataset(self, items: Sequence[tuple[str, float]], task: str,
+                     augment: str = "none") -> Dataset:
+        """``(path, target)`` pairs -> a dataset of ``(image tensor, target)``; ``augment`` is a
+        preset name (``none`` = the evaluation transform)."""
+        from ..data.dataset import ImageDataset
+        from ..data.transforms import train_transform
+
+        return ImageDataset(items, train_transform(self._data_config, augment), task)
+
+    def input_signature(self) -> str:
+        """What the features depend on besides weights and data (a feature-cache key part)."""
+        from ..data.transforms import eval_transform
+
+        return repr(eval_transform(self._data_config))
 
     def blocks(self) -> list[list[str]]:
         """Backbone parameter names in coarse stages (timm's group_matcher), input -> output."""

@@ -34,8 +34,8 @@ def weights_digest(module: torch.nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
-def cache_key(backbone_digest: str, data_fingerprint: str, transform: object, split: str) -> str:
-    raw = f"{backbone_digest}|{data_fingerprint}|{transform!r}|{split}"
+def cache_key(backbone_digest: str, data_fingerprint: str, inputs: str, split: str) -> str:
+    raw = f"{backbone_digest}|{data_fingerprint}|{inputs}|{split}"
     return hashlib.sha256(raw.encode()).hexdigest()[:24]
 
 
@@ -48,13 +48,18 @@ def extract(
     num_workers: int = 0,
     on_batch: Callable[[int], None] | None = None,
     channels_last: bool = False,
+    collate: Callable | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run ``features`` over ``dataset`` in order -> ``(feats (N, F) float32, targets (N,))``."""
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    """Run ``features`` over ``dataset`` in order -> ``(feats (N, F) float32, targets (N,))``.
+    Inputs are image tensors or (text) dicts of token tensors, as ``collate`` makes them."""
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                        collate_fn=collate)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     feats, targets = [], []
     for x, y in loader:
-        feats.append(features(x.to(device).contiguous(memory_format=fmt)).float().cpu())
+        x = x.to(device).contiguous(memory_format=fmt) if isinstance(x, torch.Tensor) else {
+            k: v.to(device) for k, v in x.items()}
+        feats.append(features(x).float().cpu())
         targets.append(y)
         if on_batch:
             on_batch(len(y))

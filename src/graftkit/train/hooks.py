@@ -136,3 +136,15 @@ class StateCheckpoint(BaseHook):
     def on_epoch_end(self, state: LoopState, record: dict[str, Any]) -> None:
         assert state.optimizer is not None and state.scheduler is not None
         save_state(self.path, state.model, state.optimizer, state.scheduler, state.info())
+
+
+class SnapshotAtStage(BaseHook):
+    """Saves the weights as they are when stage ``stage_index`` starts (the end of the stage
+    before it), once: a resumed run keeps the snapshot its first attempt took."""
+
+    def __init__(self, path: Path, stage_index: int) -> None:
+        self.path, self.stage_index = path, stage_index
+
+    def on_stage_start(self, state: LoopState) -> None:
+        if state.stage_index == self.stage_index and not self.path.is_file():
+            save_weights(state.model, self.path)

@@ -31,8 +31,6 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 from torchvision.transforms import v2
 
-from ..data.dataset import ImageDataset
-from ..data.transforms import DataConfig, eval_transform, train_transform
 from ..errors import TrainingDiverged
 from ..evaluate.metrics import classification_metrics, regression_metrics
 from ..strategies import Stage
@@ -81,7 +79,6 @@ class LoopSettings:
 class LoopData:
     train: Sequence[tuple[str, float]]
     val: Sequence[tuple[str, float]]
-    data_config: DataConfig
     fingerprint: str
 
 
@@ -161,11 +158,12 @@ class Batches:
             self.val_set: Dataset = features_for(model, data.val, "val", data, s, reporter)
             self.forward: Callable[[torch.Tensor], torch.Tensor] = model.head
         else:
-            self.train_set = ImageDataset(data.train, train_transform(data.data_config, preset),
-                                          s.task)
-            self.val_set = ImageDataset(data.val, eval_transform(data.data_config), s.task)
+            self.train_set = model.make_dataset(data.train, s.task, preset)
+            self.val_set = model.make_dataset(data.val, s.task)
             self.forward = model
-        self.mix = None if self.cached else _mixer(s, len(s.classes))
+        self.mix = None if self.cached or model.modality != "image" else _mixer(
+            s, len(s.classes))
+        self.collate = None if self.cached else model.collate
 
     def loader(self, split: str, generator: torch.Generator | None = None) -> DataLoader:
         train = split == "train"
@@ -173,6 +171,7 @@ class Batches:
         return DataLoader(self.train_set if train else self.val_set,
                           batch_size=self.s.batch_size if train else self.s.eval_batch_size,
                           shuffle=train, generator=generator, num_workers=workers,
+                          collate_fn=self.collate,
                           drop_last=train and len(self.train_set) > self.s.batch_size
                           and self.mix is not None)
 
@@ -182,9 +181,9 @@ def features_for(model: nn.Module, items: Sequence[tuple[str, float]], split: st
                  ) -> TensorDataset:
     """Backbone features of a split, from the cache when the same backbone has seen the same data
     (``data.fingerprint`` covers every split's files and targets)."""
-    tf = eval_transform(data.data_config)
     key = feature_cache.cache_key(feature_cache.weights_digest(model.backbone), data.fingerprint,
-                                  tf, f"{split}|{s.device.type}|{s.amp_dtype}")
+                                  model.input_signature(),
+                                  f"{split}|{s.device.type}|{s.amp_dtype}")
     was_training = model.training
     model.eval()
 
@@ -192,10 +191,11 @@ def features_for(model: nn.Module, items: Sequence[tuple[str, float]], split: st
         reporter.start(f"features {split}", len(items))
         try:
             with torch.autocast(s.device.type, s.amp_dtype, enabled=s.amp_dtype is not None):
-                return feature_cache.extract(model.features, ImageDataset(items, tf, s.task),
+                return feature_cache.extract(model.features, model.make_dataset(items, s.task),
                                              s.eval_batch_size, s.device, s.num_workers,
                                              on_batch=reporter.advance,
-                                             channels_last=s.channels_last)
+                                             channels_last=s.channels_last,
+                                             collate=model.collate)
         finally:
             reporter.stop()
 
@@ -204,6 +204,16 @@ def features_for(model: nn.Module, items: Sequence[tuple[str, float]], split: st
     if origin != "computed":
         reporter.line(f"  features {split}: {len(y)} from the {origin} cache")
     return TensorDataset(x.to(s.device), y)
+
+
+def to_device(x: Any, s: LoopSettings) -> Any:
+    """A batch of inputs on the device: an image tensor (NHWC when channels_last), or a dict of
+    token tensors (text)."""
+    if isinstance(x, torch.Tensor):
+        x = x.to(s.device, non_blocking=True)
+        return x.contiguous(memory_format=torch.channels_last) if (
+            s.channels_last and x.ndim == 4) else x
+    return {k: v.to(s.device, non_blocking=True) for k, v in x.items()}
 
 
 def _loss_target(y: torch.Tensor, s: LoopSettings) -> torch.Tensor:
@@ -216,9 +226,7 @@ def predict_batches(forward: Callable, loader: DataLoader, s: LoopSettings
     """Outputs (N, K) float32 and targets (N,) over a loader, in eval mode."""
     outs, ys = [], []
     for x, y in loader:
-        x = x.to(s.device)
-        if s.channels_last and x.ndim == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = to_device(x, s)
         with torch.autocast(s.device.type, s.amp_dtype, enabled=s.amp_dtype is not None):
             outs.append(forward(x).float().cpu())
         ys.append(y)
@@ -266,9 +274,7 @@ def train_epoch(model: nn.Module, batches: Batches, loader: DataLoader, state: L
     opt.zero_grad(set_to_none=True)
     n_steps = len(loader)
     for i, (x, y) in enumerate(loader):
-        x, y = x.to(s.device, non_blocking=True), y.to(s.device, non_blocking=True)
-        if s.channels_last and x.ndim == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x, y = to_device(x, s), y.to(s.device, non_blocking=True)
         if batches.mix is not None:
             x, y = batches.mix(x, y)
         with torch.autocast(s.device.type, s.amp_dtype, enabled=s.amp_dtype is not None):

@@ -1,0 +1,2 @@
+"""Robustness to common image corruptions (ImageNet-C style): the corruptions, the benchmark
+runner with its CE/mCE scores, and the figures."""

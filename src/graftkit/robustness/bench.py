@@ -1,0 +1,205 @@
+"""Run a classifier over corrupted copies of an evaluation set, and score it as in ImageNet-C.
+
+Corrupting is the CPU-heavy part. :func:`run_corruptions` farms it out to a pool of worker
+processes (``spawn``: safe next to torch's threads) in jobs of one corruption x one chunk of up
+to ``batch_size`` images x every severity, while the calling process runs the model on finished
+jobs. At most ``2 * workers`` jobs are in flight, so memory stays bounded whatever the number of
+images and corruptions. Every image gets its own seed per (corruption, severity), derived from
+``seed`` with a stable hash (:func:`cell_seed`), so the results do not depend on the number of
+workers or on the order jobs finish in. As with any ``spawn`` pool, a script that calls
+:func:`run_corruptions` with workers needs the ``if __name__ == "__main__":`` guard.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from contextlib import closing
+from multiprocessing import get_context
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from ..errors import ConfigError
+from .corruptions import SEVERITIES, corrupt_array, resolve_corruptions
+
+PredictProbs = Callable[[list[Image.Image]], np.ndarray]
+
+
+def cell_seed(seed: int, index: int, name: str, severity: int) -> int:
+    """The 32-bit seed for image ``index`` under (``name``, ``severity``), stable across runs."""
+    key = f"{seed}/{index}/{name}/{severity}".encode()
+    return int.from_bytes(hashlib.blake2b(key, digest_size=4).digest(), "little")
+
+
+def _corrupt_chunk(images: list[np.ndarray], start: int, name: str, severities: list[int],
+                   seed: int) -> list[list[np.ndarray]]:
+    """Per severity, the corrupted images ``start, start+1, ...`` (a worker's job)."""
+    return [[corrupt_array(img, name, sev, cell_seed(seed, start + i, name, sev))
+             for i, img in enumerate(images)] for sev in severities]
+
+
+def _init_worker() -> None:
+    import cv2
+
+    cv2.setNumThreads(1)  # one process per core already
+
+
+def _corrupted_chunks(arrays: list[np.ndarray], jobs: list[tuple[str, int]], severities: list[int],
+                      seed: int, workers: int, chunk: int, meanwhile: Callable[[], None],
+                      ) -> Iterator[tuple[str, int, list[list[np.ndarray]]]]:
+    """Yield (name, start, per-severity corrupted images) for every job, in job order; call
+    ``meanwhile()`` once the workers are busy."""
+    if workers == 0:
+        meanwhile()
+        for name, s in jobs:
+            yield name, s, _corrupt_chunk(arrays[s:s + chunk], s, name, severities, seed)
+        return
+    with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=get_context("spawn"),
+                             initializer=_init_worker) as pool:
+        pending: deque[tuple[str, int, Future]] = deque()
+        todo = iter(jobs)
+        started = False
+        try:
+            while True:
+                while len(pending) < 2 * workers and (job := next(todo, None)) is not None:
+                    name, s = job
+                    pending.append((name, s, pool.submit(
+                        _corrupt_chunk, arrays[s:s + chunk], s, name, severities, seed)))
+                if not started:
+                    started = True
+                    meanwhile()
+                if not pending:
+                    return
+                name, s, fut = pending.popleft()
+                yield name, s, fut.result()
+        finally:
+            for *_, fut in pending:
+                fut.cancel()
+
+
+def _predict(predict_probs: PredictProbs, images: list[Image.Image]) -> np.ndarray:
+    probs = np.asarray(predict_probs(images))
+    if probs.ndim != 2 or probs.shape[0] != len(images):
+        raise ValueError(f"predict_probs returned shape {probs.shape} for {len(images)} images; "
+                         "expected (N, classes)")
+    return probs.argmax(axis=1)
+
+
+def run_corruptions(predict_probs: PredictProbs, images: Sequence[Image.Image],
+                    targets: np.ndarray, corruptions: list[str], severities: list[int],
+                    seed: int = 0, workers: int | None = None, batch_size: int = 32,
+                    progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """Accuracy of ``predict_probs`` on clean and corrupted copies of ``images``.
+
+    ``predict_probs`` maps a list of RGB images to an (N, K) array of class probabilities;
+    ``targets`` holds the N true class indices. ``workers`` processes corrupt the images
+    (default: ``os.cpu_count()``; 0 corrupts in this process). ``progress(k)`` is called after
+    each model batch with the k images just scored; the total is ``n * (1 + cells)``.
+
+    Returns a JSON-able dict: ``clean_accuracy``; ``corruptions``: per name, accuracy per
+    ``severity`` (keys "1".."5") and their ``mean``; ``mca`` (mean corruption accuracy over all
+    cells), ``relative_robustness`` (mca / clean accuracy; NaN when that is 0), ``n``,
+    ``severities`` and ``seed``.
+    """
+    names = resolve_corruptions(",".join(corruptions)) if corruptions else []
+    sevs = sorted(set(severities))
+    if not names or not sevs or any(s not in SEVERITIES for s in sevs):
+        raise ConfigError(f"need at least one corruption and severities in 1-5; got "
+                          f"{corruptions!r} and {severities!r}")
+    targets = np.asarray(targets)
+    n = len(images)
+    if n == 0 or targets.shape != (n,):
+        raise ValueError(f"need one target per image: {n} images, targets of shape "
+                         f"{targets.shape}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    workers = (os.cpu_count() or 1) if workers is None else workers
+    if workers < 0:
+        raise ValueError(f"workers must be >= 0, got {workers}")
+
+    rgb = [im if im.mode == "RGB" else im.convert("RGB") for im in images]
+    arrays = [np.asarray(im) for im in rgb]  # decoded once, shipped to workers by chunk
+
+    def scored(preds: np.ndarray, start: int) -> int:
+        if progress is not None:
+            progress(len(preds))
+        return int((preds == targets[start:start + len(preds)]).sum())
+
+    clean_correct = 0
+
+    def score_clean() -> None:
+        nonlocal clean_correct
+        clean_correct = sum(scored(_predict(predict_probs, rgb[s:s + batch_size]), s)
+                            for s in range(0, n, batch_size))
+
+    correct = {name: dict.fromkeys(sevs, 0) for name in names}
+    jobs = [(name, s) for name in names for s in range(0, n, batch_size)]
+    chunks = _corrupted_chunks(arrays, jobs, sevs, seed, workers, batch_size, score_clean)
+    with closing(chunks):
+        for name, start, per_severity in chunks:
+            for sev, batch in zip(sevs, per_severity):
+                imgs = [Image.fromarray(a, mode="RGB") for a in batch]
+                correct[name][sev] += scored(_predict(predict_probs, imgs), start)
+
+    per = {name: {"severity": {str(sev): correct[name][sev] / n for sev in sevs}}
+           for name in names}
+    for entry in per.values():
+        entry["mean"] = float(np.mean(list(entry["severity"].values())))
+    clean = clean_correct / n
+    mca = float(np.mean([acc for e in per.values() for acc in e["severity"].values()]))
+    return {
+        "clean_accuracy": clean,
+        "corruptions": per,
+        "mca": mca,
+        "relative_robustness": mca / clean if clean > 0 else math.nan,
+        "n": n,
+        "severities": sevs,
+        "seed": seed,
+    }
+
+
+def _ratio(num: float, den: float) -> float:
+    return num / den if den != 0 else math.nan
+
+
+def corruption_errors(results: dict[str, Any], reference: dict[str, Any]) -> dict[str, Any]:
+    """Corruption errors of ``results`` relative to a ``reference`` model's results (both from
+    :func:`run_corruptions`), as defined by Hendrycks & Dietterich (2019):
+
+    - ``ce[c]`` = sum_s E(c, s) / sum_s E_ref(c, s), with E = 1 - accuracy; ``mce`` its mean;
+    - ``relative_ce[c]`` = sum_s (E(c, s) - E_clean) / sum_s (E_ref(c, s) - E_ref_clean);
+      ``relative_mce`` its mean.
+
+    Ratios, not percentages (1.0 = as robust as the reference). Over the severities of
+    ``results``, which the reference must cover. A zero denominator (a reference without errors
+    on a corruption, or whose corrupted error equals its clean one) gives NaN for that
+    corruption, and so for the mean.
+    """
+    sevs = [str(s) for s in results["severities"]]
+    ce: dict[str, float] = {}
+    rel: dict[str, float] = {}
+    clean_err = 1.0 - results["clean_accuracy"]
+    ref_clean_err = 1.0 - reference["clean_accuracy"]
+    for name, entry in results["corruptions"].items():
+        ref_sev = reference["corruptions"].get(name, {}).get("severity", {})
+        missing = [s for s in sevs if s not in ref_sev]
+        if missing:
+            raise ValueError(f"reference results lack {name} at severities {', '.join(missing)}")
+        err = [1.0 - entry["severity"][s] for s in sevs]
+        ref_err = [1.0 - ref_sev[s] for s in sevs]
+        ce[name] = _ratio(sum(err), sum(ref_err))
+        rel[name] = _ratio(sum(e - clean_err for e in err),
+                           sum(e - ref_clean_err for e in ref_err))
+    return {
+        "ce": ce,
+        "mce": float(np.mean(list(ce.values()))),
+        "relative_ce": rel,
+        "relative_mce": float(np.mean(list(rel.values()))),
+        "severities": [int(s) for s in sevs],
+    }

@@ -1,0 +1,105 @@
+"""Figures for the corruption benchmark, as PNG files (matplotlib, Agg backend, imported lazily).
+
+Each function takes results from :func:`graftkit.robustness.bench.run_corruptions` (or an image),
+writes one figure to ``path`` and returns the path.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from .corruptions import corrupt
+
+
+def _plt() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    _plt().close(fig)
+    return path
+
+
+def _label(name: str) -> str:
+    return name.replace("_", " ")
+
+
+def plot_accuracy_vs_severity(results: dict[str, Any], path: str | Path) -> Path:
+    """Accuracy per corruption against severity, with the clean accuracy and the mean."""
+    plt = _plt()
+    sevs = [str(s) for s in results["severities"]]
+    names = list(results["corruptions"])
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    colours = plt.get_cmap("tab20")(np.linspace(0, 1, 20))
+    for i, name in enumerate(names):
+        acc = [results["corruptions"][name]["severity"][s] for s in sevs]
+        ax.plot([int(s) for s in sevs], acc, marker="o", ms=4, lw=1.3, color=colours[i % 20],
+                label=_label(name))
+    mean = [np.mean([results["corruptions"][n]["severity"][s] for n in names]) for s in sevs]
+    ax.plot([int(s) for s in sevs], mean, color="black", lw=2.8, marker="s",
+            label=f"mean (mCA {results['mca']:.3f})")
+    ax.axhline(results["clean_accuracy"], color="black", ls="--", lw=1.2,
+               label=f"clean ({results['clean_accuracy']:.3f})")
+    ax.set(xlabel="severity", ylabel="accuracy", ylim=(0, 1.02),
+           title=f"Accuracy under corruption (n={results['n']})")
+    ax.set_xticks([int(s) for s in sevs])
+    ax.grid(alpha=0.3)
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=9, frameon=False)
+    return _save(fig, path)
+
+
+def plot_heatmap(results: dict[str, Any], path: str | Path) -> Path:
+    """Corruption x severity grid of accuracies, annotated, with a per-corruption mean column."""
+    plt = _plt()
+    sevs = [str(s) for s in results["severities"]]
+    names = list(results["corruptions"])
+    m = np.array([[results["corruptions"][n]["severity"][s] for s in sevs]
+                  + [results["corruptions"][n]["mean"]] for n in names])
+    fig, ax = plt.subplots(figsize=(1.0 * (len(sevs) + 1) + 3.5, 0.42 * len(names) + 1.8))
+    im = ax.imshow(m, cmap="RdYlGn", vmin=0, vmax=1, aspect="auto")
+    fig.colorbar(im, ax=ax, fraction=0.05, pad=0.03, label="accuracy")
+    ax.set_xticks(range(len(sevs) + 1), [*sevs, "mean"])
+    ax.set_yticks(range(len(names)), [_label(n) for n in names])
+    ax.set_xlabel("severity")
+    ax.axvline(len(sevs) - 0.5, color="white", lw=3)
+    for (r, c), v in np.ndenumerate(m):
+        ax.text(c, r, f"{v:.2f}", ha="center", va="center", fontsize=9,
+                color="black" if 0.25 < v < 0.85 else "white")
+    ax.set_title(f"Accuracy: clean {results['clean_accuracy']:.3f}, mCA {results['mca']:.3f}")
+    return _save(fig, path)
+
+
+def plot_examples(image: Image.Image, corruptions: list[str], severities: list[int],
+                  path: str | Path, seed: int = 0) -> Path:
+    """One row per corruption: the clean image, then the image at each severity."""
+    plt = _plt()
+    rows, cols = len(corruptions), len(severities) + 1
+    cell = 2.0
+    aspect = image.height / image.width
+    fig, axes = plt.subplots(rows, cols, figsize=(cell * cols + 0.6, cell * aspect * rows + 0.4),
+                             squeeze=False)
+    clean = image.convert("RGB")
+    for r, name in enumerate(corruptions):
+        panels = [clean] + [corrupt(clean, name, s, seed) for s in severities]
+        for c, panel in enumerate(panels):
+            ax = axes[r][c]
+            ax.imshow(panel)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title("clean" if c == 0 else f"severity {severities[c - 1]}", fontsize=10)
+        axes[r][0].set_ylabel(_label(name), fontsize=10)
+    return _save(fig, path)
