@@ -45,6 +45,9 @@ def validate(cfg: Config, resuming: bool = False) -> None:
         raise ConfigError(f"config key 'loss.name': {cfg.loss.name!r} does not fit task {cfg.task}")
     if regression and (cfg.train.mixup or cfg.train.cutmix):
         raise ConfigError("config key 'train.mixup': MixUp/CutMix are for classification")
+    if cfg.train.augment == "augmix_jsd" and (cfg.train.mixup or cfg.train.cutmix or regression):
+        raise ConfigError("config key 'train.augment': augmix_jsd is for classification without "
+                          "MixUp/CutMix")
     metric = monitor_metric(cfg)
     allowed = {"loss", "mae", "rmse", "r2"} if regression else {
         "loss", "accuracy", "balanced_accuracy", "macro_f1", "macro_precision", "macro_recall",

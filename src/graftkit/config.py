@@ -107,10 +107,20 @@ class TrainConfig(_Section):
     )
     seed: int = 0
     topk: int = Field(5, ge=1)
-    wise_ft: float | None = Field(
-        None, ge=0.0, le=1.0, description="WiSE-FT: keep alpha * fine-tuned + (1 - alpha) * probe "
-        "weights (Wortsman et al. 2022; lp_ft); off if unset, --wise-ft sets 0.5"
+    wise_ft: Literal["auto"] | float | None = Field(
+        None, description="WiSE-FT (Wortsman et al. 2022; lp_ft): keep alpha * fine-tuned + "
+        "(1 - alpha) * probe weights; auto = sweep alpha 0..1 and pick it on validation"
     )
+    wise_ft_objective: Literal["clean", "clean+corruption"] = Field(
+        "clean", description="what the alpha sweep maximises on validation: the monitored metric,"
+        " or the mean of clean accuracy and accuracy under 4 corruptions at severity 3"
+    )
+
+    @model_validator(mode="after")
+    def _alpha(self) -> TrainConfig:
+        if isinstance(self.wise_ft, float) and not 0.0 <= self.wise_ft <= 1.0:
+            raise ValueError("wise_ft must be auto or an alpha between 0 and 1")
+        return self
 
 
 class CalibrationConfig(_Section):

@@ -19,6 +19,7 @@ from .data.sources import DataSpec, discover
 from .errors import ConfigError, DataError
 from .evaluate.analysis import Analysis, analyze
 from .evaluate.calibration import Calibration, fit_calibration
+from .evaluate.metrics import LOWER_IS_BETTER
 from .models.vision import TimmAdapter, create_model, resolve_arch
 from .strategies import STRATEGIES, Stage, StrategyParams
 from .train import hooks as H
@@ -30,7 +31,15 @@ from .train.device import (
     resolve_eval_batch,
     resolve_precision,
 )
-from .train.loop import LoopData, LoopSettings, features_for, fit, loss_value, predict_batches
+from .train.loop import (
+    LoopData,
+    LoopSettings,
+    features_for,
+    fit,
+    loss_value,
+    predict_batches,
+    score,
+)
 from .train.losses import LossFn, auto_class_weights, build_loss
 from .train.progress import Reporter
 
@@ -106,19 +115,61 @@ class Session:
         if self.cfg.report.enabled:
             self._reports(analyses, meta)
 
-    def _wise_ft(self, alpha: float) -> None:
-        """Replace the best fine-tuned weights with their WiSE-FT mix; keep both ends."""
+    def _wise_ft(self, alpha: float | str) -> None:
+        """Replace the best fine-tuned weights with their WiSE-FT mix (alpha given, or swept on
+        validation); keep both ends in checkpoints/."""
         from safetensors.torch import load_file
 
         finetuned = self.out / wise_ft.FINETUNED
         if not finetuned.is_file():  # a re-run finish (resume) must not mix twice
             save_weights(self.model, finetuned)
-        mixed = wise_ft.interpolate(load_file(str(self.out / wise_ft.PROBE)),
-                                    load_file(str(finetuned)), alpha)
-        self.model.load_state_dict(mixed)
+        theta_0, theta_1 = load_file(str(self.out / wise_ft.PROBE)), load_file(str(finetuned))
+        sweep = None
+        if alpha == "auto":
+            alpha, sweep = self._sweep_alpha(theta_0, theta_1)
+        self.model.load_state_dict(wise_ft.interpolate(theta_0, theta_1, float(alpha)))
         save_weights(self.model, self.out / rd.WEIGHTS)
-        self.reporter.line(f"  WiSE-FT: model.safetensors = {alpha:g} x fine-tuned + "
-                           f"{1 - alpha:g} x probe weights")
+        meta = rd.read_json(self.out / rd.META)
+        meta["wise_ft"].update(alpha=float(alpha), sweep=sweep)
+        rd.write_json(self.out / rd.META, meta)
+        self.reporter.line(f"  WiSE-FT: model.safetensors = {float(alpha):g} x fine-tuned + "
+                           f"{1 - float(alpha):g} x probe weights")
+
+    def _sweep_alpha(self, theta_0: dict[str, torch.Tensor], theta_1: dict[str, torch.Tensor]
+                     ) -> tuple[float, list[dict[str, float]]]:
+        """Score alpha = 0, 0.1, ..., 1 on validation; the best objective wins (ties: lower
+        validation loss)."""
+        s, objective = self.settings, self.cfg.train.wise_ft_objective
+        val = self.spec.splits["val"]
+        sets = {"clean": self.model.make_dataset(val, s.task)}
+        if objective == "clean+corruption":
+            sets.update(wise_ft.corrupted_sets(self.model, val, s.task, self.cfg.train.seed))
+        rows = []
+        for a in wise_ft.ALPHAS:
+            self.model.load_state_dict(wise_ft.interpolate(theta_0, theta_1, a))
+            self.model.eval()
+            row: dict[str, float] = {"alpha": a}
+            for name, ds in sets.items():
+                loader = torch.utils.data.DataLoader(ds, batch_size=s.eval_batch_size,
+                                                     collate_fn=self.model.collate)
+                o, t = predict_batches(self.model, loader, s)
+                m = score(o, t, self.loss_fn, s)
+                if name == "clean":
+                    row.update(val_loss=m["loss"], **{f"val_{s.monitor}": m[s.monitor]})
+                    row["val_accuracy"] = m.get("accuracy", row.get("val_accuracy"))
+                else:
+                    row[f"val_accuracy_{name}"] = m["accuracy"]
+            if objective == "clean+corruption":
+                corr = [v for k, v in row.items() if k.startswith("val_accuracy_")]
+                row["objective"] = (row["val_accuracy"] + sum(corr) / len(corr)) / 2
+            else:
+                sign = -1.0 if s.monitor in LOWER_IS_BETTER else 1.0
+                row["objective"] = sign * row[f"val_{s.monitor}"]
+            rows.append(row)
+            self.reporter.line(f"  WiSE-FT alpha {a:.1f}: " + "  ".join(
+                f"{k.removeprefix('val_')} {v:.4f}" for k, v in row.items() if k != "alpha"))
+        best = max(rows, key=lambda r: (r["objective"], -r["val_loss"]))
+        return best["alpha"], rows
 
     def _calibrate(self, logits: torch.Tensor, targets: torch.Tensor) -> Calibration:
         if self.settings.task != "classification":

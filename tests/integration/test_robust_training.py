@@ -24,16 +24,32 @@ def test_wise_ft_mixes_probe_and_finetuned_weights(small_csv: Path, tmp_path: Pa
     mixed = load_file(str(out / "model.safetensors"))
     moved = [k for k in ft if ft[k].is_floating_point() and not torch.equal(ft[k], probe[k])]
     assert moved, "fine-tuning changed no weight"
-    for k in moved:
-        assert torch.allclose(mixed[k], 0.5 * probe[k] + 0.5 * ft[k], atol=1e-6), k
     meta = json.loads((out / "meta.json").read_text())
-    assert meta["wise_ft"]["alpha"] == 0.5
+    alpha, sweep = meta["wise_ft"]["alpha"], meta["wise_ft"]["sweep"]
+    assert [r["alpha"] for r in sweep] == [round(0.1 * i, 1) for i in range(11)]
+    assert alpha == max(sweep, key=lambda r: (r["objective"], -r["val_loss"]))["alpha"]
+    for k in moved:
+        assert torch.allclose(mixed[k], (1 - alpha) * probe[k] + alpha * ft[k], atol=1e-6), k
+    # alpha = 1 is the fine-tuned model: the sweep's end matches its validation score
+    best_ft = max(h["val_accuracy"] for h in read_history(out) if h["stage"] == "finetune")
+    assert sweep[-1]["val_accuracy"] == pytest.approx(best_ft)
     # the probe snapshot is the head the fine-tuning started from, not a random one
     head = [k for k in probe if k.startswith("head")]
     assert head and all(probe[k].abs().sum() > 0 for k in head)
     # predict and evaluate use the mixed weights like any run
     m = json.loads(graft("evaluate", out, "--split", "val", "--json").stdout)
     assert m["accuracy"] == json.loads((out / "metrics.json").read_text())["val"]["accuracy"]
+
+
+def test_augmix_with_jensen_shannon_loss_trains(small_csv: Path, tmp_path: Path) -> None:
+    out = tmp_path / "jsd"
+    graft("train", "--data", small_csv, "--strategy", "full", "--out", out, "--epochs", "1",
+          *TINY, "--augment", "augmix_jsd", "report.enabled=false")
+    hist = read_history(out)
+    assert len(hist) == 1 and hist[0]["train_loss"] > 0
+    bad = graft("train", "--data", small_csv, "--out", tmp_path / "x", *TINY, "--augment",
+                "augmix_jsd", "train.mixup=0.2", check=False)
+    assert bad.returncode == 2 and "augmix_jsd" in bad.stderr
 
 
 def test_wise_ft_needs_a_probe_stage(small_csv: Path, tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ from graftkit.data.transforms import AUGMENTATIONS, DataConfig, eval_transform, 
 
 DC = DataConfig(64, 0.875, "bicubic", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 PRESETS = {"none", "light", "standard", "strong", "randaugment", "augmix"}
+VIEWS = {"augmix_jsd"}  # presets that give several views per image
 
 
 def _photo() -> Image.Image:
@@ -19,7 +20,19 @@ def _photo() -> Image.Image:
 
 
 def test_every_preset_is_tested() -> None:
-    assert set(AUGMENTATIONS.names()) == PRESETS
+    assert set(AUGMENTATIONS.names()) == PRESETS | VIEWS
+
+
+def test_augmix_jsd_gives_a_clean_and_two_augmented_views() -> None:
+    from graftkit.train.loop import jensen_shannon
+
+    torch.manual_seed(0)
+    x = train_transform(DC, "augmix_jsd")(_photo())
+    assert x.shape == (3, 3, 64, 64)
+    assert not torch.equal(x[1], x[2]) and not torch.equal(x[0], x[1])
+    same = torch.randn(4, 5)
+    assert float(jensen_shannon(same, same, same)) == pytest.approx(0.0, abs=1e-6)
+    assert float(jensen_shannon(same, -same, same)) > 0.1
 
 
 def test_eval_transform_resizes_crops_and_normalises() -> None:

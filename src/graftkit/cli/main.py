@@ -37,8 +37,8 @@ def train(
     val_fraction: float | None = typer.Option(None, "--val-fraction"),
     test_fraction: float | None = typer.Option(None, "--test-fraction"),
     device: str | None = typer.Option(None, "--device", help="auto | cpu | cuda | mps"),
-    wise_ft: bool = typer.Option(False, "--wise-ft", help="lp_ft: keep the WiSE-FT mix of probe "
-                                 "and fine-tuned weights (alpha 0.5; or train.wise_ft=A)"),
+    wise_ft: bool = typer.Option(False, "--wise-ft", help="lp_ft: keep the WiSE-FT mix of the "
+                                 "probe and fine-tuned weights; alpha picked on validation"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing run in --out"),
     resume: Path | None = typer.Option(None, "--resume", help="continue a stopped run"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
@@ -63,7 +63,7 @@ def train(
             "train.epochs": epochs, "model.weights": weights, "optim.lr": lr,
             "data.batch_size": batch_size, "train.augment": augment, "task": task,
             "data.val_fraction": val_fraction, "data.test_fraction": test_fraction,
-            "train.device": device, "train.wise_ft": 0.5 if wise_ft else None,
+            "train.device": device, "train.wise_ft": "auto" if wise_ft else None,
         })
         extra = dict(parse_override(o) for o in overrides or [])
         cfg = api.build_config(config, {**flags, **extra})

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.data import DataLoader, Dataset, TensorDataset
@@ -264,6 +265,17 @@ def _stage_optimizer(model: nn.Module, stage: Stage, s: LoopSettings, steps: int
     return opt, sched
 
 
+JSD_WEIGHT = 12.0  # lambda of AugMix's consistency loss (Hendrycks et al. 2020)
+
+
+def jensen_shannon(*logits: torch.Tensor) -> torch.Tensor:
+    """Jensen-Shannon divergence among the softmaxes of several views (AugMix's consistency
+    loss): the mean KL of each view's distribution from their average."""
+    probs = [F.softmax(z, dim=-1) for z in logits]
+    log_m = torch.clamp(sum(probs) / len(probs), 1e-7, 1).log()
+    return sum(F.kl_div(log_m, p, reduction="batchmean") for p in probs) / len(probs)
+
+
 def train_epoch(model: nn.Module, batches: Batches, loader: DataLoader, state: LoopState,
                 loss_fn: LossFn, s: LoopSettings, n_blocks: int, reporter: Reporter,
                 scaler: torch.amp.GradScaler) -> dict[str, float]:
@@ -274,12 +286,19 @@ def train_epoch(model: nn.Module, batches: Batches, loader: DataLoader, state: L
     opt.zero_grad(set_to_none=True)
     n_steps = len(loader)
     for i, (x, y) in enumerate(loader):
+        views = isinstance(x, torch.Tensor) and x.ndim == 5  # AugMix + JSD: (B, 3, C, H, W)
+        if views:
+            x = x.transpose(0, 1).reshape(-1, *x.shape[2:])  # clean, aug1, aug2 blocks of B
         x, y = to_device(x, s), y.to(s.device, non_blocking=True)
         if batches.mix is not None:
             x, y = batches.mix(x, y)
         with torch.autocast(s.device.type, s.amp_dtype, enabled=s.amp_dtype is not None):
             out = batches.forward(x)
-        loss = loss_fn(out.float(), _loss_target(y, s))
+        if views:
+            out, *augs = out.float().split(len(y))
+            loss = loss_fn(out, _loss_target(y, s)) + JSD_WEIGHT * jensen_shannon(out, *augs)
+        else:
+            loss = loss_fn(out.float(), _loss_target(y, s))
         if not torch.isfinite(loss):
             raise TrainingDiverged(
                 f"loss became {loss.item()} at epoch {state.epoch + 2}, step {i + 1}: lower "
@@ -295,8 +314,8 @@ def train_epoch(model: nn.Module, batches: Batches, loader: DataLoader, state: L
             opt.zero_grad(set_to_none=True)
             sched.step()
             state.step += 1
-        total += loss.item() * len(x)
-        seen += len(x)
+        total += loss.item() * len(y)
+        seen += len(y)
         reporter.advance(1, f"loss {total / seen:.4f}", seen / (time.perf_counter() - t0))
     dt = time.perf_counter() - t0
     return {"train_loss": total / max(1, seen), "train_time_s": dt, "samples_per_s": seen / dt}
