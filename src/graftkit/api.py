@@ -18,11 +18,11 @@ from .errors import ConfigError, GraftError, TrainingDiverged
 def validate(cfg: Config, resuming: bool = False) -> None:
     """Every name in the config refers to something registered; fail before any heavy work."""
     from .data.transforms import AUGMENTATIONS
-    from .models.vision import resolve_arch
     from .strategies import STRATEGIES
     from .train.losses import LOSSES, REGRESSION_LOSSES
     from .train.optim import OPTIMIZERS, SCHEDULES
 
+    cfg = resolve_inputs(cfg)
     checks = [("strategy.name", STRATEGIES, cfg.strategy.name), ("optim.name", OPTIMIZERS,
               cfg.optim.name), ("optim.schedule", SCHEDULES, cfg.optim.schedule)]
     if cfg.train.augment != "auto":
@@ -33,7 +33,16 @@ def validate(cfg: Config, resuming: bool = False) -> None:
         if name not in reg:
             raise ConfigError(f"config key '{key}': unknown {reg.kind} {name!r}; choose one of: "
                               f"{', '.join(reg.names())}")
-    resolve_arch(cfg.model.name)
+    text = cfg.data.modality == "text"
+    _check_model(cfg.model.name or "", text)
+    if cfg.strategy.name == "lora" and not text:
+        raise ConfigError("config key 'strategy.name': lora is for transformer (text) models; "
+                          "for images use last_n, lp_ft or full")
+    if text and cfg.train.augment not in ("auto", "none"):
+        raise ConfigError(f"config key 'train.augment': {cfg.train.augment!r} augments images; "
+                          "text runs take none")
+    if text and (cfg.train.mixup or cfg.train.cutmix):
+        raise ConfigError("config key 'train.mixup': MixUp/CutMix are for images")
     if not resuming and cfg.model.weights and not Path(cfg.model.weights).expanduser().is_file():
         raise ConfigError(f"config key 'model.weights': file {cfg.model.weights!r} not found")
     if cfg.data.path is None:
@@ -55,6 +64,34 @@ def validate(cfg: Config, resuming: bool = False) -> None:
     if metric not in allowed:
         raise ConfigError(f"config key 'train.early_stop.metric': {metric!r} is not a validation "
                           f"metric for {cfg.task}; choose one of: {', '.join(sorted(allowed))}")
+
+
+def _check_model(name: str, text: bool) -> None:
+    from .models.text import is_text_model
+    from .models.vision import resolve_arch
+
+    if text and not is_text_model(name):
+        raise ConfigError(f"config key 'model.name': {name!r} is not a text model; the data is "
+                          "text (try all-MiniLM-L6-v2, paraphrase-MiniLM-L3-v2 or a local "
+                          "Hugging Face model directory)")
+    if not text:
+        resolve_arch(name)
+
+
+def resolve_inputs(cfg: Config) -> Config:
+    """Fill what depends on the data: the modality (auto: a CSV with the text column and no
+    path column is text) and the default model of that modality."""
+    from .data.text_sources import is_text_csv
+    from .models.text_builtin import DEFAULT_TEXT_MODEL
+
+    d = cfg.data
+    modality = d.modality
+    if modality == "auto":
+        modality = "text" if d.path and is_text_csv(d.path, d.text_column, d.path_column) \
+            else "image"
+    name = cfg.model.name or (DEFAULT_TEXT_MODEL if modality == "text" else "efficientnet_lite0")
+    return cfg.model_copy(update={"data": d.model_copy(update={"modality": modality}),
+                                  "model": cfg.model.model_copy(update={"name": name})})
 
 
 def monitor_metric(cfg: Config) -> str:
@@ -105,6 +142,7 @@ def resume(run_dir: str | Path, quiet: bool = False) -> Run:
 def train(cfg: Config, out: str | Path | None = None, overwrite: bool = False,
           resume_dir: Path | None = None, quiet: bool = False) -> Run:
     """Train from a validated config into a run directory."""
+    cfg = resolve_inputs(cfg)
     validate(cfg, resuming=resume_dir is not None)
     from .session import build_session
 

@@ -23,7 +23,14 @@ class _Section(BaseModel):
 
 
 class DataConfig(_Section):
-    path: str | None = Field(None, description="image folder or CSV manifest (path,label)")
+    path: str | None = Field(None, description="image folder, CSV manifest (path,label), or a CSV "
+                             "of labeled texts (text,label)")
+    modality: Literal["auto", "image", "text"] = Field(
+        "auto", description="auto: text for a CSV with the text column and no path column"
+    )
+    val: str | None = Field(None, description="text: validation CSV (default: split from path)")
+    test: str | None = Field(None, description="text: test CSV")
+    text_column: str = "text"
     val_fraction: float = Field(0.2, ge=0.0, lt=1.0)
     test_fraction: float = Field(0.0, ge=0.0, lt=1.0)
     split_seed: int = 0
@@ -43,11 +50,17 @@ class DataConfig(_Section):
 
 
 class ModelConfig(_Section):
-    name: str = "efficientnet_lite0"
+    name: str | None = Field(
+        None, description="default: efficientnet_lite0 for images, all-MiniLM-L6-v2 for text"
+    )
     pretrained: bool = True
     weights: str | None = Field(None, description="local .safetensors or .pth backbone weights")
     dropout: float = Field(0.2, ge=0.0, lt=1.0, description="dropout before the new head")
     image_size: int | None = Field(None, ge=16, description="override the model's input size")
+    max_length: int | None = Field(
+        None, ge=8, description="text: tokens kept per text (default: from the training data)"
+    )
+    pooling: Literal["mean", "cls"] = Field("mean", description="text: how tokens are pooled")
 
 
 class StrategyConfig(_Section):
@@ -60,6 +73,12 @@ class StrategyConfig(_Section):
     unfreeze_every: int = Field(1, ge=1, description="gradual: epochs between unfreezing steps")
     layer_decay: float = Field(
         1.0, gt=0.0, le=1.0, description="lr multiplier per block going down (1 = off)"
+    )
+    lora_r: int = Field(8, ge=1, description="lora: rank of the adapters")
+    lora_alpha: int = Field(16, ge=1, description="lora: scaling numerator (scale = alpha / r)")
+    lora_dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    lora_targets: list[str] | None = Field(
+        None, description="lora: module names to adapt (default: attention query and value)"
     )
 
 

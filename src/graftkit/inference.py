@@ -14,15 +14,22 @@ from .data.sources import discover_eval
 from .data.transforms import DataConfig, eval_transform
 from .errors import DataError, GraftError
 from .evaluate.calibration import Calibration
-from .models.vision import TimmAdapter, rebuild_model
+from .models.vision import rebuild_model
 from .train.checkpoint import load_weights
 from .train.device import resolve_eval_batch
 
 
-def load_model(path: Path, meta: dict[str, Any]) -> TimmAdapter:
+def load_model(path: Path, meta: dict[str, Any]) -> Any:
     weights = path / rd.WEIGHTS
     if not weights.is_file():
         raise GraftError(f"run {str(path)!r} has no {rd.WEIGHTS} (did training finish an epoch?)")
+    if meta.get("modality") == "text":
+        from .models.text import TextDataConfig, rebuild_text_model
+
+        text = rebuild_text_model(meta["model"], meta["num_outputs"], meta["model"]["dropout"],
+                                  TextDataConfig.from_dict(meta["preprocessing"]), path)
+        load_weights(text, weights)
+        return text.eval()
     dc = DataConfig.from_dict(meta["preprocessing"])
     model = rebuild_model(meta["model"]["arch"], meta["num_outputs"], meta["model"]["dropout"], dc)
     load_weights(model, weights)
@@ -41,15 +48,26 @@ def _as_image(item: Any) -> tuple[str, Image.Image]:
 
 def run_eval_batch(cfg: Any) -> int:
     """A run's batch size for gradient-free passes; its model is used on the CPU."""
+    if cfg.data.modality == "text":
+        return cfg.data.eval_batch_size or 2 * cfg.data.batch_size
     return resolve_eval_batch(cfg.data.eval_batch_size, torch.device("cpu"), cfg.data.batch_size)
 
 
 @torch.no_grad()
-def predict(model: TimmAdapter, meta: dict[str, Any], items: list[Any], topk: int = 5,
+def predict(model: Any, meta: dict[str, Any], items: list[Any], topk: int = 5,
             batch_size: int = 8) -> list[dict[str, Any]]:
-    tf = eval_transform(model.data_config)
     cal = Calibration.from_meta(meta)
     results: list[dict[str, Any]] = []
+    if meta.get("modality") == "text":
+        texts = [str(t) for t in items]
+        if not all(t.strip() for t in texts):
+            raise DataError("empty text: every input needs some words")
+        for start in range(0, len(texts), batch_size):
+            chunk = texts[start:start + batch_size]
+            out = model(model.tokenize(chunk)).float()
+            results += [_describe(t, row, meta, topk, cal) for t, row in zip(chunk, out)]
+        return results
+    tf = eval_transform(model.data_config)
     for start in range(0, len(items), batch_size):
         named = [_as_image(it) for it in items[start:start + batch_size]]
         x = torch.stack([tf(img) for _, img in named])  # (B, C, H, W)
@@ -78,11 +96,18 @@ def _run_split(cfg: Any, meta: dict[str, Any], split: str | None
                ) -> tuple[list[tuple[str, float]], list[dict[str, str]], str]:
     """A split of the run's own data, re-derived exactly as training split it."""
     from .data.sources import discover
+    from .data.text_sources import discover_text
 
     d = cfg.data
-    spec = discover(d.path, task=cfg.task, val_fraction=d.val_fraction,
-                    test_fraction=d.test_fraction, seed=d.split_seed, path_column=d.path_column,
-                    label_column=d.label_column)
+    if meta.get("modality") == "text":
+        spec = discover_text(d.path, val=d.val, test=d.test, task=cfg.task,
+                             text_column=d.text_column, label_column=d.label_column,
+                             val_fraction=d.val_fraction, test_fraction=d.test_fraction,
+                             seed=d.split_seed)
+    else:
+        spec = discover(d.path, task=cfg.task, val_fraction=d.val_fraction,
+                        test_fraction=d.test_fraction, seed=d.split_seed,
+                        path_column=d.path_column, label_column=d.label_column)
     if spec.classes != meta["classes"]:
         raise DataError(f"the classes in {d.path!r} changed since training; pass --data")
     used = split or ("test" if "test" in spec.splits else "val")
@@ -142,6 +167,35 @@ def calibrate(run: Any, temperature: bool = True, threshold: str = "keep",
     return {**cal.to_dict(), "before": before, "after": after, "warning": warning}
 
 
+def _eval_texts(data: str | Path, meta: dict[str, Any], cfg: Any, split: str | None
+                ) -> tuple[list[tuple[str, float]], list[dict[str, str]], str]:
+    """A labeled text CSV, with the run's label map (a split column is honoured with --split)."""
+    from .data.sources import SPLIT_ALIASES, _is_float
+    from .data.text import read_text_csv
+
+    d = cfg.data
+    rows, skipped = read_text_csv(data, d.text_column, d.label_column)
+    if split:
+        try:
+            splits = [s for _, s in read_text_csv(data, d.text_column, "split")[0]]
+        except DataError:
+            raise DataError(f"CSV {str(data)!r} has no split column; drop --split") from None
+        rows = [r for r, s in zip(rows, splits) if SPLIT_ALIASES.get(s.lower()) == split]
+    index = {c: i for i, c in enumerate(meta["classes"])}
+    items = []
+    for text, label in rows:
+        if meta["task"] == "regression":
+            if not _is_float(label):
+                raise DataError(f"{data}: target {label!r} is not a number")
+            items.append((text, float(label)))
+        elif label not in index:
+            raise DataError(f"{data}: label {label!r} is not a class of this run "
+                            f"({', '.join(meta['classes'])})")
+        else:
+            items.append((text, float(index[label])))
+    return items, skipped, split or "all"
+
+
 def eval_items(run: Any, data: str | Path | None, split: str | None = None
                ) -> tuple[list[tuple[str, float]], list[dict[str, str]], str, str]:
     """Labeled items to evaluate a run on: ``data`` (a folder or CSV, or a split of it), or by
@@ -150,6 +204,8 @@ def eval_items(run: Any, data: str | Path | None, split: str | None = None
     if data is None:
         items, skipped, used = _run_split(cfg, meta, split)
         data = cfg.data.path
+    elif meta.get("modality") == "text":
+        items, skipped, used = _eval_texts(data, meta, cfg, split)
     else:
         items, skipped, used = discover_eval(data, meta["classes"], task=meta["task"],
                                              split=split, path_column=cfg.data.path_column,

@@ -32,7 +32,8 @@ CONFIG, META, WEIGHTS, METRICS, HISTORY, DATA_REPORT = (
 STATE = "checkpoints/last.safetensors"
 # Everything a run writes at its top level; a folder holding only these is a graft run (perhaps
 # one that failed before writing meta.json) and may be replaced with --overwrite.
-OWN = {CONFIG, META, WEIGHTS, METRICS, HISTORY, DATA_REPORT, "checkpoints", "eval", "robustness"}
+OWN = {CONFIG, META, WEIGHTS, METRICS, HISTORY, DATA_REPORT, "checkpoints", "eval", "robustness",
+       "text_model"}
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -103,9 +104,12 @@ def safe_name(text: str) -> str:
 
 
 def eval_dir(run: Path, data: str | Path, split: str, name: str | None = None) -> Path:
-    """``RUN_DIR/eval/<name>``; the default name is ``<data folder or file>-<split>``, the same
-    for the report written at the end of training and for ``graft evaluate``."""
-    return run / "eval" / safe_name(name or f"{Path(data).resolve().name}-{split}")
+    """``RUN_DIR/eval/<name>``; the default name is ``<data folder>-<split>`` (a CSV file:
+    ``<its folder>-<its stem>-<split>``), the same for the report written at the end of training
+    and for ``graft evaluate``."""
+    p = Path(data).resolve()
+    base = f"{p.parent.name}-{p.stem}" if p.is_file() else p.name
+    return run / "eval" / safe_name(name or f"{base}-{split}")
 
 
 def truncate_history(path: Path, last_epoch: int) -> None:

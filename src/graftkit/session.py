@@ -16,6 +16,7 @@ import torch
 from . import run as rd
 from .config import Config, to_yaml
 from .data.sources import DataSpec, discover
+from .data.text_sources import discover_text
 from .errors import ConfigError, DataError
 from .evaluate.analysis import Analysis, analyze
 from .evaluate.calibration import Calibration, fit_calibration
@@ -84,6 +85,11 @@ class Session:
         """Reload the best weights, score every split, calibrate on validation, write
         metrics.json, the final meta and the evaluation report(s)."""
         load_weights(self.model, self.out / rd.WEIGHTS)
+        if getattr(self.model, "has_lora", False):  # merged: the run holds a plain model
+            from .models.text import merge_lora
+
+            merge_lora(self.model)
+            save_weights(self.model, self.out / rd.WEIGHTS)
         if self.cfg.train.wise_ft is not None:
             self._wise_ft(self.cfg.train.wise_ft)
         self.model.eval()
@@ -240,11 +246,17 @@ def build_session(cfg: Config, out: Path, quiet: bool = False, resuming: bool = 
     amp = resolve_precision(cfg.train.precision, device)
     d = cfg.data
     reporter.line(f"[bold]data[/] {d.path}")
-    spec = discover(d.path or "", task=cfg.task, val_fraction=d.val_fraction,
-                    test_fraction=d.test_fraction, seed=d.split_seed, path_column=d.path_column,
-                    label_column=d.label_column, progress=reporter)
-    report = spec.report()
-    rd.write_json(out / rd.DATA_REPORT, report)
+    text = d.modality == "text"
+    if text:
+        spec = discover_text(d.path or "", val=d.val, test=d.test, task=cfg.task,
+                             text_column=d.text_column, label_column=d.label_column,
+                             val_fraction=d.val_fraction, test_fraction=d.test_fraction,
+                             seed=d.split_seed)
+    else:
+        spec = discover(d.path or "", task=cfg.task, val_fraction=d.val_fraction,
+                        test_fraction=d.test_fraction, seed=d.split_seed,
+                        path_column=d.path_column, label_column=d.label_column,
+                        progress=reporter)
     reporter.line(_data_line(spec))
     for item in spec.skipped[:5]:
         reporter.warn(f"skipped {item['path']}: {item['reason']}")
@@ -257,9 +269,14 @@ def build_session(cfg: Config, out: Path, quiet: bool = False, resuming: bool = 
     n_out = 1 if cfg.task == "regression" else len(spec.classes)
     m = cfg.model
     reporter.line(f"[bold]model[/] {m.name}  [bold]strategy[/] {cfg.strategy.name}")
-    model = create_model(m.name, n_out, pretrained=m.pretrained and not resuming,
-                         weights=None if resuming else m.weights, dropout=m.dropout,
-                         image_size=m.image_size)
+    report = spec.report()
+    if text:
+        model, report["text"] = _text_model(cfg, spec, n_out, out, resuming)
+    else:
+        model = create_model(m.name or "", n_out, pretrained=m.pretrained and not resuming,
+                             weights=None if resuming else m.weights, dropout=m.dropout,
+                             image_size=m.image_size)
+    rd.write_json(out / rd.DATA_REPORT, report)
     stages = _stages(cfg)
     if cfg.train.wise_ft is not None and not (
             len(stages) > 1 and stages[0].head_only and not stages[-1].head_only):
@@ -268,7 +285,8 @@ def build_session(cfg: Config, out: Path, quiet: bool = False, resuming: bool = 
     ts = spec.target_stats
     settings = LoopSettings(
         task=cfg.task, classes=spec.classes, batch_size=d.batch_size, num_workers=d.num_workers,
-        eval_batch_size=resolve_eval_batch(d.eval_batch_size, device, d.batch_size),
+        eval_batch_size=(d.eval_batch_size or 2 * d.batch_size) if text else resolve_eval_batch(
+            d.eval_batch_size, device, d.batch_size),
         augment=cfg.train.augment, optimizer=cfg.optim.name, weight_decay=cfg.optim.weight_decay,
         momentum=cfg.optim.momentum, nesterov=cfg.optim.nesterov,
         layer_decay=cfg.strategy.layer_decay, schedule=cfg.optim.schedule,
@@ -299,6 +317,39 @@ def build_session(cfg: Config, out: Path, quiet: bool = False, resuming: bool = 
                    resume_info)
 
 
+def _text_model(cfg: Config, spec: DataSpec, n_out: int, out: Path, resuming: bool
+                ) -> tuple[Any, dict[str, Any]]:
+    """The text adapter (LoRA applied for the lora strategy), its max length chosen from the
+    training texts unless set, its tokenizer/config saved in the run; and the token statistics
+    of every split for the data report."""
+    from .data.text import text_stats, token_lengths
+    from .models.text import (
+        TextDataConfig,
+        apply_lora,
+        choose_max_length,
+        create_text_model,
+        save_text_assets,
+    )
+
+    m, st = cfg.model, cfg.strategy
+    model = create_text_model(m.name or "", n_out, pretrained=m.pretrained and not resuming,
+                              dropout=m.dropout, max_length=m.max_length, pooling=m.pooling)
+    if resuming:  # the length the run started with
+        saved = TextDataConfig.from_dict(rd.read_json(out / rd.META)["preprocessing"])
+        model.set_max_length(saved.max_length)
+    elif m.max_length is None:
+        lengths = token_lengths([t for t, _ in spec.splits["train"]], model.tokenizer)
+        model.set_max_length(choose_max_length(lengths, model.max_positions))
+    if st.name == "lora":
+        apply_lora(model, st.lora_r, st.lora_alpha, st.lora_dropout, st.lora_targets)
+    if not resuming:
+        save_text_assets(model, out)
+    n = model.data_config.max_length
+    stats = {split: text_stats([t for t, _ in items], model.tokenizer, n)
+             for split, items in spec.splits.items()}
+    return model, {"max_length": n, "tokens": stats}
+
+
 def _data_line(spec: DataSpec) -> str:
     counts = ", ".join(f"{s} {len(v)}" for s, v in spec.splits.items())
     what = f"{len(spec.classes)} classes" if spec.task == "classification" else "regression"
@@ -315,7 +366,9 @@ def _meta(cfg: Config, spec: DataSpec, model: TimmAdapter, stages: list[Stage], 
         "classes": spec.classes,
         "num_outputs": 1 if cfg.task == "regression" else len(spec.classes),
         "target_stats": spec.target_stats,
-        "model": {"name": cfg.model.name, "arch": resolve_arch(cfg.model.name),
+        "modality": spec.modality,
+        "model": {"name": cfg.model.name, "arch": cfg.model.name if spec.modality == "text"
+                  else resolve_arch(cfg.model.name or ""),
                   "dropout": cfg.model.dropout, "num_features": model.num_features,
                   "total_params": sum(p.numel() for p in model.parameters()),
                   "weights": cfg.model.weights, "pretrained": cfg.model.pretrained},

@@ -106,7 +106,7 @@ def test_regression_from_csv(hymenoptera: Path, tmp_path: Path) -> None:
           "--epochs", "2", "--out", out, *TINY, "loss.name=huber")
     m = json.loads((out / "metrics.json").read_text())
     assert {"mae", "rmse", "r2"} <= set(m["val"]) and m["monitor"] == "rmse"
-    ev = out / "eval" / "r.csv-val"
+    ev = out / "eval" / f"{tmp_path.name}-r-val"
     assert {"regression.png", "training_curves.png", "report.html"} <= {
         p.name for p in ev.iterdir()}
     assert "calibration" not in json.loads((out / "meta.json").read_text())

@@ -23,8 +23,14 @@ def _flags(**kw: object) -> dict[str, object]:
 
 @app.command()
 def train(
-    data: str | None = typer.Option(None, "--data", help="image folder or CSV manifest"),
-    model: str | None = typer.Option(None, "--model", help="built-in or timm model name"),
+    data: str | None = typer.Option(None, "--data", help="image folder, CSV manifest, or CSV of "
+                                    "labeled texts"),
+    val: str | None = typer.Option(None, "--val", help="text: validation CSV"),
+    test: str | None = typer.Option(None, "--test", help="text: test CSV"),
+    text_column: str | None = typer.Option(None, "--text-column", help="text: column name"),
+    label_column: str | None = typer.Option(None, "--label-column", help="label column name"),
+    model: str | None = typer.Option(None, "--model", help="built-in, timm or Hugging Face "
+                                     "model name (or a local model folder)"),
     strategy: str | None = typer.Option(None, "--strategy", help="see `graft list`"),
     epochs: int | None = typer.Option(None, "--epochs", help="default: the strategy's"),
     out: Path | None = typer.Option(None, "--out", help="run directory to write"),
@@ -33,7 +39,8 @@ def train(
     lr: float | None = typer.Option(None, "--lr", help="learning rate"),
     batch_size: int | None = typer.Option(None, "--batch-size"),
     augment: str | None = typer.Option(None, "--augment", help="augmentation preset"),
-    task: str | None = typer.Option(None, "--task", help="classification | regression"),
+    task: str | None = typer.Option(None, "--task", help="classification | regression | "
+                                    "text-classification"),
     val_fraction: float | None = typer.Option(None, "--val-fraction"),
     test_fraction: float | None = typer.Option(None, "--test-fraction"),
     device: str | None = typer.Option(None, "--device", help="auto | cpu | cuda | mps"),
@@ -49,7 +56,9 @@ def train(
     from ..config import parse_override
 
     if resume is not None:
-        given = _flags(data=data, model=model, strategy=strategy, epochs=epochs, config=config,
+        given = _flags(data=data, val=val, test=test, text_column=text_column,
+                       label_column=label_column, model=model, strategy=strategy, epochs=epochs,
+                       config=config,
                        out=out, lr=lr, augment=augment, weights=weights, batch_size=batch_size,
                        task=task, val_fraction=val_fraction, test_fraction=test_fraction,
                        device=device) or overrides or overwrite or wise_ft
@@ -58,8 +67,13 @@ def train(
                              "options (edit RUN_DIR/config.yaml to change it)")
         run = api.resume(resume, quiet=quiet)
     else:
+        modality = None
+        if task == "text-classification":
+            task, modality = "classification", "text"
         flags = _flags(**{
-            "data.path": data, "model.name": model, "strategy.name": strategy,
+            "data.path": data, "data.val": val, "data.test": test, "data.modality": modality,
+            "data.text_column": text_column, "data.label_column": label_column,
+            "model.name": model, "strategy.name": strategy,
             "train.epochs": epochs, "model.weights": weights, "optim.lr": lr,
             "data.batch_size": batch_size, "train.augment": augment, "task": task,
             "data.val_fraction": val_fraction, "data.test_fraction": test_fraction,
@@ -91,7 +105,7 @@ def _expand(inputs: list[str]) -> list[str]:
 @app.command()
 def predict(
     run_dir: Path = typer.Argument(..., help="a run directory"),
-    inputs: list[str] = typer.Argument(..., help="image files or folders"),
+    inputs: list[str] = typer.Argument(..., help="image files or folders (a text run: texts)"),
     topk: int = typer.Option(5, "--topk", "-k", min=1),
     as_json: bool = typer.Option(False, "--json", help="print JSON"),
 ) -> None:
@@ -99,7 +113,8 @@ def predict(
     from ..api import Run
 
     run = Run(run_dir)
-    results = run.predict(_expand(inputs), topk=topk)
+    text = run.meta.get("modality") == "text"
+    results = run.predict(inputs if text else _expand(inputs), topk=topk)
     if as_json:
         typer.echo(json.dumps(results, indent=2))
         return
@@ -217,6 +232,22 @@ def robustness(
                    f"{r['reference']['relative_mce']:.4f}  (vs {r['reference']['run']})")
     typer.echo("weakest: " + ", ".join(f"{n} {v['mean']:.3f}" for n, v in worst))
     typer.echo(f"written to {r['written_to']}\nreport: {r['report']}")
+
+
+@app.command()
+def export(
+    run_dir: Path = typer.Argument(..., help="a run directory"),
+    fmt: str = typer.Option("onnx", "--format", help="onnx | torchscript | safetensors"),
+    out: Path | None = typer.Option(None, "--out", help="bundle folder (default: beside the "
+                                    "run, <run>-<format>)"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing bundle"),
+    opset: int | None = typer.Option(None, "--opset", help="ONNX opset (18 or later)"),
+) -> None:
+    """A portable bundle: model file, preprocessing, labels, calibration, model card; checked
+    against the eager model on real inputs."""
+    from ..export.bundle import cli_export
+
+    cli_export(run_dir, fmt, out, overwrite, opset)
 
 
 @app.command()

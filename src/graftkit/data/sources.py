@@ -44,14 +44,19 @@ class DataSpec:
     source: str
     skipped: list[dict[str, str]] = field(default_factory=list)
     target_stats: dict[str, float] = field(default_factory=dict)  # regression: mean/std of train
+    modality: str = "image"  # items are (image path, target) or, for "text", (text, target)
 
     def fingerprint(self) -> str:
-        """Content key of the data: every file's path, size and mtime, its split and target."""
+        """Content key of the data: every file's path, size and mtime (or every text), its split
+        and target."""
         h = hashlib.sha256()
         for split in sorted(self.splits):
-            for path, target in self.splits[split]:
-                st = os.stat(path)
-                h.update(f"{split}\0{path}\0{st.st_size}\0{st.st_mtime_ns}\0{target}\n".encode())
+            for item, target in self.splits[split]:
+                if self.modality == "text":
+                    h.update(f"{split}\0{item}\0{target}\n".encode())
+                    continue
+                st = os.stat(item)
+                h.update(f"{split}\0{item}\0{st.st_size}\0{st.st_mtime_ns}\0{target}\n".encode())
         return h.hexdigest()[:16]
 
     def report(self) -> dict:
@@ -64,6 +69,7 @@ class DataSpec:
                 counts[split] = len(items)
         return {
             "source": self.source,
+            "modality": self.modality,
             "layout": self.layout,
             "task": self.task,
             "classes": self.classes,

@@ -145,7 +145,7 @@ def write_eval(out: Path, a: Analysis, run_path: Path, meta: dict[str, Any],
     gallery = []
     for ex in a.top_losses(top_losses) if a.task == "classification" else []:
         ex = dict(ex)
-        if Path(ex["item"]).suffix:  # a file: show it; otherwise it is a text
+        if meta.get("modality", "image") == "image":  # a file: show it
             ex["thumb"] = _thumbnail(ex["item"])
             ex["label"] = Path(ex["item"]).name
         else:

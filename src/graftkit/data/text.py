@@ -1,0 +1,151 @@
+"""Labeled text: reading CSVs robustly, token-length statistics, the dataset and its collation.
+
+``read_text_csv`` never crashes on a bad row; it skips the row and says why:
+
+* bytes that are not UTF-8 in the text or label: the row is **skipped** (decoding it with
+  replacement characters would feed the model ``[UNK]`` noise under a label that was given for
+  the real text). If most rows are affected the file is in another encoding (latin-1, cp1252):
+  a :class:`DataError` says to re-save it as UTF-8, rather than silently dropping most of it;
+* an empty or whitespace-only text, a missing or empty label: skipped;
+* blank lines are ignored; a UTF-8 byte-order mark is tolerated;
+* a CSV without the named columns: a :class:`DataError` naming the columns it has.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+from ..errors import DataError
+
+_NOT_UTF8 = re.compile("[\udc80-\udcff]")  # undecodable bytes, as surrogateescape keeps them
+
+
+def read_text_csv(
+    path: str | Path, text_column: str = "text", label_column: str = "label"
+) -> tuple[list[tuple[str, str]], list[dict[str, Any]]]:
+    """``(rows, skipped)``: ``(text, label)`` pairs in file order, and ``{path, row, reason}``
+    for every row left out (``row`` is its first line number in the file)."""
+    p = Path(path).expanduser()
+    try:
+        raw = p.read_bytes()
+    except OSError as e:
+        raise DataError(f"cannot read CSV {str(p)!r}: {e.strerror or e}") from None
+    reader = csv.reader(io.StringIO(raw.decode("utf-8", "surrogateescape").removeprefix("\ufeff"),
+                                    newline=""))
+    try:
+        header = next(reader, None)
+        if not header:
+            raise DataError(f"CSV {str(p)!r} is empty")
+        header = [h.strip() for h in header]
+        for col in (text_column, label_column):
+            if col not in header:
+                raise DataError(f"CSV {str(p)!r} has no column {col!r} "
+                                f"(its columns: {', '.join(header)})")
+        ti, li = header.index(text_column), header.index(label_column)
+        rows: list[tuple[str, str]] = []
+        skipped: list[dict[str, Any]] = []
+        n_records, n_bad_bytes, first_line = 0, 0, reader.line_num + 1
+        for record in reader:
+            line, first_line = first_line, reader.line_num + 1
+            if not any(field.strip() for field in record):
+                continue  # a blank line
+            n_records += 1
+            text = record[ti].strip() if ti < len(record) else ""
+            label = record[li].strip() if li < len(record) else ""
+            reason = None
+            if _NOT_UTF8.search(text) or _NOT_UTF8.search(label):
+                n_bad_bytes += 1
+                reason = "bytes that are not UTF-8"
+            elif not text:
+                reason = "empty text"
+            elif not label:
+                reason = "missing label"
+            if reason:
+                skipped.append({"path": f"{p}:{line}", "row": line, "reason": reason})
+            else:
+                rows.append((text, label))
+    except csv.Error as e:
+        raise DataError(f"{p}:{reader.line_num}: malformed CSV ({e})") from None
+    if n_bad_bytes > n_records / 2:
+        raise DataError(f"CSV {str(p)!r} is not UTF-8 ({n_bad_bytes} of {n_records} rows); "
+                        "re-save it as UTF-8")
+    if not rows:
+        why = f" ({skipped[0]['reason']}, ...)" if skipped else ""
+        raise DataError(f"CSV {str(p)!r} has no usable rows{why}")
+    return rows, skipped
+
+
+def percentile(values: Sequence[int], q: float) -> int:
+    """The nearest-rank ``q``-th percentile (0 < q <= 100) of a non-empty sequence."""
+    xs = sorted(values)
+    return xs[max(0, math.ceil(q / 100 * len(xs)) - 1)]
+
+
+def token_lengths(texts: Sequence[str], tokenizer: Callable[..., Any]) -> list[int]:
+    """Each text's length in tokens, special tokens included, without truncation."""
+    ids = tokenizer(list(texts), truncation=False, verbose=False)["input_ids"]
+    return [len(x) for x in ids]
+
+
+def text_stats(texts: Sequence[str], tokenizer: Callable[..., Any], max_length: int
+               ) -> dict[str, float | int]:
+    """Token-length statistics for the data report; ``truncated``: texts longer than
+    ``max_length`` tokens (they lose their end)."""
+    lengths = token_lengths(texts, tokenizer)
+    if not lengths:
+        return {"n": 0, "mean_tokens": 0.0, "p95_tokens": 0, "max_tokens": 0, "truncated": 0,
+                "truncated_fraction": 0.0}
+    truncated = sum(n > max_length for n in lengths)
+    return {
+        "n": len(lengths),
+        "mean_tokens": sum(lengths) / len(lengths),
+        "p95_tokens": percentile(lengths, 95),
+        "max_tokens": max(lengths),
+        "truncated": truncated,
+        "truncated_fraction": truncated / len(lengths),
+    }
+
+
+class TextDataset(Dataset):
+    """``(text, target)`` pairs -> the same pairs, targets typed: ``int`` class indices for
+    classification, ``float`` for regression (tokenization happens per batch, in collation)."""
+
+    def __init__(self, items: Sequence[tuple[str, float]], task: str = "classification") -> None:
+        cast = int if task == "classification" else float
+        self.items = [(str(text), cast(target)) for text, target in items]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> tuple[str, int | float]:
+        return self.items[i]
+
+
+class TextCollator:
+    """Tokenizes a batch: padded to its longest text, truncated at ``max_length``.
+
+    A small picklable object (the tokenizer, not the model), so DataLoader workers can use it.
+    """
+
+    def __init__(self, tokenizer: Callable[..., Any], max_length: int) -> None:
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+
+    def encode(self, texts: Sequence[str]) -> Any:
+        """Texts -> a ``BatchEncoding`` of LongTensors (``input_ids``, ``attention_mask``, ...)."""
+        return self.tokenizer(list(texts), padding="longest", truncation=True,
+                              max_length=self.max_length, return_tensors="pt")
+
+    def __call__(self, batch: Sequence[tuple[str, int | float]]) -> tuple[Any, torch.Tensor]:
+        texts, targets = zip(*batch)
+        dtype = torch.long if isinstance(targets[0], int) else torch.float32
+        return self.encode(texts), torch.tensor(targets, dtype=dtype)

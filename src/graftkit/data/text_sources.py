@@ -1,0 +1,130 @@
+"""Labeled text: CSV files of ``text,label`` rows -> a :class:`DataSpec` whose items are
+``(text, target)``.
+
+``--data train.csv`` alone is split here (seeded, stratified); ``--val`` and ``--test`` give the
+other splits as files; a ``split`` column is honoured as for image manifests. Rows with empty
+text, a missing label or bytes that are not UTF-8 are skipped and listed in the data report.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+from ..errors import DataError
+from .sources import SPLIT_ALIASES, DataSpec, _check_classes, _is_float, stratified_split
+from .text import read_text_csv
+
+
+def is_text_csv(path: str | Path, text_column: str = "text", path_column: str = "path") -> bool:
+    """A CSV whose header has the text column and no image-path column."""
+    p = Path(path).expanduser()
+    if not p.is_file() or p.suffix.lower() != ".csv":
+        return False
+    try:
+        with p.open(newline="", encoding="utf-8-sig", errors="replace") as f:
+            header = [h.strip() for h in next(csv.reader(f), [])]
+    except (OSError, csv.Error):
+        return False
+    return text_column in header and path_column not in header
+
+
+def _read(path: Path, text_column: str, label_column: str, skipped: list[dict]
+          ) -> list[tuple[str, str, str | None]]:
+    """(text, label, split or None) rows of one file; the split comes from a ``split`` column."""
+    rows, bad = read_text_csv(path, text_column, label_column)
+    skipped += bad
+    try:
+        splits, _ = read_text_csv(path, text_column, "split")
+    except DataError:  # no split column (or none filled in)
+        return [(t, lab, None) for t, lab in rows]
+    if len(splits) != len(rows):
+        raise DataError(f"CSV {str(path)!r}: give every usable row a split (train, val or test)"
+                        " or drop the split column")
+    out = []
+    for (text, label), (_, raw) in zip(rows, splits):
+        if raw.lower() not in SPLIT_ALIASES:
+            raise DataError(f"CSV {str(path)!r}: unknown split {raw!r}; use train, val or test")
+        out.append((text, label, SPLIT_ALIASES[raw.lower()]))
+    return out
+
+
+def discover_text(
+    path: str | Path,
+    *,
+    val: str | Path | None = None,
+    test: str | Path | None = None,
+    task: str = "classification",
+    text_column: str = "text",
+    label_column: str = "label",
+    val_fraction: float = 0.2,
+    test_fraction: float = 0.0,
+    seed: int = 0,
+) -> DataSpec:
+    """Read, audit and split labeled text CSVs. Raises :class:`DataError` with a clear line."""
+    files = {"train": Path(path).expanduser()}
+    if val:
+        files["val"] = Path(val).expanduser()
+    if test:
+        files["test"] = Path(test).expanduser()
+    for split, f in files.items():
+        if not f.is_file():
+            raise DataError(f"{split} data {str(f)!r} does not exist")
+    skipped: list[dict] = []
+    given: dict[str, list[tuple[str, str]]] = {}
+    pooled: list[tuple[str, str, str | None]] = []
+    for split, f in files.items():
+        rows = _read(f, text_column, label_column, skipped)
+        if split == "train":
+            pooled = rows
+        else:
+            given[split] = [(t, lab) for t, lab, _ in rows]
+    if any(s is not None for _, _, s in pooled):  # a split column in the training file
+        for s in ("train", "val", "test"):
+            given.setdefault(s, [(t, lab) for t, lab, sp in pooled if sp == s])
+        train_rows = given.pop("train")
+    else:
+        train_rows = [(t, lab) for t, lab, _ in pooled]
+    if task == "regression":
+        bad = next((lab for _, lab in train_rows if not _is_float(lab)), None)
+        if bad is not None:
+            raise DataError(f"task is regression but label {bad!r} is not a finite number")
+        classes: list[str] = []
+
+        def target(label: str) -> float:
+            return float(label)
+    else:
+        classes = sorted({lab for _, lab in train_rows})
+        _check_classes(classes, str(files["train"]))
+        unknown = sorted({lab for rows in given.values() for _, lab in rows} - set(classes))
+        if unknown:
+            raise DataError(f"label {unknown[0]!r} appears in val/test but not in the training "
+                            "data; every class needs training examples")
+        index = {c: i for i, c in enumerate(classes)}
+
+        def target(label: str) -> float:
+            return float(index[label])
+    fractions = {"val": 0.0 if "val" in given else val_fraction,
+                 "test": 0.0 if "test" in given else test_fraction}
+    groups: dict[str, list[int]] = {}
+    for i, (_, lab) in enumerate(train_rows):
+        groups.setdefault("all" if task == "regression" else lab, []).append(i)
+    parts = stratified_split(groups, fractions["val"], fractions["test"], seed)  # type: ignore[arg-type]
+    splits: dict[str, list[tuple[str, float]]] = {
+        s: [(train_rows[i][0], target(train_rows[i][1])) for g in pc.values() for i in g]
+        for s, pc in parts.items()}
+    for s, rows in given.items():
+        splits[s] = [(t, target(lab)) for t, lab in rows]
+    splits = {s: items for s, items in splits.items() if items}
+    for s in ("train", "val"):
+        if s not in splits:
+            raise DataError(f"no {s} examples: give --val FILE or a val_fraction above 0")
+    spec = DataSpec(task, classes, splits, "text-csv", str(files["train"]), skipped,
+                    modality="text")
+    if task == "regression":
+        ys = [t for _, t in splits["train"]]
+        mean = sum(ys) / len(ys)
+        std = math.sqrt(sum((y - mean) ** 2 for y in ys) / max(1, len(ys) - 1)) or 1.0
+        spec.target_stats = {"mean": mean, "std": std}
+    return spec

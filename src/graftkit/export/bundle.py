@@ -1,0 +1,271 @@
+"""Write an export bundle from a finished run, checked against the eager model."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import os
+import secrets
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .. import run as rd
+from ..data.images import BadImage, load_image
+from ..data.transforms import eval_transform
+from ..errors import GraftError
+from ..evaluate.calibration import Calibration
+from . import light
+from .formats import EXPORTERS, INPUT, MIN_OPSET, OUTPUT, Exporter, Runner
+
+CARD = "MODEL_CARD.md"
+PARITY_N = 32  # validation images the export is checked on
+PARITY_TOL = 1e-4  # max |dp| allowed between the exported and the eager model
+PARITY_BATCH = 8
+PRE_NOTE = "graftkit.export.light.preprocess (PIL + numpy) vs graftkit's eval transform"
+
+
+def export_run(run_dir: str | Path, fmt: str, out_dir: str | Path, overwrite: bool = False,
+               opset: int | None = None) -> dict[str, Any]:
+    """Export a finished run as a bundle in ``out_dir`` (model file, bundle.json, MODEL_CARD.md)
+    and return the bundle.json written, with ``path`` added.
+
+    The exported file is loaded back and compared with the eager model on up to 32 of the run's
+    validation images; a maximum probability difference above 1e-4 raises :class:`GraftError`
+    and leaves nothing behind (a bundle being replaced is kept).
+    """
+    from ..api import Run
+
+    exporter = EXPORTERS.get(fmt)
+    if opset is not None and fmt != "onnx":
+        raise GraftError(f"--opset is for the onnx format, not {fmt}")
+    if opset is not None and opset < MIN_OPSET:
+        raise GraftError(f"--opset {opset}: the ONNX exporter writes opset {MIN_OPSET} or newer")
+    missing = [m for m in exporter.requires if importlib.util.find_spec(m) is None]
+    if missing:
+        raise GraftError(f"the {fmt} format needs {', '.join(missing)}: pip install "
+                         "'graftkit[export]'")
+    run = Run(run_dir)
+    if run.meta.get("status") != "completed":
+        raise GraftError(f"run {str(run.path)!r} has not completed (status: "
+                         f"{run.meta.get('status')}); finish it with graft train --resume "
+                         f"{run.path} before exporting")
+    kind = run.meta["preprocessing"].get("kind", "image")
+    if kind != "image":
+        raise GraftError(f"graft export writes image models; run {str(run.path)!r} has a {kind} "
+                         "model")
+    out = Path(out_dir).expanduser()
+    _check_out(out, overwrite, run.path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.partial-{secrets.token_hex(4)}"
+    tmp.mkdir()
+    try:
+        model = copy.deepcopy(run.model).to(memory_format=torch.contiguous_format)
+        extra = exporter.write(model, tmp / exporter.filename, opset)
+        bundle = _bundle(run, fmt, exporter, extra)
+        bundle["parity"] = _parity(run, exporter.load(tmp, bundle), exporter)
+        p = bundle["parity"]
+        if not p["passed"]:
+            d = "dp" if run.meta["task"] == "classification" else "dy"
+            raise GraftError(f"{exporter.title} export does not match the eager model: max |{d}| "
+                             f"= {p['max_abs_diff']:.3g} > {PARITY_TOL:g} on {p['n']} images; "
+                             "nothing was written")
+        bundle["files"] = {exporter.filename: _file_info(tmp / exporter.filename)}
+        from .card import render_card
+
+        (tmp / CARD).write_text(render_card(run, bundle, out.name), encoding="utf-8")
+        bundle["files"][CARD] = _file_info(tmp / CARD)
+        # Not rd.write_json: its temp file is private (0600); nobody sees tmp before _place.
+        (tmp / light.BUNDLE_JSON).write_text(json.dumps(bundle, indent=2) + "\n")
+        _place(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return {**bundle, "path": str(out)}
+
+
+def _check_out(out: Path, overwrite: bool, run_path: Path) -> None:
+    """Refuse a non-empty ``out`` unless asked, and then only if it holds a bundle."""
+    if out.exists() and not out.is_dir():
+        raise GraftError(f"--out {str(out)!r} is a file, not a folder")
+    if not (out.is_dir() and any(out.iterdir())):
+        return
+    if not overwrite:
+        raise GraftError(f"--out {str(out)!r} is not empty; pass --overwrite to replace the "
+                         "bundle there, or choose another folder")
+    if not (out / light.BUNDLE_JSON).is_file():
+        raise GraftError(f"refusing to overwrite {str(out)!r}: it is not an export bundle (no "
+                         f"{light.BUNDLE_JSON})")
+    if run_path.resolve().is_relative_to(out.resolve()):
+        raise GraftError(f"refusing to overwrite {str(out)!r}: the run being exported is inside "
+                         "it")
+
+
+def _place(tmp: Path, out: Path) -> None:
+    """Move the finished bundle to ``out``, replacing what is there (checked by _check_out)."""
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{secrets.token_hex(4)}"
+        os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, out)
+
+
+def _file_info(path: Path) -> dict[str, Any]:
+    return {"sha256": light.sha256(path), "bytes": path.stat().st_size}
+
+
+def _recipe(pre: dict[str, Any]) -> str:
+    size, resize = pre["input_size"], light.resize_size(pre)
+    mean = ", ".join(f"{v:g}" for v in pre["mean"])
+    std = ", ".join(f"{v:g}" for v in pre["std"])
+    return (f"Decode to RGB (EXIF orientation applied, transparency composited on white). Resize "
+            f"the shorter side to {resize} px with {light.interpolation(pre['interpolation'])} "
+            f"interpolation (PIL Image.resize, antialiased; the longer side becomes "
+            f"floor({resize} * long / short)). Center-crop {size}x{size} (offset round((side - "
+            f"{size}) / 2), half to even). Scale to [0, 1] (divide by 255), subtract the mean "
+            f"({mean}) and divide by the std ({std}) per RGB channel. Float32, NCHW.")
+
+
+def _versions(fmt: str) -> dict[str, str]:
+    import PIL
+
+    v = {**rd.versions(), "numpy": np.__version__, "pillow": PIL.__version__}
+    if fmt == "onnx":
+        import onnx
+        import onnxruntime
+        import onnxscript
+
+        v.update(onnx=onnx.__version__, onnxruntime=onnxruntime.__version__,
+                 onnxscript=onnxscript.__version__)
+    return v
+
+
+def _bundle(run: Any, fmt: str, exporter: Exporter, extra: dict[str, Any]) -> dict[str, Any]:
+    meta = run.meta
+    pre = dict(meta["preprocessing"])
+    size, k = pre["input_size"], meta["num_outputs"]
+    classification = meta["task"] == "classification"
+    cal = {**Calibration.from_meta(meta).to_dict(),
+           "fitted_on": (meta.get("calibration") or {}).get("fitted_on")}
+    return {
+        "format": light.BUNDLE_FORMAT,
+        "format_version": light.BUNDLE_VERSION,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "model_format": fmt,
+        "model_file": exporter.filename,
+        **extra,
+        "task": meta["task"],
+        "classes": meta["classes"],
+        "num_outputs": k,
+        "target_stats": meta.get("target_stats") or {},
+        "model": {**meta["model"], "strategy": meta["strategy"]},
+        "input": {"name": INPUT, "shape": ["batch", 3, size, size], "dtype": "float32",
+                  "layout": "NCHW", "description": "RGB image preprocessed as in preprocessing"},
+        "output": {"name": OUTPUT, "shape": ["batch", k], "dtype": "float32",
+                   "description": "raw logits: probabilities = softmax(logits / "
+                   "calibration.temperature)" if classification else
+                   "standardised value: value = output * target_stats.std + target_stats.mean"},
+        "preprocessing": {**pre, "interpolation_applied": light.interpolation(
+            pre["interpolation"]), "resize_short_side": light.resize_size(pre),
+            "crop": [size, size], "recipe": _recipe(pre)},
+        "calibration": cal if classification else None,
+        "decision": ("if calibration.threshold is set (binary): predict calibration."
+                     "positive_class when its probability >= threshold, else the other class; "
+                     "otherwise the most probable class") if classification else None,
+        "versions": _versions(fmt),
+        "source_run": {"path": str(run.path.resolve()), "created": meta.get("created"),
+                       "status": meta.get("status"), "best_epoch": meta.get("best_epoch"),
+                       "data_fingerprint": (meta.get("data") or {}).get("fingerprint"),
+                       "weights_sha256": light.sha256(run.path / rd.WEIGHTS)},
+    }
+
+
+def _parity_images(run: Any) -> tuple[list[Image.Image], str]:
+    """Up to PARITY_N of the run's validation images, spread over the split (its classes); random
+    noise when the run's data cannot be read here."""
+    from ..inference import _run_split
+
+    try:
+        items, _, used = _run_split(run.config, run.meta, "val")
+        why = "no readable images"
+    except GraftError as e:
+        items, used, why = [], "", str(e)
+    images = []
+    for path, _ in items[::max(1, len(items) // PARITY_N)][:PARITY_N]:
+        try:
+            images.append(load_image(path))
+        except BadImage:
+            continue
+    if images:
+        return images, f"{len(images)} {used} images of the run's data"
+    rng = np.random.default_rng(0)
+    size = run.meta["preprocessing"]["input_size"]
+    shapes = [(size + 37 * i, size + 23 * (7 - i)) for i in range(8)]
+    noise = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in shapes]
+    return noise, f"8 random-noise images (the run's validation images are unavailable: {why})"
+
+
+def _parity(run: Any, runner: Runner, exporter: Exporter) -> dict[str, Any]:
+    meta = run.meta
+    images, source = _parity_images(run)
+    tf = eval_transform(run.model.data_config)
+    x = torch.stack([tf(img) for img in images])
+    pre = max(float(np.abs(light.preprocess(img, meta["preprocessing"]) - xi.numpy()).max())
+              for img, xi in zip(images, x))
+    with torch.no_grad():  # in chunks: bounded memory, and a batch size unlike the example's
+        eager = torch.cat([run.model(c.contiguous(memory_format=torch.channels_last)).float()
+                           for c in x.split(PARITY_BATCH)])
+    got = torch.cat([torch.from_numpy(runner(c.numpy())).float() for c in x.split(PARITY_BATCH)])
+    info: dict[str, Any] = {"n": len(images), "inputs": source, "tolerance": PARITY_TOL,
+                            "reference": "eager torch model (graftkit Run.model)",
+                            "backend": exporter.backend()}
+    if meta["task"] == "classification":
+        cal = Calibration.from_meta(meta)
+        pe, pg = cal.probs(eager), cal.probs(got)
+        diff = float((pe - pg).abs().max())
+        agree = int((cal.decide(pe.numpy()) == cal.decide(pg.numpy())).sum())
+        info.update(quantity="calibrated class probabilities", labels_agree=agree)
+    else:
+        diff = float((eager - got).abs().max())
+        info.update(quantity="model output (standardised target)")
+    return {**info, "max_abs_diff": diff, "passed": diff <= PARITY_TOL,
+            "preprocessing_max_abs_diff": pre, "preprocessing_compared": PRE_NOTE}
+
+
+def _size(n: int) -> str:
+    for unit, div in (("MB", 1e6), ("kB", 1e3)):
+        if n >= div:
+            return f"{n / div:.1f} {unit}"
+    return f"{n} B"
+
+
+def cli_export(run_dir: str | Path, fmt: str, out: str | Path | None = None,
+               overwrite: bool = False, opset: int | None = None) -> None:
+    """``graft export``: write the bundle and print what was written and how it was checked.
+    ``out`` defaults to a folder beside the run, ``<run dir>-<fmt>``."""
+    run_path = Path(run_dir).expanduser()
+    if out is None:
+        out = run_path.resolve().with_name(f"{run_path.resolve().name}-{fmt}")
+    b = export_run(run_path, fmt, out, overwrite=overwrite, opset=opset)
+    p = b["parity"]
+    print(f"exported {run_path} ({b['model']['name']}, {b['model']['strategy']}) as {fmt} "
+          f"to {b['path']}")
+    for name, f in b["files"].items():
+        print(f"  {name:<22} {_size(f['bytes']):>9}  sha256 {f['sha256'][:16]}...")
+    print(f"  {light.BUNDLE_JSON:<22} preprocessing, calibration, classes, versions, hashes")
+    agree = f"; labels agree {p['labels_agree']}/{p['n']}" if "labels_agree" in p else ""
+    d = "dp" if "labels_agree" in p else "dy"
+    print(f"parity: max |{d}| = {p['max_abs_diff']:.2g} (tolerance {p['tolerance']:g}) on "
+          f"{p['inputs']}, {p['backend']} vs eager torch{agree}")
+    print(f"preprocessing without torch: max |dx| = {p['preprocessing_max_abs_diff']:.2g} "
+          f"({PRE_NOTE})")
+    if fmt == "onnx":
+        print(f"predict without torch: graftkit.export.light.BundlePredictor({b['path']!r})")
