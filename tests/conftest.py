@@ -9,6 +9,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = Path(os.environ.get("GRAFT_DATA_DIR", ROOT.parent / "shared" / "data"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a model hub (CI has none)
 
 
 def shared_dataset(name: str) -> Path:

@@ -10,7 +10,7 @@ from graftkit.models.vision import create_model
 from graftkit.strategies import ALL, STRATEGIES, StrategyParams
 from graftkit.train.loop import augment_for, set_trainable, train_mode
 
-TESTED = {"linear_probe", "last_n", "full", "lp_ft", "gradual"}
+TESTED = {"linear_probe", "last_n", "full", "lp_ft", "gradual", "lora"}
 
 
 def test_every_registered_strategy_is_tested() -> None:
@@ -88,3 +88,15 @@ def test_layer_decay_scales_learning_rates_by_depth(tiny) -> None:
     assert lr_of[id(bottom)] == pytest.approx(0.5 ** len(blocks))
     assert wd_of[id(params["head.1.bias"])] == 0.0 and wd_of[id(params["head.1.weight"])] == 0.1
     assert sum(len(g["params"]) for g in groups) == len(params)
+
+
+def test_lora_trains_the_adapters_and_the_head_only() -> None:
+    from graftkit.models.text import apply_lora, create_text_model
+
+    model = create_text_model("paraphrase-MiniLM-L3-v2", 2, pretrained=False)
+    apply_lora(model)
+    (stage,) = STRATEGIES.get("lora").plan(2, 5e-4, StrategyParams())
+    n = set_trainable(model, stage.blocks_at(0))
+    names = _trainable(model)
+    assert names and all("lora_" in k or k.startswith("head.") for k in names)
+    assert n <= 0.05 * sum(p.numel() for p in model.parameters())
