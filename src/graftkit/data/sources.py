@@ -299,11 +299,15 @@ def _from_csv(
             raise DataError(f"CSV {str(csv_path)!r} gives no {s} examples")
     spec = DataSpec(task, classes, splits, "csv", str(csv_path), skipped)
     if task == "regression":
-        ys = [t for _, t in splits["train"]]
-        mean = sum(ys) / len(ys)
-        std = math.sqrt(sum((y - mean) ** 2 for y in ys) / max(1, len(ys) - 1)) or 1.0
-        spec.target_stats = {"mean": mean, "std": std}
+        spec.target_stats = target_stats([t for _, t in splits["train"]])
     return spec
+
+
+def target_stats(ys: list[float]) -> dict[str, float]:
+    """Mean and standard deviation of regression targets (training standardises with them)."""
+    mean = sum(ys) / len(ys)
+    std = math.sqrt(sum((y - mean) ** 2 for y in ys) / max(1, len(ys) - 1)) or 1.0
+    return {"mean": mean, "std": std}
 
 
 def _read_rows(path: Path) -> list[dict[str, str]]:

@@ -9,11 +9,17 @@ text, a missing label or bytes that are not UTF-8 are skipped and listed in the 
 from __future__ import annotations
 
 import csv
-import math
 from pathlib import Path
 
 from ..errors import DataError
-from .sources import SPLIT_ALIASES, DataSpec, _check_classes, _is_float, stratified_split
+from .sources import (
+    SPLIT_ALIASES,
+    DataSpec,
+    _check_classes,
+    _is_float,
+    stratified_split,
+    target_stats,
+)
 from .text import read_text_csv
 
 
@@ -123,8 +129,5 @@ def discover_text(
     spec = DataSpec(task, classes, splits, "text-csv", str(files["train"]), skipped,
                     modality="text")
     if task == "regression":
-        ys = [t for _, t in splits["train"]]
-        mean = sum(ys) / len(ys)
-        std = math.sqrt(sum((y - mean) ** 2 for y in ys) / max(1, len(ys) - 1)) or 1.0
-        spec.target_stats = {"mean": mean, "std": std}
+        spec.target_stats = target_stats([t for _, t in splits["train"]])
     return spec

@@ -37,3 +37,28 @@ class ModelAdapter(Protocol):
     def data_config(self) -> Any: ...
     @property
     def explain_layer(self) -> nn.Module: ...
+
+
+def layerwise_param_groups(model: nn.Module, blocks: list[list[str]], lr: float,
+                           weight_decay: float, layer_decay: float = 1.0
+                           ) -> list[dict[str, Any]]:
+    """Trainable parameters in optimizer groups; block i of n gets ``lr * layer_decay ** (n - i)``
+    (the head 1, parameters in no block like the input side). Biases and normalisation weights
+    (1-d tensors) get no weight decay."""
+    named = dict(model.named_parameters())
+    scales: dict[str, float] = {n: 1.0 for n in named if n.startswith("head.")}
+    for i, names in enumerate(blocks):
+        for n in names:
+            scales[n] = layer_decay ** (len(blocks) - i)
+    groups: dict[tuple[float, bool], dict[str, Any]] = {}
+    for n, p in named.items():
+        if not p.requires_grad:
+            continue
+        scale = scales.get(n, layer_decay ** (len(blocks) + 1))
+        no_decay = p.ndim <= 1
+        g = groups.setdefault((scale, no_decay), {
+            "params": [], "lr": lr * scale, "weight_decay": 0.0 if no_decay else weight_decay,
+            "lr_scale": scale,
+        })
+        g["params"].append(p)
+    return [groups[k] for k in sorted(groups, key=lambda k: (k[0], k[1]))]

@@ -32,6 +32,7 @@ from transformers.utils import logging as hf_logging
 from ..data.text import TextCollator, TextDataset, percentile
 from ..errors import ConfigError, GraftError
 from ..registry import Registry
+from .base import layerwise_param_groups
 from .text_builtin import (
     DEFAULT_TEXT_MODEL,
     TEXT_BUILTINS,
@@ -191,28 +192,8 @@ class HFTextAdapter(nn.Module):
     def param_groups(
         self, lr: float, weight_decay: float, layer_decay: float = 1.0
     ) -> list[dict[str, Any]]:
-        """Trainable parameters in groups; block i of n gets ``lr * layer_decay ** (n - i)``.
-
-        Biases and normalisation weights (1-d tensors) get no weight decay.
-        """
-        named = dict(self.named_parameters())
-        scales: dict[str, float] = {n: 1.0 for n in named if n.startswith("head.")}
-        blocks = self.blocks()
-        for i, names in enumerate(blocks):
-            for n in names:
-                scales[n] = layer_decay ** (len(blocks) - i)
-        groups: dict[tuple[float, bool], dict[str, Any]] = {}
-        for n, p in named.items():
-            if not p.requires_grad:
-                continue
-            scale = scales.get(n, layer_decay ** (len(blocks) + 1))  # stray params: like the input
-            no_decay = p.ndim <= 1
-            g = groups.setdefault((scale, no_decay), {
-                "params": [], "lr": lr * scale, "weight_decay": 0.0 if no_decay else weight_decay,
-                "lr_scale": scale,
-            })
-            g["params"].append(p)
-        return [groups[k] for k in sorted(groups, key=lambda k: (k[0], k[1]))]
+        """Optimizer groups with layer-wise learning-rate decay (see models.base)."""
+        return layerwise_param_groups(self, self.blocks(), lr, weight_decay, layer_decay)
 
     @property
     def data_config(self) -> TextDataConfig:

@@ -15,6 +15,7 @@ from torch.utils.data import Dataset
 from ..data.transforms import DataConfig
 from ..errors import ConfigError, GraftError
 from ..registry import Registry
+from .base import layerwise_param_groups
 from .builtin import BUILTINS, load_builtin, load_by_position
 
 MODELS: Registry[str] = Registry("model")
@@ -74,28 +75,8 @@ class TimmAdapter(nn.Module):
     def param_groups(
         self, lr: float, weight_decay: float, layer_decay: float = 1.0
     ) -> list[dict[str, Any]]:
-        """Trainable parameters in groups; block i of n gets ``lr * layer_decay ** (n - i)``.
-
-        Biases and normalisation weights (1-d tensors) get no weight decay.
-        """
-        named = dict(self.named_parameters())
-        scales: dict[str, float] = {n: 1.0 for n in named if n.startswith("head.")}
-        blocks = self.blocks()
-        for i, names in enumerate(blocks):
-            for n in names:
-                scales[n] = layer_decay ** (len(blocks) - i)
-        groups: dict[tuple[float, bool], dict[str, Any]] = {}
-        for n, p in named.items():
-            if not p.requires_grad:
-                continue
-            scale = scales.get(n, layer_decay ** (len(blocks) + 1))  # stray params: like the stem
-            no_decay = p.ndim <= 1
-            g = groups.setdefault((scale, no_decay), {
-                "params": [], "lr": lr * scale, "weight_decay": 0.0 if no_decay else weight_decay,
-                "lr_scale": scale,
-            })
-            g["params"].append(p)
-        return [groups[k] for k in sorted(groups, key=lambda k: (k[0], k[1]))]
+        """Optimizer groups with layer-wise learning-rate decay (see models.base)."""
+        return layerwise_param_groups(self, self.blocks(), lr, weight_decay, layer_decay)
 
     @property
     def data_config(self) -> DataConfig:
