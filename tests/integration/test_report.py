@@ -42,8 +42,9 @@ def test_training_writes_the_report(probe_run: Path) -> None:
         assert (ev / f).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     page = (ev / "report.html").read_text()
     assert "http://" not in page and "https://" not in page  # nothing fetched from a network
-    assert page.count("data:image/png;base64,") == len(FIGURES)
     assert page.count('class="ex"') == 12  # the top-losses gallery, with thumbnails
+    assert page.count('alt="Grad-CAM of') == 12  # and what the model looked at in each
+    assert page.count("data:image/png;base64,") == len(FIGURES) + 12
     m = json.loads((ev / "metrics.json").read_text())
     # the same numbers as the run's metrics.json (one analysis, two places)
     assert m["accuracy"] == json.loads((probe_run / "metrics.json").read_text())["val"]["accuracy"]

@@ -235,6 +235,23 @@ def robustness(
 
 
 @app.command()
+def explain(
+    run_dir: Path = typer.Argument(..., help="a run directory"),
+    inputs: list[str] = typer.Argument(..., help="image files or folders"),
+    method: str = typer.Option("gradcam", "--method", help="gradcam | gradcam++ | "
+                               "integrated-gradients | occlusion"),
+    target: str | None = typer.Option(None, "--target", help="class to explain (default: the "
+                                      "predicted one)"),
+    out: Path | None = typer.Option(None, "--out", help="folder for overlays and JSON"),
+    topk: int = typer.Option(3, "--topk", "-k", min=1),
+) -> None:
+    """Why the model decided: heatmap overlays, top classes, deletion/insertion scores."""
+    from ..explain.api import cli_explain
+
+    cli_explain(run_dir, inputs, method, target, out, topk)
+
+
+@app.command()
 def export(
     run_dir: Path = typer.Argument(..., help="a run directory"),
     fmt: str = typer.Option("onnx", "--format", help="onnx | torchscript | safetensors"),

@@ -46,6 +46,20 @@ def _thumbnail(item: str) -> str | None:
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
+def _gradcams(run_path: Path, items: list[str], out: Path) -> dict[str, Path]:
+    """Grad-CAM overlays (predicted class) of the gallery's images; none if the model cannot
+    be explained (the gallery then shows the images alone)."""
+    from ..errors import GraftError
+    from ..explain.api import gradcam_overlays
+
+    if not items or not (run_path / rd.WEIGHTS).is_file():
+        return {}
+    try:
+        return gradcam_overlays(run_path, items, out / "gradcam")
+    except GraftError:
+        return {}
+
+
 def _history(run_path: Path) -> list[dict[str, Any]]:
     import json
 
@@ -143,11 +157,16 @@ def write_eval(out: Path, a: Analysis, run_path: Path, meta: dict[str, Any],
     hist = _history(run_path)
     figs = _figures(a, out, hist, summary["monitor"], summary["best_epoch"])
     gallery = []
-    for ex in a.top_losses(top_losses) if a.task == "classification" else []:
+    examples = a.top_losses(top_losses) if a.task == "classification" else []
+    images = meta.get("modality", "image") == "image"
+    cams = _gradcams(run_path, [ex["item"] for ex in examples], out) if images else {}
+    for ex in examples:
         ex = dict(ex)
-        if meta.get("modality", "image") == "image":  # a file: show it
+        if images:  # a file: show it, and what the model looked at
             ex["thumb"] = _thumbnail(ex["item"])
             ex["label"] = Path(ex["item"]).name
+            cam = cams.get(ex["item"])
+            ex["cam"] = _data_uri(cam) if cam else None
         else:
             ex["text"] = ex["item"]
         gallery.append(ex)

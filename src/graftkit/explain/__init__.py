@@ -1,0 +1,15 @@
+"""Explain a run's decisions: attribution heatmaps, overlays and faithfulness scores.
+
+``explain(model, x, target, method)`` -> heatmap; ``overlay`` draws it; ``faithfulness`` scores
+it (deletion/insertion); ``explain_run`` does all three for image files of a finished run.
+"""
+
+from __future__ import annotations
+
+from .api import cli_explain, explain_run, gradcam_overlays
+from .faithfulness import faithfulness
+from .methods import METHODS, explain
+from .overlay import model_view, overlay
+
+__all__ = ["METHODS", "cli_explain", "explain", "explain_run", "faithfulness",
+           "gradcam_overlays", "model_view", "overlay"]

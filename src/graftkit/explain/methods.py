@@ -1,0 +1,174 @@
+"""Attribution methods: why did the model give class ``target`` to this image?
+
+Every method is ``fn(model, x, target) -> heatmap``: ``x`` is one preprocessed image ``(1, 3, H,
+W)``, the heatmap is a float32 ``(H, W)`` array in [0, 1] at the input resolution (1 = most
+evidence *for* the target). The work is done by maintained libraries, not re-implemented here:
+
+- ``gradcam``: Grad-CAM (Selvaraju et al., ICCV 2017) and ``gradcam++``: Grad-CAM++ (Chattopadhay
+  et al., WACV 2018), from pytorch-grad-cam, on the adapter's ``explain_layer`` (the last
+  convolutional feature map). For a ViT/DeiT backbone (timm ``VisionTransformer``) the layer is
+  the last block's ``norm1``: its output tokens, less the class/register/distillation tokens
+  (``num_prefix_tokens``), are reshaped to the patch grid and used like a feature map (the recipe
+  of pytorch-grad-cam's ViT tutorial). Other backbones (token models without a patch grid, NHWC
+  feature maps) get a :class:`ConfigError`: use ``integrated-gradients`` or ``occlusion``.
+- ``integrated-gradients``: Integrated Gradients (Sundararajan et al., ICML 2017), from Captum,
+  from the all-zero input (the dataset mean colour, after normalisation) in 32 Gauss-Legendre
+  steps; the map is the positive part of the attribution summed over colour channels.
+- ``occlusion``: Occlusion (Zeiler & Fergus, ECCV 2014), from Captum: a mean-coloured square of
+  1/7 of the image slid with half-overlap; the map is the drop of the target logit (positive
+  part).
+
+Explaining leaves the model as it found it: hooks are removed, ``requires_grad`` and train/eval
+mode are restored. Parameters are frozen while explaining (gradients flow to the input only), so
+no ``.grad`` is accumulated and frozen backbones (linear probes) explain like any other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+from ..registry import Registry
+
+MethodFn = Callable[[nn.Module, torch.Tensor, int], np.ndarray]
+METHODS: Registry[MethodFn] = Registry("explanation method")
+
+IG_STEPS = 32
+OCCLUSION_FRACTION = 7  # the occluding square is 1/7 of the image side
+
+
+def explain(model: nn.Module, x: torch.Tensor, target: int, method: str = "gradcam") -> np.ndarray:
+    """The ``(H, W)`` heatmap in [0, 1] of ``method`` for class index ``target`` on ``x``."""
+    fn = METHODS.get(method)
+    if x.ndim != 4 or x.shape[0] != 1:
+        raise ValueError(f"explain takes one image (1, C, H, W); got shape {tuple(x.shape)}")
+    return fn(model, x, target)
+
+
+@contextmanager
+def _explaining(model: nn.Module) -> Iterator[None]:
+    """Eval mode with frozen parameters for the duration; both restored afterwards."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    training = model.training
+    model.eval()
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+        model.train(training)
+
+
+def _input(x: torch.Tensor) -> torch.Tensor:
+    """A fresh leaf copy of ``x`` that gradients flow to, in the channels-last layout that
+    graft's models run in (``Run.model`` is channels-last)."""
+    return x.detach().clone().contiguous(memory_format=torch.channels_last).requires_grad_(True)
+
+
+def _unit(a: np.ndarray | torch.Tensor, top: float | None = None) -> np.ndarray:
+    """Positive part scaled to [0, 1] by ``top`` (default: the maximum); float32, no NaN."""
+    a = np.nan_to_num(np.asarray(a, dtype=np.float32))
+    a = np.maximum(a, 0.0)
+    top = float(a.max()) if top is None else top
+    return np.clip(a / top, 0.0, 1.0) if top > 0 else np.zeros_like(a)
+
+
+def _is_vit(backbone: nn.Module) -> bool:
+    return all(hasattr(backbone, a) for a in ("num_prefix_tokens", "patch_embed", "blocks"))
+
+
+def cam_layer(model: nn.Module, x: torch.Tensor
+              ) -> tuple[nn.Module, Callable[[torch.Tensor], torch.Tensor]]:
+    """The layer Grad-CAM reads and how its output becomes a ``(B, C, h, w)`` map."""
+    backbone = getattr(model, "backbone", model)
+    name = type(backbone).__name__
+    if _is_vit(backbone):
+        prefix = int(backbone.num_prefix_tokens)
+        ph, pw = backbone.patch_embed.patch_size
+        gh, gw = x.shape[-2] // ph, x.shape[-1] // pw
+
+        def tokens_to_map(t: torch.Tensor) -> torch.Tensor:
+            t = t[:, prefix:, :]
+            return t.reshape(t.shape[0], gh, gw, t.shape[-1]).permute(0, 3, 1, 2)
+
+        return backbone.blocks[-1].norm1, tokens_to_map
+    layer = getattr(model, "explain_layer", None)
+    if layer is None or getattr(backbone, "output_fmt", "NCHW") != "NCHW":
+        raise ConfigError(f"Grad-CAM needs a convolutional feature map or a ViT; {name} has "
+                          "neither: use integrated-gradients or occlusion")
+
+    def feature_map(t: torch.Tensor) -> torch.Tensor:
+        if t.ndim != 4:
+            raise ConfigError(f"Grad-CAM needs a (B, C, H, W) feature map; {name}'s explain layer "
+                              f"gives {t.ndim}-d output: use integrated-gradients or occlusion")
+        return t
+
+    return layer, feature_map
+
+
+def _cam(kind: type, model: nn.Module, x: torch.Tensor, target: int) -> np.ndarray:
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    layer, reshape = cam_layer(model, x)
+    with _explaining(model):
+        cam = kind(model, [layer], reshape_transform=reshape)
+        try:  # not `with cam`: its __exit__ swallows IndexError (a bad target index)
+            maps = cam(input_tensor=_input(x), targets=[ClassifierOutputTarget(target)])
+        finally:
+            cam.activations_and_grads.release()
+    return _unit(maps[0])
+
+
+@METHODS.register("gradcam", "Grad-CAM on the last feature map (Selvaraju et al. 2017)")
+def gradcam(model: nn.Module, x: torch.Tensor, target: int) -> np.ndarray:
+    """Grad-CAM: feature maps weighted by their mean gradient, ReLU (pytorch-grad-cam)."""
+    from pytorch_grad_cam import GradCAM
+
+    return _cam(GradCAM, model, x, target)
+
+
+@METHODS.register("gradcam++", "Grad-CAM++: pixel-weighted gradients (Chattopadhay et al. 2018)")
+def gradcam_pp(model: nn.Module, x: torch.Tensor, target: int) -> np.ndarray:
+    """Grad-CAM++: like Grad-CAM with higher-order pixel weights (pytorch-grad-cam)."""
+    from pytorch_grad_cam import GradCAMPlusPlus
+
+    return _cam(GradCAMPlusPlus, model, x, target)
+
+
+@METHODS.register("integrated-gradients",
+                  "Integrated Gradients from the mean image (Sundararajan et al. 2017)")
+def integrated_gradients(model: nn.Module, x: torch.Tensor, target: int) -> np.ndarray:
+    """Integrated Gradients from the zero (mean-colour) baseline (Captum)."""
+    from captum.attr import IntegratedGradients
+
+    xin = _input(x)
+    with _explaining(model):
+        attr = IntegratedGradients(model).attribute(
+            xin, baselines=torch.zeros_like(xin), target=target, n_steps=IG_STEPS,
+            internal_batch_size=IG_STEPS)
+    a = np.maximum(attr[0].detach().sum(0).numpy(), 0.0)
+    # Pixel attributions are heavy-tailed: scale by the 99th percentile so the map is visible.
+    return _unit(a, float(np.percentile(a, 99)) or None)
+
+
+@METHODS.register("occlusion", "sliding mean-coloured square (Zeiler & Fergus 2014)")
+def occlusion(model: nn.Module, x: torch.Tensor, target: int) -> np.ndarray:
+    """Occlusion: the target logit's drop when a square is covered (Captum)."""
+    from captum.attr import Occlusion
+
+    c, h, w = x.shape[1:]
+    win = max(2, min(h, w) // OCCLUSION_FRACTION)
+    stride = max(1, win // 2)
+    xin = _input(x)
+    with _explaining(model):
+        attr = Occlusion(model).attribute(
+            xin, sliding_window_shapes=(c, win, win), strides=(c, stride, stride), baselines=0.0,
+            target=target, perturbations_per_eval=32)
+    return _unit(attr[0].detach().sum(0).numpy())
