@@ -73,6 +73,22 @@ def main() -> None:
               f" img/s vs fp32 {gpu['fp32']['img_s']:.0f} img/s (losses "
               f"{gpu['bf16_channels_last']['loss']:.4f} / {gpu['fp32']['loss']:.4f}) | "
               f"**{gpu['speedup']:.2f}x** |")
+    exp = load("export_parity")
+    if exp:
+        lat = exp["latency_per_image"]
+        print(f"| `export_parity` | onnxruntime {lat['batch_1']['onnxruntime_ms']:.0f} ms vs eager "
+              f"torch {lat['batch_1']['eager_torch_ms']:.0f} ms per image (batch 1, load "
+              f"average 7-8); max abs Δp "
+              f"{exp['max_abs_dp_eager_vs_onnxruntime']:.1e}, labels agree "
+              f"{exp['model_labels_agree']}/{exp['n_val']} | **"
+              f"{lat['batch_1']['eager_torch_ms'] / lat['batch_1']['onnxruntime_ms']:.1f}x** |")
+    speed = load("corruption_speed")
+    if speed:
+        print(f"| `corruption_speed` | {speed['images']} images x {speed['corruptions']} "
+              f"corruptions x {len(speed['severities'])} severities, {speed['workers']} worker "
+              f"processes: {speed['total_s']:.0f} s wall, {speed['cpu_s']:.0f} s CPU (load "
+              f"average {speed['load_average_before']:.1f} before) | **{speed['images_per_s']} "
+              f"img/s** |")
     for name, r in (("CPU", cache or over), ("GPU", gpu)):
         if r:
             print(f"\n{name}: {machine_line(r)}.", end="")
