@@ -147,9 +147,17 @@ def train(cfg: Config, out: str | Path | None = None, overwrite: bool = False,
     from .session import build_session
 
     out_dir = Path(out) if out else rd.default_out(cfg.model.name, cfg.strategy.name)
+    created = not out_dir.exists()
     if resume_dir is None:
         rd.prepare_out_dir(out_dir, overwrite)
-    session = build_session(cfg, out_dir, quiet=quiet, resuming=resume_dir is not None)
+    try:
+        session = build_session(cfg, out_dir, quiet=quiet, resuming=resume_dir is not None)
+    except GraftError:
+        if created:  # a mistake found before training leaves no half-made run behind
+            import shutil
+
+            shutil.rmtree(out_dir, ignore_errors=True)
+        raise
     t0 = time.perf_counter()
     try:
         session.fit()

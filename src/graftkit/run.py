@@ -36,6 +36,15 @@ OWN = {CONFIG, META, WEIGHTS, METRICS, HISTORY, DATA_REPORT, "checkpoints", "eva
        "text_model"}
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+def usual_mode(path: str | Path) -> None:
+    """Give a mkstemp file (created 0600) the mode a plain open() would (0666 less the umask)."""
+    os.chmod(path, 0o666 & ~_UMASK)
+
+
 def write_json(path: Path, obj: Any) -> None:
     """Atomic JSON write (temp file + rename), so readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -43,6 +52,7 @@ def write_json(path: Path, obj: Any) -> None:
     with os.fdopen(fd, "w") as f:
         json.dump(obj, f, indent=2, default=_json_default)
         f.write("\n")
+    usual_mode(tmp)
     os.replace(tmp, path)
 
 

@@ -33,7 +33,8 @@ def test_mistakes_are_one_line(tmp_path: Path, hymenoptera: Path) -> None:
     (bad / "only").mkdir(parents=True)
     (bad / "only" / "x.jpg").write_bytes((hymenoptera / "train" / "ants").glob("*.jpg")
                                          .__next__().read_bytes())
-    assert "only one class" in _fails("train", "--data", bad)
+    assert "only one class" in _fails("train", "--data", bad, "--out", tmp_path / "never")
+    assert not (tmp_path / "never").exists()  # a data mistake leaves no half-made run behind
 
 
 def test_existing_output_is_never_overwritten_silently(tmp_path: Path, small_csv: Path) -> None:

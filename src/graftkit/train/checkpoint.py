@@ -17,6 +17,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, safe_open, save_file
 
+from ..run import usual_mode
+
 
 def atomic_save(
     tensors: dict[str, torch.Tensor], path: str | Path, meta: dict[str, str] | None = None
@@ -30,6 +32,7 @@ def atomic_save(
         save_file(plain, tmp, metadata=meta)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        usual_mode(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
