@@ -43,6 +43,9 @@ def validate(cfg: Config, resuming: bool = False) -> None:
                           "text runs take none")
     if text and (cfg.train.mixup or cfg.train.cutmix):
         raise ConfigError("config key 'train.mixup': MixUp/CutMix are for images")
+    if text and cfg.train.wise_ft is not None and cfg.train.wise_ft_objective != "clean":
+        raise ConfigError("config key 'train.wise_ft_objective': the corruption objective is "
+                          "for images; text runs take clean")
     if not resuming and cfg.model.weights and not Path(cfg.model.weights).expanduser().is_file():
         raise ConfigError(f"config key 'model.weights': file {cfg.model.weights!r} not found")
     if cfg.data.path is None:
