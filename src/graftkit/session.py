@@ -84,12 +84,19 @@ class Session:
     def finish(self, seconds: float) -> None:
         """Reload the best weights, score every split, calibrate on validation, write
         metrics.json, the final meta and the evaluation report(s)."""
-        load_weights(self.model, self.out / rd.WEIGHTS)
         if getattr(self.model, "has_lora", False):  # merged: the run holds a plain model
+            from safetensors import safe_open
+
             from .models.text import merge_lora
 
+            with safe_open(str(self.out / rd.WEIGHTS), "pt") as f:
+                merged = not any("lora_" in k for k in f.keys())  # a finish cut short
+            if not merged:
+                load_weights(self.model, self.out / rd.WEIGHTS)
             merge_lora(self.model)
-            save_weights(self.model, self.out / rd.WEIGHTS)
+            if not merged:
+                save_weights(self.model, self.out / rd.WEIGHTS)
+        load_weights(self.model, self.out / rd.WEIGHTS)
         if self.cfg.train.wise_ft is not None:
             self._wise_ft(self.cfg.train.wise_ft)
         self.model.eval()
