@@ -8,8 +8,8 @@ beats the random order (the issue's target: >= 80% for Grad-CAM), per class too,
 and the seconds per image (heatmap; faithfulness). For Grad-CAM it also scores against an i.i.d.
 random pixel order, which any contiguous deletion loses to (see the faithfulness module).
 
-An image whose fully deleted (mean-grey) version still gets P(target) > 0.5 cannot show a
-deletion effect whatever the map; those are counted separately as "flat".
+Where P(target) stays high until most of the image is grey (this probe's ants), every order
+scores about the same; ``near_ties`` counts the images whose two deletion AUCs differ by < 0.02.
 
     cd benchmarks && ../.venv/bin/python explain_faithfulness.py [--run DIR] [--methods ...]
 """
@@ -17,6 +17,7 @@ deletion effect whatever the map; those are counted separately as "flat".
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import tempfile
 import time
@@ -28,31 +29,32 @@ import torch
 from _common import DATA_DIR, write_result
 
 METHODS = ["gradcam", "gradcam++", "occlusion"]
+RESULT = Path(__file__).resolve().parent / "results" / "explain_faithfulness.json"
 EXAMPLES = 3  # Grad-CAM overlays saved per class
 
 
 def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    def frac(rs: list[dict[str, Any]], key: str = "beats_random") -> float | None:
-        return float(np.mean([r[key] for r in rs])) if rs else None
+    def mean(rs: list[dict[str, Any]], key: str) -> float:
+        return float(np.mean([r[key] for r in rs]))
 
-    flat = [r for r in rows if r["p_all_deleted"] > 0.5]
+    by_class = {c: [r for r in rows if r["label"] == c] for c in sorted({r["label"] for r in rows})}
     out: dict[str, Any] = {
-        "n": len(rows), "beats_random": frac(rows),
-        "beats_random_by_class": {c: frac([r for r in rows if r["label"] == c])
-                                  for c in sorted({r["label"] for r in rows})},
-        "n_flat": len(flat), "beats_random_not_flat": frac([r for r in rows if r not in flat]),
+        "n": len(rows), "beats_random": mean(rows, "beats_random"),
+        "beats_random_by_class": {c: mean(rs, "beats_random") for c, rs in by_class.items()},
+        "near_ties": float(np.mean([abs(r["deletion_auc"] - r["deletion_auc_random"]) < 0.02
+                                    for r in rows])),
         "insertion_beats_random": float(np.mean([r["insertion_auc"] > r["insertion_auc_random"]
                                                  for r in rows])),
-        "s_per_image_heatmap": float(np.mean([r["s_heatmap"] for r in rows])),
-        "s_per_image_faithfulness": float(np.mean([r["s_faithfulness"] for r in rows])),
+        "s_per_image_heatmap": mean(rows, "s_heatmap"),
+        "s_per_image_faithfulness": mean(rows, "s_faithfulness"),
     }
     for key in ("deletion_auc", "deletion_auc_random", "insertion_auc", "insertion_auc_random"):
-        out[f"mean_{key}"] = float(np.mean([r[key] for r in rows]))
+        out[f"mean_{key}"] = mean(rows, key)
+        out[f"mean_{key}_by_class"] = {c: mean(rs, key) for c, rs in by_class.items()}
     if "pixels" in rows[0]:
-        out["vs_pixel_random"] = {
-            "beats_random": frac([r["pixels"] for r in rows]),
-            "mean_deletion_auc_random": float(np.mean([r["pixels"]["deletion_auc_random"]
-                                                       for r in rows]))}
+        pixels = [r["pixels"] for r in rows]
+        out["vs_pixel_random"] = {"beats_random": mean(pixels, "beats_random"),
+                                  "mean_deletion_auc_random": mean(pixels, "deletion_auc_random")}
     return out
 
 
@@ -71,30 +73,37 @@ def main() -> None:
                     help="folder for example overlays")
     ap.add_argument("--limit", type=int, default=None, help="first N images per class (a quick "
                     "look; the recorded figures use all)")
+    ap.add_argument("--resume", action="store_true", help="keep the rows of the results file "
+                    "(same --run) and compute only what is missing: a killed run, a new method")
     args = ap.parse_args()
     examples = Path(args.examples)
     examples.mkdir(parents=True, exist_ok=True)
+    old = json.loads(RESULT.read_text()) if args.resume else {}
+    rows: dict[str, list[dict[str, Any]]] = old.get("rows", {})
+    saved = [Path(p) for p in old.get("examples", [])]
+    for m in args.methods:
+        rows.setdefault(m, [])
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["GRAFT_CACHE_DIR"] = tmp
         t0 = time.perf_counter()
         run = Run(args.run) if args.run else graftkit.finetune(
             data=DATA_DIR / "hymenoptera_256", strategy="linear_probe", out=Path(tmp) / "probe",
             quiet=True)
-        train_s = None if args.run else time.perf_counter() - t0
+        train_s = old.get("train_s") if args.run else time.perf_counter() - t0
         model, cal, classes = run.model, Calibration.from_meta(run.meta), run.classes
         tf = eval_transform(model.data_config)
         val = DATA_DIR / "hymenoptera_256" / "val"
         files = [f for c in classes for f in sorted((val / c).glob("*.jpg"))[:args.limit]]
-        rows: dict[str, list[dict[str, Any]]] = {m: [] for m in args.methods}
-        correct, saved = 0, []
         for i, f in enumerate(files):
+            todo = [m for m, rs in rows.items() if f.name not in {r["image"] for r in rs}]
+            if not todo:
+                continue
             image = load_image(f)
             x = tf(image)[None]
             with torch.inference_mode():
                 probs = cal.probs(model(x.contiguous(memory_format=torch.channels_last)))[0]
             pred = int(cal.decide(probs[None].numpy())[0])
-            correct += classes[pred] == f.parent.name
-            for method in args.methods:
+            for method in todo:
                 t1 = time.perf_counter()
                 heat = explain(model, x, pred, method)
                 t2 = time.perf_counter()
@@ -108,8 +117,7 @@ def main() -> None:
                 if method == "gradcam":
                     pix = faithfulness(model, x, heat, pred, random_grid=None)
                     row["pixels"] = {k: pix[k] for k in ("deletion_auc_random", "beats_random")}
-                    n_saved = sum(p.name.startswith(f.parent.name) for p in saved)
-                    if n_saved < EXAMPLES:
+                    if sum(p.name.startswith(f.parent.name) for p in saved) < EXAMPLES:
                         png = examples / f"{f.parent.name}-{f.stem}.gradcam.png"
                         overlay(model_view(image, model.data_config), heat, classes[pred],
                                 float(probs[pred]), method=method, target=classes[pred]).save(png)
@@ -119,23 +127,34 @@ def main() -> None:
                 print(f"{i + 1}/{len(files)}  " + "  ".join(
                     f"{m} {np.mean([r['beats_random'] for r in rs]):.2f}"
                     for m, rs in rows.items()), flush=True)
-    summary = {m: summarise(rs) for m, rs in rows.items()}
-    for m, s in summary.items():
+                # Partial results survive a killed run (this takes an hour on 2 cores).
+                record(run, train_s, len(files), rows, saved)
+    path = record(run, train_s, len(files), rows, saved)
+    for m, s in {m: summarise(rs) for m, rs in rows.items()}.items():
         extra = (f"; vs i.i.d. pixel order {s['vs_pixel_random']['beats_random']:.1%}"
                  if "vs_pixel_random" in s else "")
+        by_class = ", ".join(f"{c} {v:.1%}" for c, v in s["beats_random_by_class"].items())
         print(f"{m:<12} deletion beats random on {s['beats_random']:.1%} of {s['n']} "
-              f"(by class {s['beats_random_by_class']}; {s['n_flat']} flat){extra}  deletion "
+              f"({by_class}; near ties {s['near_ties']:.1%}){extra}  deletion "
               f"{s['mean_deletion_auc']:.3f} vs {s['mean_deletion_auc_random']:.3f}  insertion "
               f"{s['mean_insertion_auc']:.3f} vs {s['mean_insertion_auc_random']:.3f}  "
               f"{s['s_per_image_heatmap']:.2f} + {s['s_per_image_faithfulness']:.2f} s/image")
     print("example overlays:", *map(str, saved), sep="\n  ")
-    result = {"data": "hymenoptera_256", "split": "val", "strategy": "linear_probe",
-              "model": run.meta["model"]["name"], "train_s": train_s,
-              "val_accuracy": correct / len(files), "target": "gradcam beats_random >= 0.8",
-              "faithfulness": {"steps": 20, "seed": 0, "deletion": "mean colour",
-                               "insertion": "from blurred", "random": "7x7 random map"},
-              "methods": summary, "examples": [str(p) for p in saved], "rows": rows}
-    print(f"written to {write_result('explain_faithfulness', result)}")
+    print(f"written to {path}")
+
+
+def record(run: Any, train_s: float | None, total: int, rows: dict[str, list[dict[str, Any]]],
+           saved: list[Path]) -> Path:
+    first = next(iter(rows.values()))
+    return write_result("explain_faithfulness", {
+        "data": "hymenoptera_256", "split": "val", "strategy": "linear_probe",
+        "model": run.meta["model"]["name"], "train_s": train_s, "images": total,
+        "val_accuracy": float(np.mean([r["predicted"] == r["label"] for r in first])),
+        "target": "gradcam beats_random >= 0.8",
+        "faithfulness": {"steps": 20, "seed": 0, "deletion": "mean colour",
+                         "insertion": "from blurred", "random": "7x7 random map"},
+        "methods": {m: summarise(rs) for m, rs in rows.items() if rs},
+        "examples": [str(p) for p in saved], "rows": rows})
 
 
 if __name__ == "__main__":

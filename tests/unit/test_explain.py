@@ -129,6 +129,13 @@ def test_cam_on_a_vit_uses_the_patch_grid(vit, method):
     assert heat.shape == (64, 64) and np.isfinite(heat).all() and 0 <= heat.min() <= heat.max() <= 1
 
 
+def test_input_methods_run_on_a_vit(vit):
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    for method in ("integrated-gradients", "occlusion"):
+        heat = explain(vit, x, 0, method)
+        assert heat.shape == (64, 64) and np.isfinite(heat).all()
+
+
 # --- (d): the model is left as it was ----------------------------------------------------------
 
 @pytest.mark.parametrize("method", METHODS.names())
