@@ -143,8 +143,10 @@ def resume(run_dir: str | Path, quiet: bool = False) -> Run:
 
 
 def train(cfg: Config, out: str | Path | None = None, overwrite: bool = False,
-          resume_dir: Path | None = None, quiet: bool = False) -> Run:
-    """Train from a validated config into a run directory."""
+          resume_dir: Path | None = None, quiet: bool = False, hooks: list[Any] | None = None
+          ) -> Run:
+    """Train from a validated config into a run directory. ``hooks`` run after the built-in
+    ones on every event (see ``train/hooks.py``)."""
     cfg = resolve_inputs(cfg)
     validate(cfg, resuming=resume_dir is not None)
     from .session import build_session
@@ -161,6 +163,7 @@ def train(cfg: Config, out: str | Path | None = None, overwrite: bool = False,
 
             shutil.rmtree(out_dir, ignore_errors=True)
         raise
+    session.extra_hooks = list(hooks or [])
     t0 = time.perf_counter()
     try:
         session.fit()

@@ -7,7 +7,7 @@ plain values.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +57,7 @@ class Session:
     data: LoopData
     reporter: Reporter
     resume_info: dict[str, Any] | None = None
+    extra_hooks: list[Any] = field(default_factory=list)  # e.g. the search's pruning hook
 
     def fit(self) -> None:
         metric = self.settings.monitor
@@ -69,6 +70,7 @@ class Session:
         if self.cfg.train.wise_ft is not None:  # the probe the fine-tuned weights are mixed with
             hooks.append(H.SnapshotAtStage(self.out / wise_ft.PROBE, len(self.stages) - 1))
         hooks += [H.History(self.out / rd.HISTORY), H.StateCheckpoint(self.out / rd.STATE)]
+        hooks += self.extra_hooks  # last: they see the epoch after it is recorded and saved
         state = fit(self.model, self.stages, self.loss_fn, self.settings, self.data, hooks,
                     self.reporter, self.out / rd.STATE if self.resume_info else None,
                     self.resume_info)

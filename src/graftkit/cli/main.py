@@ -322,6 +322,12 @@ def demo(
     run_demo(out, quiet=quiet)
 
 
+from . import search as _search  # noqa: E402
+
+app.command("search")(_search.search)
+app.command("lr-find")(_search.lr_find)
+
+
 def main() -> None:
     try:
         app(standalone_mode=False)

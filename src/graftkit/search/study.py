@@ -1,0 +1,431 @@
+"""``graft search``: an Optuna study whose trials are ordinary graft runs.
+
+    SEARCH_DIR/
+      search.json        the settings (data, base config, metric, budget, sampler, storage, ...)
+      space.yaml         the space searched (resolved copy)
+      journal.log        the study (default storage)
+      trials/0007/       one run directory per trial (weights kept for the best only)
+      best/              the best trial's run: predict / evaluate / export read it as any run
+      leaderboard.csv    trial, state, metric, seconds, parameters, note
+      summary.html, plots/*.png
+
+Each trial reports its per-epoch validation metric to the pruner through a training hook, and
+early stopping watches the same metric. A head-only trial reuses the on-disk feature cache of
+its backbone and data, so it costs the head alone. A trial that raises is recorded as failed
+with its reason and the study goes on; CUDA out-of-memory retries once at half the batch size.
+The first trial of a new study is graft's default configuration, so the search can only be
+as good as or better than not searching (``--no-default-trial`` turns that off).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .. import run as rd
+from ..errors import ConfigError, GraftError
+from .space import Space, load_space, parse_space
+from .storage import _optuna, describe, open_storage
+
+SETTINGS = "search.json"
+SPACE = "space.yaml"
+COUNTED = ("COMPLETE", "PRUNED")
+
+
+@dataclass
+class SearchSettings:
+    data: str
+    study: str
+    metric: str = "accuracy"
+    trials: int = 20
+    time_budget_s: float | None = None
+    config: str | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+    sampler: str = "tpe"
+    pruner: str = "median"
+    seed: int = 0
+    workers: int = 1
+    default_trial: bool = True
+    heartbeat_s: int = 30
+    lr_find: bool = False
+
+    @property
+    def direction(self) -> str:
+        from ..evaluate.metrics import LOWER_IS_BETTER
+
+        return "minimize" if self.metric in LOWER_IS_BETTER else "maximize"
+
+
+class Pruned(Exception):
+    def __init__(self, epoch: int) -> None:
+        super().__init__(f"pruned after epoch {epoch}")
+        self.epoch = epoch
+
+
+class TrialFailed(Exception):
+    """A trial that could not finish (its reason is in the trial's user attributes)."""
+
+
+class PruneHook:
+    """Reports the validation metric after every epoch; stops the run when the pruner says so."""
+
+    def __init__(self, trial: Any, metric: str) -> None:
+        self.trial, self.metric = trial, metric
+
+    def on_stage_start(self, state: Any) -> None:
+        pass
+
+    def on_epoch_end(self, state: Any, record: dict[str, Any]) -> None:
+        self.trial.report(float(record[f"val_{self.metric}"]), step=record["epoch"])
+        if self.trial.should_prune():
+            raise Pruned(record["epoch"])
+
+    def on_train_end(self, state: Any) -> None:
+        pass
+
+
+# --- the trial ---------------------------------------------------------------------------------
+
+def base_config(s: SearchSettings) -> Any:
+    """The config every trial starts from (data + the user's config file and overrides), with
+    the modality and default model resolved so a space can test them in a ``when``."""
+    from ..api import resolve_inputs, validate
+    from ..config import build_config
+
+    cfg = resolve_inputs(build_config(s.config, {**s.overrides, "data.path": s.data}))
+    validate(cfg)
+    return cfg
+
+
+def flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        key = f"{prefix}{k}"
+        out.update(flat(v, key + ".") if isinstance(v, dict) else {key: v})
+    return out
+
+
+def check_space(space: Space, base: Any) -> None:
+    """Every categorical choice must make a valid config on this data: a typo fails now, not as
+    a failed trial an hour later."""
+    from ..api import validate
+    from ..config import build_config
+
+    base_flat, sampled = flat(base.model_dump()), set(space.keys())
+    for v in space.variants:
+        # a condition on a key the space samples can hold; one on the base config must
+        if any(base_flat.get(k) not in vs for k, vs in v.when.items() if k not in sampled):
+            continue
+        for value in v.choices or []:
+            try:
+                validate(build_config(None, {v.key: value}, base=base.model_dump()))
+            except ConfigError as e:
+                raise ConfigError(f"search space {space.source}: '{v.key}: {value}' is not "
+                                  f"usable here: {e}") from None
+
+
+def make_objective(s: SearchSettings, space: Space, out: Path, threads: int | None) -> Any:
+    from ..api import train
+    from ..config import build_config
+
+    optuna = _optuna()
+    base = base_config(s)
+    base_tree = base.model_dump()
+    base_flat = flat(base_tree)
+
+    def objective(trial: Any) -> float:
+        t0 = time.perf_counter()
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        for stale in ("note", "error", "seconds"):  # a retried trial inherits its original's
+            if stale in trial.user_attrs:
+                trial.set_user_attr(stale, "" if stale != "seconds" else 0.0)
+        default = bool(trial.user_attrs.get("graft_default"))
+        params = {} if default else space.sample(trial, base_flat)
+        run_dir = out / "trials" / f"{trial.number:04d}"
+        trial.set_user_attr("run_dir", str(run_dir))
+        trial.set_user_attr("config", params)
+        overrides = {**params, "train.early_stop.metric": s.metric, "report.enabled": False}
+        if threads:
+            overrides["train.threads"] = threads
+        for attempt in (0, 1):
+            try:
+                cfg = build_config(None, overrides, base=base_tree)
+                run = train(cfg, out=run_dir, overwrite=True, quiet=True,
+                            hooks=[PruneHook(trial, s.metric)])
+                break
+            except Pruned as e:
+                trial.set_user_attr("seconds", time.perf_counter() - t0)
+                trial.set_user_attr("note", str(e))
+                raise optuna.TrialPruned(str(e)) from None
+            except Exception as e:  # recorded with its reason; the study goes on
+                if attempt == 0 and _is_oom(e):
+                    batch = max(1, int(cfg.data.batch_size) // 2)
+                    overrides["data.batch_size"] = batch
+                    trial.set_user_attr("note", f"out of memory: retried at batch size {batch}")
+                    continue
+                reason = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e) else ''}"
+                trial.set_user_attr("seconds", time.perf_counter() - t0)
+                trial.set_user_attr("error", reason)
+                raise TrialFailed(reason) from None
+        value = run.meta.get("best_value")
+        trial.set_user_attr("seconds", time.perf_counter() - t0)
+        trial.set_user_attr("epochs", run.meta.get("best_epoch"))
+        if value is None or value != value:  # NaN
+            trial.set_user_attr("error", f"no finite validation {s.metric}")
+            raise TrialFailed(f"no finite validation {s.metric}")
+        return float(value)
+
+    return objective
+
+
+def _is_oom(e: BaseException) -> bool:
+    import torch
+
+    return isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in str(e).lower()
+
+
+# --- the study ---------------------------------------------------------------------------------
+
+def make_sampler(name: str, seed: int, space: Space) -> Any:
+    optuna = _optuna()
+    if name == "tpe":  # constant_liar: parallel workers do not all pick the same point
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True,
+                                          constant_liar=True, n_startup_trials=6)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "grid":
+        return optuna.samplers.GridSampler(space.grid(), seed=seed)
+    raise ConfigError(f"--sampler {name!r}: choose tpe, random or grid")
+
+
+def make_pruner(name: str) -> Any:
+    optuna = _optuna()
+    if name == "median":  # a trial below the median of earlier trials at the same epoch stops
+        return optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=1)
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, reduction_factor=3)
+    if name == "none":
+        return optuna.pruners.NopPruner()
+    raise ConfigError(f"--pruner {name!r}: choose median, hyperband or none")
+
+
+def open_study(s: SearchSettings, storage: Any, space: Space, create: bool) -> Any:
+    optuna = _optuna()
+    kw = dict(study_name=s.study, storage=storage, sampler=make_sampler(s.sampler, s.seed, space),
+              pruner=make_pruner(s.pruner))
+    if not create:
+        try:
+            return optuna.load_study(**kw)
+        except KeyError:
+            raise GraftError(f"no study {s.study!r} in that storage; start it with "
+                             "graft search --data ... first") from None
+    study = optuna.create_study(direction=s.direction, load_if_exists=True, **kw)
+    if study.user_attrs.get("graft") is None:
+        study.set_user_attr("graft", {**asdict(s), "space": space.to_yaml()})
+        if s.default_trial:
+            study.enqueue_trial({}, user_attrs={"graft_default": True})
+    return study
+
+
+def counted(study: Any) -> int:
+    """Trials that count towards the budget: finished or pruned, and those that failed by
+    themselves (a bad combination). A trial failed by a lost heartbeat is re-queued instead."""
+    return sum(t.state.name in COUNTED or (t.state.name == "FAIL" and bool(
+        t.user_attrs.get("error"))) for t in study.get_trials(deepcopy=False))
+
+
+def optimize(s: SearchSettings, out: Path, storage_url: str | None, threads: int | None,
+             quiet: bool = False) -> None:
+    """One worker: run trials until the study has ``s.trials`` counted or the budget is spent."""
+    space = parse_space(_yaml((out / SPACE).read_text()), str(out / SPACE))
+    storage = open_storage(storage_url, out, s.heartbeat_s)
+    study = open_study(s, storage, space, create=False)
+    objective = make_objective(s, space, out, threads)
+    deadline = None if s.time_budget_s is None else time.time() + s.time_budget_s
+
+    def enough(st: Any, trial: Any) -> None:
+        if not quiet:
+            _trial_line(st, trial, s.metric)
+        if counted(st) >= s.trials or (deadline and time.time() > deadline):
+            st.stop()
+
+    if counted(study) >= s.trials:
+        return
+    timeout = None if deadline is None else max(1.0, deadline - time.time())
+    study.optimize(objective, timeout=timeout, callbacks=[enough], catch=(TrialFailed,),
+                   gc_after_trial=True)
+
+
+def _yaml(text: str) -> Any:
+    import yaml
+
+    return yaml.safe_load(text)
+
+
+def _trial_line(study: Any, t: Any, metric: str) -> None:
+    from ..train.progress import console
+
+    value = f"{metric} {t.value:.4f}" if t.value is not None else (
+        t.user_attrs.get("note") or t.user_attrs.get("error") or "")
+    params = ", ".join(f"{k}={_fmt(v)}" for k, v in (t.user_attrs.get("config") or {}).items())
+    try:
+        best = f"  best {study.best_value:.4f} (trial {study.best_trial.number})"
+    except ValueError:
+        best = ""
+    colour = {"COMPLETE": "green", "PRUNED": "yellow", "FAIL": "red"}.get(t.state.name, "white")
+    console.print(f"trial {t.number:>3} [{colour}]{t.state.name.lower():<8}[/] {value}  "
+                  f"{t.user_attrs.get('seconds', 0):.0f} s  "
+                  f"{params or '(graft default)'}{best}", highlight=False)
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+# --- entry points ------------------------------------------------------------------------------
+
+def search(s: SearchSettings, out: Path, space_file: str | Path | None = None,
+           storage_url: str | None = None, resume: bool = False, quiet: bool = False
+           ) -> dict[str, Any]:
+    """Start (or continue, or join) a study, run its workers, then write the results."""
+    if resume:
+        saved = rd.read_json(out / SETTINGS)
+        s = SearchSettings(**{**saved["settings"], **{k: v for k, v in _resume_keep(s).items()}})
+        storage_url = storage_url or saved.get("storage_url")
+        space = parse_space(_yaml((out / SPACE).read_text()), str(out / SPACE))
+    else:
+        space = load_space(space_file)
+        base = base_config(s)
+        check_space(space, base)
+        if s.lr_find:
+            from .lr_find import centre_space
+
+            centre_space(space, s, out, quiet)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / SPACE).write_text(space.to_yaml())
+    rd.write_json(out / SETTINGS, {"settings": asdict(s), "storage": describe(storage_url, out),
+                                   "storage_url": storage_url if _local(storage_url) else None})
+    storage = open_storage(storage_url, out, s.heartbeat_s)
+    study = open_study(s, storage, space, create=True)
+    requeue_dead(study)
+    if not quiet:
+        from ..train.progress import console
+
+        console.print(f"[bold]search[/] {s.study}: {s.trials} trials by {s.metric} "
+                      f"({s.sampler}, pruner {s.pruner}, {s.workers} worker"
+                      f"{'s' if s.workers > 1 else ''}); storage {describe(storage_url, out)}",
+                      highlight=False)
+    cpus = os.cpu_count() or 1
+    threads = max(1, cpus // s.workers) if s.workers > 1 else None
+    if s.workers == 1:
+        optimize(s, out, storage_url, threads, quiet)
+    else:
+        run_workers(s, out, storage_url, threads, study, quiet)
+    from .results import finish
+
+    return finish(study, space, s, out, quiet)
+
+
+def _local(url: str | None) -> bool:
+    return not url or "@" not in url  # a URL with a password is not written to disk
+
+
+def _resume_keep(s: SearchSettings) -> dict[str, Any]:
+    """On --resume, what the command line may change: the budget and the workers."""
+    keep = {"workers": s.workers}
+    if s.trials:
+        keep["trials"] = s.trials
+    if s.time_budget_s:
+        keep["time_budget_s"] = s.time_budget_s
+    return keep
+
+
+def run_workers(s: SearchSettings, out: Path, storage_url: str | None, threads: int | None,
+                study: Any, quiet: bool) -> None:
+    """``--workers K``: K worker processes on this machine share the study through its storage.
+    A worker that dies (killed, out of memory) has its running trial re-queued."""
+    env = dict(os.environ)
+    if storage_url:
+        env["GRAFT_SEARCH_STORAGE"] = storage_url
+    cmd = [sys.executable, "-m", "graftkit.search.worker", str(out)]
+    if threads:
+        cmd += ["--threads", str(threads)]
+    if quiet:
+        cmd.append("--quiet")
+    procs = [subprocess.Popen(cmd, env=env) for _ in range(s.workers)]
+    try:
+        while procs:
+            for p in list(procs):
+                code = p.poll()
+                if code is None:
+                    continue
+                procs.remove(p)
+                if code != 0:
+                    requeue_dead(study, pids={p.pid})
+                    if counted(study) < s.trials:  # replace it: the study is not done
+                        procs.append(subprocess.Popen(cmd, env=env))
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        for p in procs:
+            p.terminate()
+        raise
+
+
+def requeue_dead(study: Any, pids: set[int] | None = None) -> int:
+    """Mark failed the RUNNING trials of dead workers on this host (given ``pids``, or any whose
+    process is gone), and queue each once more with the same parameters."""
+    optuna = _optuna()
+    host, n = socket.gethostname(), 0
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        worker = t.user_attrs.get("worker", "")
+        h, _, pid = worker.rpartition(":")
+        if h != host or not pid.isdigit():
+            continue
+        if (pids is not None and int(pid) not in pids) or (pids is None and _alive(int(pid))):
+            continue
+        study._storage.set_trial_user_attr(t._trial_id, "note", "worker died; re-queued")
+        study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+        if t.user_attrs.get("retry_of") is None:  # one retry, not a chain
+            attrs = {"retry_of": t.number, **({"graft_default": True}
+                                              if t.user_attrs.get("graft_default") else {})}
+            study.enqueue_trial(t.params, user_attrs=attrs)
+        n += 1
+    return n
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def settings_from_study(storage_url: str, study_name: str, out: Path, heartbeat_s: int
+                        ) -> tuple[SearchSettings, Space]:
+    """A worker joining a study from another machine: the study carries the settings."""
+    optuna = _optuna()
+    storage = open_storage(storage_url, out, heartbeat_s)
+    try:
+        study = optuna.load_study(study_name=study_name, storage=storage)
+    except KeyError:
+        raise GraftError(f"no study {study_name!r} in that storage; give --data to start "
+                         "it") from None
+    g = study.user_attrs.get("graft")
+    if not g:
+        raise GraftError(f"study {study_name!r} was not made by graft search")
+    space_text = g.pop("space")
+    return SearchSettings(**g), parse_space(_yaml(space_text), f"study {study_name}")
+
+
+def dump_settings(s: SearchSettings) -> str:
+    return json.dumps(asdict(s))

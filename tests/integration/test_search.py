@@ -1,0 +1,247 @@
+"""graft search and lr-find, end to end on real data with a tiny local network.
+
+The PostgreSQL test needs a server: ``.ci/run`` starts Debian's postgresql on loopback and sets
+``GRAFT_TEST_POSTGRES``; with ``GRAFT_REQUIRE_POSTGRES=1`` a missing server fails the test
+instead of skipping it.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import shared_dataset
+from tests.integration.conftest import graft
+
+TINY = ["model.name=test_efficientnet", "model.pretrained=false", "model.image_size=64",
+        "train.threads=1"]
+SPACE = """
+strategy.name: {choices: [linear_probe, full]}
+optim.lr:
+  - {when: {strategy.name: linear_probe}, low: 1.0e-3, high: 3.0e-2, log: true}
+  - {when: {strategy.name: full}, low: 1.0e-4, high: 3.0e-3, log: true}
+train.epochs: {low: 2, high: 3}
+model.dropout: {low: 0.0, high: 0.5}
+"""
+
+
+def leaderboard(search: Path) -> list[dict[str, str]]:
+    with (search / "leaderboard.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+def _optuna_trials(storage, name: str):
+    import optuna
+
+    return optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
+
+
+@pytest.fixture(scope="module")
+def data() -> Path:
+    return shared_dataset("hymenoptera_256")
+
+
+@pytest.fixture(scope="module")
+def space(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    p = tmp_path_factory.mktemp("space") / "space.yaml"
+    p.write_text(SPACE)
+    return p
+
+
+def test_search_leaves_a_leaderboard_a_usable_best_run_plots_and_a_summary(
+        data: Path, space: Path, tmp_path: Path) -> None:
+    out = tmp_path / "s"
+    proc = graft("search", "--data", data, "--space", space, "--trials", "4", "--out", out,
+                 *TINY)
+    assert proc.stdout.strip().endswith(str(out / "best"))
+    rows = leaderboard(out)
+    assert sorted(int(r["trial"]) for r in rows) == list(range(4))
+    assert {r["state"] for r in rows} <= {"complete", "pruned"}
+    assert rows[0]["state"] == "complete"
+    # trial 0 is graft's default configuration, so the search is never worse than not searching
+    default = next(r for r in rows if r["trial"] == "0")
+    assert "graft default" in default["note"]
+    best_value = float(rows[0]["accuracy"])
+    assert best_value >= float(default["accuracy"])
+    result = json.loads((out / "result.json").read_text())
+    assert result["best_value"] == pytest.approx(best_value)
+    assert result["default_value"] == pytest.approx(float(default["accuracy"]))
+    # best/ is an ordinary run: its metrics agree with the leaderboard, predict reads it
+    meta = json.loads((out / "best" / "meta.json").read_text())
+    assert meta["best_value"] == pytest.approx(best_value)
+    assert json.loads((out / "best" / "search_trial.json").read_text())["trial"] == int(
+        rows[0]["trial"])
+    img = next((data / "val" / "bees").glob("*.jpg"))
+    pred = json.loads(graft("predict", out / "best", img, "--json").stdout)
+    assert pred[0]["top"][0]["label"] in {"ants", "bees"}
+    assert list((out / "best" / "eval").glob("*/report.html"))
+    # other trials keep their history and metrics, not their weights
+    others = [out / "trials" / f"{int(r['trial']):04d}" for r in rows[1:]]
+    assert all((d / "history.jsonl").is_file() for d in others)
+    assert not any((d / "model.safetensors").exists() for d in others)
+    assert (out / "plots" / "optimization_history.png").stat().st_size > 1000
+    html = (out / "summary.html").read_text()
+    assert html.count("data:image/png;base64,") >= 1 and 'id="leaderboard"' in html
+    assert html.count("<tr class=") == 4
+    # --resume: the same study goes on to 5 trials, numbers unique
+    graft("search", "--resume", out, "--trials", "5", "-q")
+    rows = leaderboard(out)
+    assert sorted(int(r["trial"]) for r in rows) == list(range(5))
+
+
+def test_a_failing_trial_is_recorded_with_its_reason_and_the_study_goes_on(
+        data: Path, tmp_path: Path) -> None:
+    space = tmp_path / "space.yaml"
+    # An absurd learning rate makes the loss blow up: that trial fails, the others finish.
+    space.write_text("strategy.name: {choices: [linear_probe]}\n"
+                     "optim.lr: {choices: [0.003, 1.0e+12]}\ntrain.epochs: {value: 2}\n")
+    out = tmp_path / "s"
+    graft("search", "--data", data, "--space", space, "--trials", "4", "--sampler", "grid",
+          "--no-default-trial", "--pruner", "none", "--out", out, "-q", *TINY)
+    rows = leaderboard(out)
+    failed = [r for r in rows if r["state"] == "fail"]
+    assert failed and all("TrainingDiverged" in r["note"] for r in failed), rows
+    assert all(float(r["optim.lr"]) > 1 for r in failed)
+    assert any(r["state"] == "complete" for r in rows)
+
+
+def test_search_mistakes_are_one_line_errors(data: Path, space: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    cases = [
+        ("optim.lrr: {low: 1.0e-4, high: 1.0e-2}\n", "not a config key"),
+        ("optim.lr: {low: 1.0e-2, high: 1.0e-4, log: true}\n", "low < high"),
+        ("strategy.name: {choices: [linear_probe, lora]}\n", "lora"),
+        ("optim.lr: [\n", "not valid YAML"),
+    ]
+    for text, expected in cases:
+        bad.write_text(text)
+        proc = graft("search", "--data", data, "--space", bad, "--out", tmp_path / "o",
+                     *TINY, check=False)
+        assert proc.returncode == 2 and expected in proc.stderr, proc.stderr
+        assert "Traceback" not in proc.stderr
+        assert not (tmp_path / "o").exists()  # nothing half-made left behind
+    proc = graft("search", "--data", data, "--space", space, "--time-budget", "soon",
+                 "--out", tmp_path / "o", check=False)
+    assert proc.returncode == 2 and "--time-budget" in proc.stderr
+    proc = graft("search", "--resume", tmp_path / "nothing", check=False)
+    assert proc.returncode == 2 and "not a search folder" in proc.stderr
+
+
+def test_two_local_workers_share_a_journal_file(data: Path, tmp_path: Path) -> None:
+    space = tmp_path / "space.yaml"  # whole-network trials: long enough for both to take some
+    space.write_text("strategy.name: {choices: [full]}\n"
+                     "optim.lr: {low: 1.0e-4, high: 3.0e-3, log: true}\ntrain.epochs: {value: 2}\n")
+    out = tmp_path / "s"
+    graft("search", "--data", data, "--space", space, "--trials", "4", "--workers", "2",
+          "--no-default-trial", "--out", out, "-q", *TINY)
+    rows = leaderboard(out)
+    numbers = [int(r["trial"]) for r in rows]
+    assert len(numbers) == len(set(numbers))  # no trial counted twice
+    counted = [r for r in rows if r["state"] in ("complete", "pruned")]
+    assert 4 <= len(counted) <= 5  # a trial already running when the 4th ends may finish too
+    statuses = {json.loads((Path(r["run_dir"]) / "meta.json").read_text())["status"]
+                for r in counted if r["state"] == "complete"}
+    assert statuses == {"completed"}
+    pids = {t.user_attrs["worker"] for t in _optuna_trials(_journal(out), out.name)}
+    assert len(pids) == 2  # both processes ran trials
+
+
+def _journal(out: Path):
+    import optuna
+    from optuna.storages.journal import JournalFileBackend
+
+    return optuna.storages.JournalStorage(JournalFileBackend(str(out / "journal.log")))
+
+
+def test_lr_find_suggests_a_learning_rate_with_a_plot(data: Path, tmp_path: Path) -> None:
+    proc = graft("lr-find", "--data", data, "--strategy", "linear_probe", "--steps", "60",
+                 "--out", tmp_path / "lrf", "-q", *TINY)
+    assert "suggested lr for linear_probe" in proc.stdout
+    r = json.loads((tmp_path / "lrf" / "lr_find.json").read_text())
+    assert 1e-7 <= r["suggestion"] <= 1.0 and len(r["lrs"]) == len(r["losses"]) >= 10
+    assert r["suggestion"] >= r["lrs"][len(r["lrs"]) // 10]  # past the initial noise
+    assert r["lrs"] == sorted(r["lrs"])
+    assert (tmp_path / "lrf" / "lr_find.png").stat().st_size > 1000
+
+
+# --- PostgreSQL: two workers, one killed mid-trial ------------------------------------------
+
+def _postgres_url() -> str:
+    url = os.environ.get("GRAFT_TEST_POSTGRES")
+    if not url:
+        if os.environ.get("GRAFT_REQUIRE_POSTGRES") == "1":
+            pytest.fail("GRAFT_REQUIRE_POSTGRES=1 but GRAFT_TEST_POSTGRES is not set")
+        pytest.skip("no PostgreSQL server (set GRAFT_TEST_POSTGRES=postgresql://...)")
+    return url
+
+
+def _worker(*args: object, log: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "graftkit.cli.main", "search",
+                             *map(str, args)], stdout=log.open("w"), stderr=subprocess.STDOUT,
+                            env=dict(os.environ, COLUMNS="200"))
+
+
+def _wait(cond, timeout: float, what: str) -> None:
+    t0 = time.time()
+    while not cond():
+        if time.time() - t0 > timeout:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.3)
+
+
+def test_postgres_two_workers_one_killed_mid_trial(data: Path, tmp_path: Path) -> None:
+    import optuna
+
+    url = _postgres_url()
+    name = f"graft-test-{uuid.uuid4().hex[:8]}"
+    space = tmp_path / "space.yaml"
+    space.write_text("strategy.name: {choices: [full]}\n"
+                     "optim.lr: {low: 1.0e-4, high: 3.0e-3, log: true}\n"
+                     "train.epochs: {value: 3}\n")
+    n = 4
+    a = _worker("--data", data, "--space", space, "--trials", n, "--study", name, "--storage",
+                url, "--heartbeat", "1", "--pruner", "none", "--no-default-trial", "--out",
+                tmp_path / "a", *TINY, log=tmp_path / "a.log")
+    storage = optuna.storages.RDBStorage(url)
+    try:
+        _wait(lambda: name in optuna.get_all_study_names(storage), 120, "the study")
+        b = _worker("--study", name, "--storage", url, "--heartbeat", "1", "--out",
+                    tmp_path / "b", log=tmp_path / "b.log")
+
+        def b_running() -> bool:
+            return any(t.state.name == "RUNNING" and t.user_attrs.get("worker", "").endswith(
+                f":{b.pid}") for t in _optuna_trials(storage, name))
+
+        _wait(b_running, 180, "worker b to start a trial")
+        time.sleep(1.0)  # mid-trial
+        os.kill(b.pid, signal.SIGKILL)
+        b.wait(10)
+        killed = next(t for t in _optuna_trials(storage, name) if t.state.name == "RUNNING"
+                      and t.user_attrs.get("worker", "").endswith(f":{b.pid}"))
+        assert a.wait(300) == 0, (tmp_path / "a.log").read_text()
+    finally:
+        for p in (a, locals().get("b")):
+            if p is not None and p.poll() is None:
+                p.kill()
+    trials = _optuna_trials(storage, name)
+    numbers = [t.number for t in trials]
+    assert len(numbers) == len(set(numbers))
+    done = [t for t in trials if t.state.name == "COMPLETE"]
+    assert n <= len(done) <= n + 1
+    lost = next(t for t in trials if t.number == killed.number)
+    assert lost.state.name == "FAIL"  # its heartbeat stopped
+    retry = [t for t in trials if t.system_attrs.get("failed_trial") == killed.number]
+    assert len(retry) == 1 and retry[0].state.name == "COMPLETE"
+    assert retry[0].params == killed.params
+    rows = leaderboard(tmp_path / "a")
+    assert any("retry of trial" in r["note"] for r in rows)
+    optuna.delete_study(study_name=name, storage=storage)

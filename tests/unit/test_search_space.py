@@ -1,0 +1,111 @@
+"""The search space: parsing, conditional sampling, validation, grid, lr-find's suggestion."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import optuna
+import pytest
+
+from graftkit.cli.search import parse_duration
+from graftkit.errors import ConfigError
+from graftkit.search.lr_find import suggest
+from graftkit.search.space import DEFAULT_SPACE, load_space, parse_space
+
+SPACE = {
+    "strategy.name": {"choices": ["linear_probe", "full"]},
+    "optim.lr": [{"when": {"strategy.name": "linear_probe"}, "low": 1e-3, "high": 3e-2,
+                  "log": True},
+                 {"when": {"strategy.name": "full"}, "low": 1e-5, "high": 1e-3, "log": True}],
+    "train.epochs": {"low": 2, "high": 5},
+    "strategy.n_blocks": {"when": {"strategy.name": "last_n"}, "low": 1, "high": 3},
+    "model.dropout": {"value": 0.1},
+}
+
+
+def sample_many(space, n=60, seed=0):
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    out = []
+    for _ in range(n):
+        t = study.ask()
+        out.append(space.sample(t, {}))
+        study.tell(t, 0.0)
+    return out
+
+
+def test_conditional_variants_sample_in_their_own_ranges() -> None:
+    samples = sample_many(parse_space(SPACE))
+    for s in samples:
+        lo, hi = (1e-3, 3e-2) if s["strategy.name"] == "linear_probe" else (1e-5, 1e-3)
+        assert lo <= s["optim.lr"] <= hi
+        assert isinstance(s["train.epochs"], int) and 2 <= s["train.epochs"] <= 5
+        assert "strategy.n_blocks" not in s  # its condition never holds
+        assert s["model.dropout"] == 0.1
+    assert {s["strategy.name"] for s in samples} == {"linear_probe", "full"}
+
+
+def test_the_same_seed_samples_the_same_trials() -> None:
+    space = parse_space(SPACE)
+    assert sample_many(space, 10, seed=3) == sample_many(space, 10, seed=3)
+    assert sample_many(space, 10, seed=3) != sample_many(space, 10, seed=4)
+
+
+def test_the_shipped_space_parses_and_round_trips() -> None:
+    space = load_space(DEFAULT_SPACE)
+    assert "strategy.name" in space.keys() and "optim.lr" in space.keys()
+    again = parse_space(__import__("yaml").safe_load(space.to_yaml()))
+    assert [(v.key, v.name, v.when, v.low, v.high, v.choices) for v in again.variants] == [
+        (v.key, v.name, v.when, v.low, v.high, v.choices) for v in space.variants]
+
+
+@pytest.mark.parametrize("tree, message", [
+    ({"optim.lrr": {"low": 1, "high": 2}}, "not a config key"),
+    ({"optim.lr": {"low": 1e-2, "high": 1e-4, "log": True}}, "low < high"),
+    ({"optim.lr": {"low": 0.0, "high": 1e-2, "log": True}}, "low > 0"),
+    ({"optim.lr": {"low": "a", "high": 1e-2}}, "numbers"),
+    ({"optim.lr": {"choices": []}}, "non-empty"),
+    ({"optim.lr": {"lo": 1e-3}}, "unknown field"),
+    ({"train.epochs": {"when": {"strategy.name": "full"}, "low": 1, "high": 3},
+      "strategy.name": {"choices": ["full"]}}, "must come before"),
+    ([], "mapping"),
+])
+def test_bad_spaces_name_the_key(tree, message) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_space(tree)
+
+
+def test_grid_needs_discrete_values() -> None:
+    space = parse_space({"strategy.name": {"choices": ["a", "b"]}, "train.epochs":
+                         {"low": 1, "high": 3}, "optim.lr": {"grid": [1e-3, 1e-2], "low": 1e-3,
+                                                             "high": 1e-2, "log": True}})
+    assert space.grid() == {"strategy.name": ["a", "b"], "train.epochs": [1, 2, 3],
+                            "optim.lr": [1e-3, 1e-2]}
+    with pytest.raises(ConfigError, match="grid"):
+        parse_space({"optim.lr": {"low": 1e-3, "high": 1e-2}}).grid()
+
+
+def test_recentre_keeps_the_width_of_a_log_range() -> None:
+    v = parse_space({"optim.lr": {"low": 1e-4, "high": 1e-2, "log": True}}).variants[0]
+    v.recentre(3e-3)
+    assert v.low * v.high == pytest.approx(3e-3 ** 2) and v.high / v.low == pytest.approx(100)
+
+
+def test_lr_find_suggestion_is_the_steepest_descent_before_the_minimum() -> None:
+    lrs = list(np.logspace(-7, 0, 100))
+    # a loss that falls fastest around 1e-3 and blows up past 1e-1
+    loss = [1 / (1 + math.exp(2 * (math.log10(lr) + 3))) + max(0.0, math.log10(lr) + 1) * 3
+            for lr in lrs]
+    steep, at_min = suggest(lrs, loss)
+    assert 5e-4 < steep < 2e-3 and 1e-2 < at_min <= 1e-1 + 1e-9
+
+
+@pytest.mark.parametrize("text, seconds", [("30m", 1800), ("1h30m", 5400), ("90s", 90),
+                                           ("900", 900), ("2h", 7200)])
+def test_durations(text, seconds) -> None:
+    assert parse_duration(text) == seconds
+
+
+def test_bad_duration() -> None:
+    with pytest.raises(ConfigError, match="time-budget"):
+        parse_duration("soon")
