@@ -245,3 +245,19 @@ def test_postgres_two_workers_one_killed_mid_trial(data: Path, tmp_path: Path) -
     rows = leaderboard(tmp_path / "a")
     assert any("retry of trial" in r["note"] for r in rows)
     optuna.delete_study(study_name=name, storage=storage)
+
+
+def test_the_robust_objective_adds_corruption_accuracy(data: Path, space: Path,
+                                                       tmp_path: Path) -> None:
+    out = tmp_path / "s"
+    graft("search", "--data", data, "--space", space, "--trials", "2", "--objective", "robust",
+          "--robust-weight", "0.5", "--robust-corruptions", "gaussian_noise", "--out", out, "-q",
+          *TINY)
+    rows = leaderboard(out)
+    assert len(rows) == 2
+    for r in rows:
+        assert 0 <= float(r["mca"]) <= 1
+        assert float(r["objective"]) == pytest.approx(float(r["clean"]) + 0.5 * float(r["mca"]))
+    proc = graft("search", "--data", data, "--objective", "robust", "--metric", "log_loss",
+                 "--out", tmp_path / "o", check=False)
+    assert proc.returncode == 2 and "better lower" in proc.stderr

@@ -34,6 +34,11 @@ def search(
     space: Path | None = typer.Option(None, "--space", help="search space YAML (default: the "
                                       "shipped one)"),
     metric: str = typer.Option("accuracy", "--metric", help="validation metric to optimise"),
+    objective: str = typer.Option("clean", "--objective", help="clean (the metric) | robust "
+                                  "(the metric + --robust-weight x mCA under corruptions)"),
+    robust_weight: float = typer.Option(0.5, "--robust-weight"),
+    robust_corruptions: str | None = typer.Option(None, "--robust-corruptions", help="names "
+                                                  "or a family (default: one per family)"),
     study: str | None = typer.Option(None, "--study", help="study name (default: the --out "
                                      "folder's name)"),
     storage: str | None = typer.Option(None, "--storage", help="postgresql://... to share the "
@@ -102,7 +107,8 @@ def search(
                        config=str(config) if config else None, overrides={**flags, **extra},
                        sampler=sampler, pruner=pruner, seed=seed, workers=workers,
                        default_trial=not no_default_trial, heartbeat_s=heartbeat,
-                       lr_find=lr_find)
+                       lr_find=lr_find, objective=objective, robust_weight=robust_weight,
+                       robust_corruptions=robust_corruptions)
     created = not out.exists()
     try:
         run_search(s, out, space_file=space, storage_url=storage, quiet=quiet)

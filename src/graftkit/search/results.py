@@ -20,8 +20,10 @@ WEIGHT_FILES = ("model.safetensors", "state.safetensors")
 def leaderboard(study: Any, space: Space) -> list[dict[str, Any]]:
     """One row per trial, best first (finished trials by metric, then pruned, failed, running)."""
     keys = space.keys()
+    trials = study.get_trials(deepcopy=False)
+    robust = any("mca" in t.user_attrs for t in trials)  # the robust objective's two parts
     rows = []
-    for t in study.get_trials(deepcopy=False):
+    for t in trials:
         config = t.user_attrs.get("config") or {}
         note = t.user_attrs.get("error") or t.user_attrs.get("note") or ""
         if t.user_attrs.get("graft_default"):
@@ -31,8 +33,9 @@ def leaderboard(study: Any, space: Space) -> list[dict[str, Any]]:
             note = (f"retry of trial {retry_of}; " + note).rstrip("; ")
         if t.state.name == "FAIL" and not note:
             note = "its worker stopped (no heartbeat); re-queued"
+        parts = {k: t.user_attrs.get(k, "") for k in ("clean", "mca")} if robust else {}
         rows.append({"trial": t.number, "state": t.state.name.lower(), "value": t.value,
-                     "seconds": round(float(t.user_attrs.get("seconds", 0.0)), 1),
+                     "seconds": round(float(t.user_attrs.get("seconds", 0.0)), 1), **parts,
                      **{k: config.get(k, "") for k in keys}, "note": note,
                      "run_dir": t.user_attrs.get("run_dir", "")})
     order = {"complete": 0, "pruned": 1, "fail": 2}
@@ -141,6 +144,7 @@ def summary_html(study: Any, rows: list[dict[str, Any]], s: SearchSettings, made
     states = {st: sum(r["state"] == st for r in rows) for st in ("complete", "pruned", "fail")}
     html = env.get_template("summary.html.j2").render(
         s=s, study=study.study_name, rows=rows, images=images, states=states,
+        label=s.metric if s.objective == "clean" else "objective",
         best=rows[0] if rows and rows[0]["state"] == "complete" else None,
         best_dir=best_dir, keys=[k for k in rows[0] if k not in (
             "trial", "state", "value", "seconds", "note", "run_dir")] if rows else [],
@@ -155,11 +159,12 @@ def summary_html(study: Any, rows: list[dict[str, Any]], s: SearchSettings, made
 def finish(study: Any, space: Space, s: SearchSettings, out: Path, quiet: bool = False
            ) -> dict[str, Any]:
     rows = leaderboard(study, space)
-    write_leaderboard(rows, out / "leaderboard.csv", s.metric)
+    label = s.metric if s.objective == "clean" else "objective"
+    write_leaderboard(rows, out / "leaderboard.csv", label)
     best, best_dir = materialize_best(study, out)
     made = plots(study, out)
     html = summary_html(study, rows, s, made, best_dir, out)
-    result = {"study": study.study_name, "trials": len(rows),
+    result = {"study": study.study_name, "objective": label, "trials": len(rows),
               "states": {st: sum(r["state"] == st for r in rows)
                          for st in ("complete", "pruned", "fail", "running", "waiting")},
               "best_trial": best.number if best else None,
@@ -172,7 +177,7 @@ def finish(study: Any, space: Space, s: SearchSettings, out: Path, quiet: bool =
               "leaderboard": str(out / "leaderboard.csv"), "summary": str(html)}
     rd.write_json(out / "result.json", result)
     if not quiet:
-        _print(rows, s.metric, result, best_dir, best)
+        _print(rows, label, result, best_dir, best)
     return result
 
 

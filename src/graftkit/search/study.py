@@ -55,6 +55,11 @@ class SearchSettings:
     default_trial: bool = True
     heartbeat_s: int = 30
     lr_find: bool = False
+    objective: str = "clean"  # or "robust": + robust_weight x mCA (see objective.py)
+    robust_weight: float = 0.5
+    robust_corruptions: str | None = None
+    robust_severities: str = "3"
+    robust_limit: int | None = 200
 
     @property
     def direction(self) -> str:
@@ -175,12 +180,22 @@ def make_objective(s: SearchSettings, space: Space, out: Path, threads: int | No
                 trial.set_user_attr("error", reason)
                 raise TrialFailed(reason) from None
         value = run.meta.get("best_value")
-        trial.set_user_attr("seconds", time.perf_counter() - t0)
         trial.set_user_attr("epochs", run.meta.get("best_epoch"))
         if value is None or value != value:  # NaN
+            trial.set_user_attr("seconds", time.perf_counter() - t0)
             trial.set_user_attr("error", f"no finite validation {s.metric}")
             raise TrialFailed(f"no finite validation {s.metric}")
-        return float(value)
+        value = float(value)
+        if s.objective == "robust":
+            from .objective import robust_part
+
+            r = robust_part(run, s.robust_corruptions, s.robust_severities, s.robust_limit,
+                            s.seed)
+            trial.set_user_attr("clean", value)
+            trial.set_user_attr("mca", r["mca"])
+            value += s.robust_weight * r["mca"]
+        trial.set_user_attr("seconds", time.perf_counter() - t0)
+        return value
 
     return objective
 
@@ -301,6 +316,9 @@ def search(s: SearchSettings, out: Path, space_file: str | Path | None = None,
         storage_url = storage_url or saved.get("storage_url")
         space = parse_space(_yaml((out / SPACE).read_text()), str(out / SPACE))
     else:
+        from .objective import check
+
+        check(s.objective, s.metric, s.robust_weight)
         space = load_space(space_file)
         base = base_config(s)
         check_space(space, base)
