@@ -109,3 +109,22 @@ def test_durations(text, seconds) -> None:
 def test_bad_duration() -> None:
     with pytest.raises(ConfigError, match="time-budget"):
         parse_duration("soon")
+
+
+@pytest.mark.parametrize("modality, allowed, banned", [
+    ("image", {"linear_probe", "last_n", "lp_ft", "full"}, {"lora"}),
+    ("text", {"linear_probe", "lora", "full"}, {"last_n", "lp_ft"}),
+])
+def test_the_shipped_space_fits_the_modality(modality, allowed, banned) -> None:
+    space = load_space(DEFAULT_SPACE)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = set()
+    for _ in range(80):
+        t = study.ask()
+        s = space.sample(t, {"data.modality": modality})
+        study.tell(t, 0.0)
+        seen.add(s["strategy.name"])
+        tuned = modality == "image" and s["strategy.name"] != "linear_probe"
+        assert ("train.augment" in s) == tuned
+        assert ("strategy.lora_r" in s) == (s["strategy.name"] == "lora")
+    assert seen == allowed and not seen & banned
