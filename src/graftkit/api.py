@@ -232,7 +232,8 @@ class Run:
                    reference: str | Path | None = None, seed: int = 0,
                    workers: int | None = None, limit: int | None = None, quiet: bool = True
                    ) -> dict[str, Any]:
-        """Accuracy under the ImageNet-C corruptions; written to ``RUN_DIR/robustness/``."""
+        """Accuracy under the ImageNet-C corruptions (text runs: text perturbations); written
+        to ``RUN_DIR/robustness/``."""
         from .robustness.evaluate import robustness
 
         return robustness(self, data, split, corruptions, severities, reference, seed, workers,

@@ -7,6 +7,7 @@
       metrics.json            final train/val/test metrics
       history.jsonl           one line per epoch
       data_report.json        counts per split/class, skipped files with reasons
+      reference.json          the model on the val split: graft serve's drift baseline
       checkpoints/last.safetensors   resumable state (weights, optimizer, scheduler, counters)
       eval/<name>/                   metrics.json, plots (PNG) and report.html of one split;
                                      written at the end of training and by `graft evaluate`
@@ -33,7 +34,7 @@ STATE = "checkpoints/last.safetensors"
 # Everything a run writes at its top level; a folder holding only these is a graft run (perhaps
 # one that failed before writing meta.json) and may be replaced with --overwrite.
 OWN = {CONFIG, META, WEIGHTS, METRICS, HISTORY, DATA_REPORT, "checkpoints", "eval", "robustness",
-       "text_model"}
+       "text_model", "reference.json"}
 
 
 _UMASK = os.umask(0)

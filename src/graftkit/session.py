@@ -126,6 +126,10 @@ class Session:
         if s.task == "classification":
             meta["calibration"] = {**cal.to_dict(), "fitted_on": "val"}
         rd.write_json(self.out / rd.META, meta)
+        if "val" in analyses and len(analyses["val"].targets):  # graft serve's drift baseline
+            from .evaluate.reference import from_analysis, write_reference
+
+            write_reference(self.out, from_analysis(analyses["val"], self.cfg.data.modality))
         self._summary(metrics, meta["train_time_s"])
         if self.cfg.report.enabled:
             self._reports(analyses, meta)

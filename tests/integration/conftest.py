@@ -41,3 +41,23 @@ def probe_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("runs") / "probe"
     graft("train", "--data", data, "--strategy", "linear_probe", "--out", out)
     return out
+
+
+# A real browser: Debian's Chromium driven by Playwright (it never downloads a browser).
+CHROMIUM = os.environ.get("GRAFT_CHROMIUM", "/usr/bin/chromium")
+# Headless, and quiet on a machine without a network (see the project's CI notes).
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def browser():  # noqa: ANN201 - a playwright Browser
+    if not Path(CHROMIUM).is_file():
+        if os.environ.get("GRAFT_REQUIRE_BROWSER"):
+            pytest.fail(f"no Chromium at {CHROMIUM} (GRAFT_REQUIRE_BROWSER is set)")
+        pytest.skip(f"no Chromium at {CHROMIUM}; install Debian's chromium")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield b
+        b.close()

@@ -17,25 +17,6 @@ from tests.conftest import ROOT
 
 pytestmark = pytest.mark.integration
 
-CHROMIUM = os.environ.get("GRAFT_CHROMIUM", "/usr/bin/chromium")
-# Headless, and quiet on a machine without a network (see the project's CI notes).
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-
-
-@pytest.fixture(scope="module")
-def browser():  # noqa: ANN201 - a playwright Browser
-    if not Path(CHROMIUM).is_file():
-        if os.environ.get("GRAFT_REQUIRE_BROWSER"):
-            pytest.fail(f"no Chromium at {CHROMIUM} (GRAFT_REQUIRE_BROWSER is set)")
-        pytest.skip(f"no Chromium at {CHROMIUM}; install Debian's chromium")
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield b
-        b.close()
-
-
 def test_report_renders_in_chromium(browser, probe_run: Path) -> None:  # noqa: ANN001
     ev = probe_run / "eval" / "hymenoptera_256-val"
     metrics = json.loads((ev / "metrics.json").read_text())

@@ -22,6 +22,8 @@ import pytest
 from tests.conftest import shared_dataset
 from tests.integration.conftest import graft
 
+pytestmark = pytest.mark.integration
+
 TINY = ["model.name=test_efficientnet", "model.pretrained=false", "model.image_size=64",
         "train.threads=1"]
 SPACE = """

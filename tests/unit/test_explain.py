@@ -319,8 +319,10 @@ def test_explain_run_errors(cnn, photos, tmp_path):
     with pytest.raises(DataError, match="missing.jpg: cannot read"):
         explain_run(run, [str(tmp_path / "missing.jpg")], out_dir=tmp_path / "o")
     assert not (tmp_path / "o").exists()  # nothing written before the inputs were checked
+    with pytest.raises(GraftError, match="--text is for text runs"):
+        explain_run(run, good, texts=["a text"], out_dir=tmp_path / "o")
     for key, value, message in (("task", "regression", "classification runs"),
-                                ("modality", "text", "image runs; .* is a text run")):
+                                ("modality", "text", "not a .txt or .csv file; a text run")):
         other = _fake_run(tmp_path / key, cnn, **{key: value})
         with pytest.raises(GraftError, match=message):
             explain_run(other, good, out_dir=tmp_path / "o")

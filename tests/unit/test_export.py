@@ -75,7 +75,7 @@ def test_onnx_bundle_contents(tiny_run: Path, onnx_bundle: Path) -> None:
     import onnxruntime as ort
 
     assert sorted(p.name for p in onnx_bundle.iterdir()) == ["MODEL_CARD.md", "bundle.json",
-                                                             "model.onnx"]
+                                                             "model.onnx", "reference.json"]
     b, meta = _bundle(onnx_bundle), json.loads((tiny_run / "meta.json").read_text())
     assert (b["format"], b["format_version"], b["model_format"]) == ("graftkit-bundle", 1, "onnx")
     assert b["task"] == "classification" and b["classes"] == ["blue", "red"]
@@ -92,7 +92,7 @@ def test_onnx_bundle_contents(tiny_run: Path, onnx_bundle: Path) -> None:
     p = b["parity"]
     assert p["passed"] and p["max_abs_diff"] <= 1e-4 and p["n"] == N_VAL
     assert p["labels_agree"] == N_VAL and p["preprocessing_max_abs_diff"] == 0.0
-    assert set(b["files"]) == {"model.onnx", "MODEL_CARD.md"}
+    assert set(b["files"]) == {"model.onnx", "MODEL_CARD.md", "reference.json"}
     for name, f in b["files"].items():
         assert f == {"sha256": sha256(onnx_bundle / name),
                      "bytes": (onnx_bundle / name).stat().st_size}
@@ -236,7 +236,7 @@ def test_refuses_to_overwrite(tiny_run: Path, tmp_path: Path) -> None:
         export_run(tiny_run, "safetensors", out)
     export_run(tiny_run, "safetensors", out, overwrite=True)
     assert sorted(p.name for p in out.iterdir()) == ["MODEL_CARD.md", "bundle.json",
-                                                     "model.safetensors"]
+                                                     "model.safetensors", "reference.json"]
     empty = tmp_path / "empty"
     empty.mkdir()
     export_run(tiny_run, "safetensors", empty)  # an empty folder is fine

@@ -205,18 +205,20 @@ def robustness(
                                     "the run's own test/val split)"),
     split: str | None = typer.Option(None, "--split", help="train | val | test"),
     corruptions: str = typer.Option("all", "--corruptions", help="all (the 15 of ImageNet-C), "
-                                    "all+extra, noise, blur, weather, digital, extra, or names"),
+                                    "all+extra, noise, blur, weather, digital, extra, or names; "
+                                    "text runs: all, typos, format, order, or names"),
     severities: str = typer.Option("1-5", "--severities", help="e.g. 1-5, 3, 1,3,5"),
     reference: Path | None = typer.Option(None, "--reference", help="run directory whose "
                                           "robustness results normalise CE/mCE"),
     limit: int | None = typer.Option(None, "--limit", min=1, help="score a seeded sample of "
-                                     "this many images"),
+                                     "this many images (texts)"),
     workers: int | None = typer.Option(None, "--workers", min=0, help="corrupting processes "
-                                       "(default: one per core)"),
+                                       "(default: one per core; images only)"),
     seed: int = typer.Option(0, "--seed"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
-    """Accuracy under the ImageNet-C corruptions (mCA, relative robustness, mCE)."""
+    """Accuracy under the ImageNet-C corruptions, or text perturbations for a text run (mCA,
+    relative robustness, mCE)."""
     from ..api import Run
 
     if split is not None and split not in ("train", "val", "test"):
@@ -224,12 +226,16 @@ def robustness(
     r = Run(run_dir).robustness(data, split=split, corruptions=corruptions,
                                 severities=severities, reference=reference, seed=seed,
                                 workers=workers, limit=limit, quiet=quiet)
+    def num(v: float | None) -> str:  # None: undefined (a 0/0 ratio, see corruption_errors)
+        return "n/a" if v is None else f"{v:.4f}"
+
     worst = sorted(r["corruptions"].items(), key=lambda kv: kv[1]["mean"])[:3]
     typer.echo(f"clean accuracy {r['clean_accuracy']:.4f}  mCA {r['mca']:.4f}  relative "
-               f"robustness {r['relative_robustness']:.4f}  (n={r['n']}, {r['seconds']:.0f} s)")
+               f"robustness {num(r['relative_robustness'])}  (n={r['n']}, "
+               f"{r['seconds']:.0f} s)")
     if r["reference"]:
-        typer.echo(f"mCE {r['reference']['mce']:.4f}  relative mCE "
-                   f"{r['reference']['relative_mce']:.4f}  (vs {r['reference']['run']})")
+        typer.echo(f"mCE {num(r['reference']['mce'])}  relative mCE "
+                   f"{num(r['reference']['relative_mce'])}  (vs {r['reference']['run']})")
     typer.echo("weakest: " + ", ".join(f"{n} {v['mean']:.3f}" for n, v in worst))
     typer.echo(f"written to {r['written_to']}\nreport: {r['report']}")
 
@@ -237,18 +243,23 @@ def robustness(
 @app.command()
 def explain(
     run_dir: Path = typer.Argument(..., help="a run directory"),
-    inputs: list[str] = typer.Argument(..., help="image files or folders"),
-    method: str = typer.Option("gradcam", "--method", help="gradcam | gradcam++ | "
-                               "integrated-gradients | occlusion"),
+    inputs: list[str] | None = typer.Argument(None, help="image files or folders (a text "
+                                              "run: .txt files, one text a line, or .csv)"),
+    text: list[str] | None = typer.Option(None, "--text", help="text run: a text to explain "
+                                          "(repeatable)"),
+    method: str | None = typer.Option(None, "--method", help="gradcam (images' default) | "
+                                      "gradcam++ | integrated-gradients (text's) | occlusion"),
     target: str | None = typer.Option(None, "--target", help="class to explain (default: the "
                                       "predicted one)"),
-    out: Path | None = typer.Option(None, "--out", help="folder for overlays and JSON"),
+    out: Path | None = typer.Option(None, "--out", help="folder for overlays (HTML for texts) "
+                                    "and JSON"),
     topk: int = typer.Option(3, "--topk", "-k", min=1),
 ) -> None:
-    """Why the model decided: heatmap overlays, top classes, deletion/insertion scores."""
+    """Why the model decided: heatmap overlays or highlighted tokens, top classes,
+    deletion/insertion scores."""
     from ..explain.api import cli_explain
 
-    cli_explain(run_dir, inputs, method, target, out, topk)
+    cli_explain(run_dir, inputs or [], method, target, out, topk, texts=text)
 
 
 @app.command()
@@ -265,6 +276,33 @@ def export(
     from ..export.bundle import cli_export
 
     cli_export(run_dir, fmt, out, overwrite, opset)
+
+
+@app.command()
+def serve(
+    path: Path = typer.Argument(..., help="a run directory or an ONNX export bundle"),
+    host: str = typer.Option("127.0.0.1", "--host", help="address to listen on (loopback by "
+                             "default; anything else needs --token or --insecure)"),
+    port: int = typer.Option(8000, "--port", help="0 picks a free port"),
+    token: str | None = typer.Option(None, "--token", help="bearer token clients must send "
+                                     "(default: $GRAFT_SERVE_TOKEN)"),
+    insecure: bool = typer.Option(False, "--insecure", help="allow a non-loopback host "
+                                  "without a token"),
+    max_batch: int = typer.Option(16, "--max-batch", help="inputs per model call (1: no "
+                                  "batching)"),
+    max_wait_ms: float = typer.Option(5.0, "--max-wait-ms", help="how long a batch waits to "
+                                      "fill"),
+    max_body_mb: float = typer.Option(10.0, "--max-body-mb", help="request body limit (413)"),
+    max_pixels: int | None = typer.Option(None, "--max-pixels", help="image pixel limit (413; "
+                                          "default 25 million)"),
+    timeout_s: float = typer.Option(30.0, "--timeout-s", help="per-request time limit (504)"),
+    topk: int = typer.Option(5, "--topk", help="classes returned per input"),
+) -> None:
+    """Serve a run or ONNX bundle over HTTP: predictions, Grad-CAM, metrics, drift, web page."""
+    from ..serve.cli import cli_serve
+
+    cli_serve(path, host, port, token, insecure, max_batch, max_wait_ms, max_body_mb,
+              max_pixels, timeout_s, topk)
 
 
 @app.command()
@@ -297,12 +335,13 @@ def list_cmd() -> None:
 
     from ..data.transforms import AUGMENTATIONS
     from ..models.vision import MODELS
+    from ..robustness.perturbations import PERTURBATIONS
     from ..strategies import STRATEGIES
     from ..train.losses import LOSSES
     from ..train.optim import OPTIMIZERS, SCHEDULES
 
     console = Console()
-    for reg in (MODELS, STRATEGIES, OPTIMIZERS, SCHEDULES, LOSSES, AUGMENTATIONS):
+    for reg in (MODELS, STRATEGIES, OPTIMIZERS, SCHEDULES, LOSSES, AUGMENTATIONS, PERTURBATIONS):
         table = Table(title=f"{reg.kind}s", title_justify="left", show_header=False, box=None)
         for name in reg.names():
             table.add_row(f"  [bold]{name}[/]", reg.help(name))

@@ -102,7 +102,14 @@ def _robustness_context(run_path: Path, info: dict[str, Any]) -> dict[str, Any] 
         return None
     figs = {p.stem: _data_uri(p) for p in sorted((run_path / ROBUSTNESS).glob("*.png"))}
     worst = sorted(r["corruptions"].items(), key=lambda kv: kv[1]["mean"])[:5]
-    return {**r, "figs": figs, "worst": worst}
+    text = r.get("kind") == "perturbations"
+    table = None
+    if text and r.get("examples"):  # the examples as an HTML table rather than their PNG
+        from ..robustness.plots import text_examples_table
+
+        figs.pop("examples", None)
+        table = text_examples_table(r["examples"])
+    return {**r, "figs": figs, "worst": worst, "text": text, "examples_table": table}
 
 
 def _figures(a: Analysis, out: Path, hist: list[dict[str, Any]], monitor: str | None,

@@ -1,4 +1,5 @@
-"""Explaining a finished run's decisions on image files: overlays, JSON records, CLI lines."""
+"""Explaining a finished run's decisions: overlays and JSON records for image files, CLI lines.
+Text runs are handed to :mod:`graftkit.explain.text_run`."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from ..evaluate.calibration import Calibration
 from .faithfulness import faithfulness
 from .methods import METHODS
 from .overlay import model_view, overlay
+from .text import TEXT_METHODS
 
 
 @dataclass
@@ -29,19 +31,29 @@ class _Explained:
     heatmap: np.ndarray
 
 
-def _image_run(run: Any) -> Any:
-    """The run (a :class:`graftkit.api.Run` or its directory), if it is an image classification
-    run: explain has nothing to offer other runs yet."""
+def _classification_run(run: Any) -> Any:
+    """The run (a :class:`graftkit.api.Run` or its directory), if it is a classification run."""
     from ..api import Run
 
     run = run if isinstance(run, Run) else Run(run)
-    modality = run.meta.get("modality", "image")
-    if modality != "image":
-        raise GraftError(f"explain works on image runs; {str(run.path)!r} is a {modality} run")
     if run.meta["task"] != "classification":
         raise GraftError(f"explain is for classification runs; {str(run.path)!r} is "
                          f"{run.meta['task']}")
     return run
+
+
+def _image_run(run: Any) -> Any:
+    """The run, if it is an image classification run (Grad-CAM overlays need images)."""
+    run = _classification_run(run)
+    modality = run.meta.get("modality", "image")
+    if modality != "image":
+        raise GraftError(f"explain overlays are for image runs; {str(run.path)!r} is a "
+                         f"{modality} run")
+    return run
+
+
+def _is_text(run: Any) -> bool:
+    return run.meta.get("modality", "image") == "text"
 
 
 def _expand(inputs: list[str | Path]) -> list[Path]:
@@ -88,19 +100,33 @@ def _unique_stems(files: list[Path]) -> list[str]:
     return stems
 
 
-def explain_run(run_dir: str | Path, inputs: list[str | Path], method: str = "gradcam",
-                target: str | None = None, *, out_dir: str | Path, topk: int = 3
-                ) -> list[dict[str, Any]]:
+def explain_run(run_dir: str | Path, inputs: list[str | Path], method: str | None = None,
+                target: str | None = None, *, out_dir: str | Path, topk: int = 3,
+                texts: list[str] | None = None) -> list[dict[str, Any]]:
     """Explain a run's decision on each input image (files or folders of images).
 
     For each image, writes ``<out_dir>/<stem>.<method>.png`` (the heatmap over the model's view)
     and ``<stem>.json``: the top-k classes with calibrated probabilities, the explained class
-    (``target``, default the predicted one), the method and the deletion/insertion scores
-    (:func:`graftkit.explain.faithfulness`). Returns those records. Every input is checked
-    before anything is written, so a bad file fails fast.
+    (``target``, default the predicted one), the method (default ``gradcam``) and the
+    deletion/insertion scores (:func:`graftkit.explain.faithfulness`). Returns those records.
+    Every input is checked before anything is written, so a bad file fails fast.
+
+    A text run explains ``texts`` and the texts in ``inputs`` (.txt/.csv files) with
+    integrated gradients instead: see :func:`graftkit.explain.text_run.explain_text_run`.
     """
-    METHODS.get(method)  # an unknown method fails before the model loads
-    run = _image_run(run_dir)
+    if method is not None and method not in TEXT_METHODS:
+        METHODS.get(method)  # an unknown method fails before the model loads
+    run = _classification_run(run_dir)
+    if _is_text(run):
+        from .text_run import explain_text_run
+
+        return explain_text_run(run, inputs, list(texts or []), method or TEXT_METHODS[0],
+                                target, out_dir=out_dir, topk=topk)
+    if texts:
+        raise GraftError(f"--text is for text runs; {str(run.path)!r} is an image run")
+    method = method or "gradcam"
+    METHODS.get(method)
+    run = _image_run(run)
     classes = run.classes
     if target is not None and target not in classes:
         raise GraftError(f"unknown class {target!r}; this run's classes: {', '.join(classes)}")
@@ -161,16 +187,22 @@ def gradcam_overlays(run: Any, items: list[str], out_dir: str | Path) -> dict[st
     return written
 
 
-def cli_explain(run_dir: str | Path, inputs: list[str | Path], method: str = "gradcam",
-                target: str | None = None, out: str | Path | None = None, topk: int = 3) -> None:
-    """``graft explain``: explain each input and print one line per image. ``out`` defaults to
-    ``explain/<run folder name>`` under the current folder."""
+def cli_explain(run_dir: str | Path, inputs: list[str | Path], method: str | None = None,
+                target: str | None = None, out: str | Path | None = None, topk: int = 3,
+                texts: list[str] | None = None) -> None:
+    """``graft explain``: explain each input and print one line per image or text. ``out``
+    defaults to ``explain/<run folder name>`` under the current folder."""
     out_dir = Path(out) if out else Path("explain") / Path(run_dir).expanduser().resolve().name
-    records = explain_run(run_dir, inputs, method, target, out_dir=out_dir, topk=topk)
+    records = explain_run(run_dir, inputs, method, target, out_dir=out_dir, topk=topk,
+                          texts=texts)
     for r in records:
         f = r["faithfulness"]
         verdict = "better than" if f["beats_random"] else "NOT better than"
-        print(f"{r['overlay']}  predicted: {r['predicted']} ({r['prob']:.2f})  "
+        print(f"{r.get('overlay') or r['html']}  predicted: {r['predicted']} ({r['prob']:.2f})  "
               f"{r['method']} of {r['target']}: deletion AUC {f['deletion_auc']:.3f} vs random "
               f"{f['deletion_auc_random']:.3f} ({verdict} random)")
-    print(f"{len(records)} image(s) explained; overlays and JSON in {out_dir}")
+    if records and "html" in records[0]:
+        print(f"{len(records)} text(s) explained; HTML and JSON in {out_dir} (all: "
+              f"{out_dir / 'index.html'})")
+    else:
+        print(f"{len(records)} image(s) explained; overlays and JSON in {out_dir}")

@@ -6,6 +6,8 @@
                       calibration, model, input/output names and shapes, the parity check,
                       versions, the source run, the files with their sha256
       MODEL_CARD.md   data, model, training, metrics, calibration, robustness, limitations
+      reference.json  the model on the run's val split: graft serve's drift baseline (when the
+                      run's data was available to export)
 
 Importing this package is cheap and never imports torch: :mod:`graftkit.export.light` (the
 torch-free ONNX predictor) lives here too. The exporters load torch on first use.

@@ -21,6 +21,7 @@ from ..data.images import BadImage, load_image
 from ..data.transforms import eval_transform
 from ..errors import GraftError
 from ..evaluate.calibration import Calibration
+from ..evaluate.reference import REFERENCE
 from . import light
 from .formats import EXPORTERS, INPUT, MIN_OPSET, OUTPUT, Exporter, Runner
 
@@ -81,6 +82,10 @@ def export_run(run_dir: str | Path, fmt: str, out_dir: str | Path, overwrite: bo
 
         (tmp / CARD).write_text(render_card(run, bundle, out.name), encoding="utf-8")
         bundle["files"][CARD] = _file_info(tmp / CARD)
+        ref = _reference(run)
+        if ref is not None:  # graft serve's drift baseline travels with the model
+            (tmp / REFERENCE).write_text(json.dumps(ref, indent=2) + "\n")
+            bundle["files"][REFERENCE] = _file_info(tmp / REFERENCE)
         # Not rd.write_json: its temp file is private (0600); nobody sees tmp before _place.
         (tmp / light.BUNDLE_JSON).write_text(json.dumps(bundle, indent=2) + "\n")
         _place(tmp, out)
@@ -88,6 +93,17 @@ def export_run(run_dir: str | Path, fmt: str, out_dir: str | Path, overwrite: bo
         if tmp.exists():
             shutil.rmtree(tmp)
     return {**bundle, "path": str(out)}
+
+
+def _reference(run: Any) -> dict[str, Any] | None:
+    """The run's reference.json (computed from its validation split for an older run, without
+    writing to the run); None when that data is not available here."""
+    from ..evaluate.reference import ensure_reference
+
+    try:
+        return ensure_reference(run, write=False)
+    except GraftError:
+        return None
 
 
 def _check_out(out: Path, overwrite: bool, run_path: Path) -> None:

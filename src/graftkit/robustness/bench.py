@@ -147,8 +147,16 @@ def run_corruptions(predict_probs: PredictProbs, images: Sequence[Image.Image],
                 imgs = [Image.fromarray(a, mode="RGB") for a in batch]
                 correct[name][sev] += scored(_predict(predict_probs, imgs), start)
 
-    per = {name: {"severity": {str(sev): correct[name][sev] / n for sev in sevs}}
-           for name in names}
+    return summarize(correct, clean_correct, n, sevs, seed)
+
+
+def summarize(correct: dict[str, dict[int, int]], clean_correct: int, n: int, sevs: list[int],
+              seed: int) -> dict[str, Any]:
+    """The results dict of :func:`run_corruptions` from counts of correct predictions:
+    ``correct[name][severity]`` and ``clean_correct``, out of ``n`` each (text perturbations
+    are scored the same way)."""
+    per = {name: {"severity": {str(sev): c[sev] / n for sev in sevs}}
+           for name, c in correct.items()}
     for entry in per.values():
         entry["mean"] = float(np.mean(list(entry["severity"].values())))
     clean = clean_correct / n

@@ -1,11 +1,15 @@
 """Figures for the corruption benchmark, as PNG files (matplotlib, Agg backend, imported lazily).
 
-Each function takes results from :func:`graftkit.robustness.bench.run_corruptions` (or an image),
-writes one figure to ``path`` and returns the path.
+Each function takes results from :func:`graftkit.robustness.bench.run_corruptions` (or an image,
+or example perturbed texts), writes one figure to ``path`` and returns the path;
+:func:`text_examples_html` gives the text examples as an HTML table.
 """
 
 from __future__ import annotations
 
+import difflib
+import html
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -53,8 +57,9 @@ def plot_accuracy_vs_severity(results: dict[str, Any], path: str | Path) -> Path
             label=f"mean (mCA {results['mca']:.3f})")
     ax.axhline(results["clean_accuracy"], color="black", ls="--", lw=1.2,
                label=f"clean ({results['clean_accuracy']:.3f})")
+    what = "perturbation" if results.get("kind") == "perturbations" else "corruption"
     ax.set(xlabel="severity", ylabel="accuracy", ylim=(0, 1.02),
-           title=f"Accuracy under corruption (n={results['n']})")
+           title=f"Accuracy under {what} (n={results['n']})")
     ax.set_xticks([int(s) for s in sevs])
     ax.grid(alpha=0.3)
     ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=9, frameon=False)
@@ -103,3 +108,61 @@ def plot_examples(image: Image.Image, corruptions: list[str], severities: list[i
                 ax.set_title("clean" if c == 0 else f"severity {severities[c - 1]}", fontsize=10)
         axes[r][0].set_ylabel(_label(name), fontsize=10)
     return _save(fig, path)
+
+
+TEXT_CHARS = 110  # characters of a perturbed text shown per line of the PNG table
+
+
+def plot_text_examples(examples: list[dict[str, Any]], path: str | Path) -> Path:
+    """The first example text, then one line per perturbation x severity (monospace)."""
+    plt = _plt()
+    ex = examples[0]
+    lines = [("clean", ex["text"])] + [(f"{_label(name)} {sev}", t)
+                                       for name, by in ex["perturbed"].items()
+                                       for sev, t in by.items()]
+    width = max(len(label) for label, _ in lines)
+    fig, ax = plt.subplots(figsize=(12, 0.24 * len(lines) + 0.6))
+    ax.axis("off")
+    for i, (label, t) in enumerate(lines):
+        shown = textwrap.shorten(" ".join(t.split()), TEXT_CHARS, placeholder=" ...")
+        ax.text(0, 1 - (i + 0.5) / len(lines), f"{label:<{width}}  {shown}", family="monospace",
+                fontsize=8.5, va="center", color="black" if i else "#1f4e99",
+                fontweight="bold" if i == 0 else "normal", transform=ax.transAxes)
+    ax.set_title("Example perturbed text", fontsize=10, loc="left")
+    return _save(fig, path)
+
+
+def _marked(clean: str, perturbed: str) -> str:
+    """``perturbed``, HTML-escaped, with the words that differ from ``clean`` in <mark>."""
+    a, b = clean.split(), perturbed.split()
+    out = []
+    for op, _, _, j1, j2 in difflib.SequenceMatcher(a=a, b=b, autojunk=False).get_opcodes():
+        words = " ".join(html.escape(w) for w in b[j1:j2])
+        if words:
+            out.append(words if op == "equal" else f"<mark>{words}</mark>")
+    return " ".join(out)
+
+
+def text_examples_table(examples: list[dict[str, Any]]) -> str:
+    """An HTML ``<table>``: per example text, one row per perturbation, one column per
+    severity; changed words marked."""
+    rows = []
+    for ex in examples:
+        sevs = list(next(iter(ex["perturbed"].values())))
+        rows.append(f'<tr><th>clean</th><td colspan="{len(sevs)}">{html.escape(ex["text"])}'
+                    "</td></tr>")
+        rows.append("<tr><th></th>" + "".join(f"<th>severity {s}</th>" for s in sevs) + "</tr>")
+        for name, by in ex["perturbed"].items():
+            rows.append(f"<tr><th>{html.escape(_label(name))}</th>" + "".join(
+                f"<td>{_marked(ex['text'], t)}</td>" for t in by.values()) + "</tr>")
+    return ('<table class="text-examples">\n' + "\n".join(rows) + "\n</table>")
+
+
+def text_examples_html(examples: list[dict[str, Any]]) -> str:
+    """A self-contained page with :func:`text_examples_table`."""
+    style = ("body{font-family:system-ui,sans-serif;margin:2em}table{border-collapse:collapse}"
+             "td,th{border:1px solid #ccc;padding:4px 6px;vertical-align:top;font-size:0.9em;"
+             "text-align:left}mark{background:#fde68a}")
+    return (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>Perturbed '
+            f"texts</title><style>{style}</style></head><body>\n<h1>Perturbed texts</h1>\n"
+            f"{text_examples_table(examples)}\n</body></html>\n")

@@ -1,0 +1,83 @@
+"""Run a text classifier over perturbed copies of an evaluation set (the text counterpart of
+:func:`graftkit.robustness.bench.run_corruptions`, with the same results structure).
+
+Perturbing text is cheap next to running the encoder, so it happens in this process, batch by
+batch, with no worker pool.
+"""
+
+from __future__ import annotations
+
+import string
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConfigError
+from .bench import summarize
+from .corruptions import SEVERITIES
+from .perturbations import perturb, resolve_perturbations
+
+PredictTextProbs = Callable[[list[str]], np.ndarray]
+
+
+def _correct(predict_probs: PredictTextProbs, texts: list[str], targets: np.ndarray) -> int:
+    probs = np.asarray(predict_probs(texts))
+    if probs.ndim != 2 or probs.shape[0] != len(texts):
+        raise ValueError(f"predict_probs returned shape {probs.shape} for {len(texts)} texts; "
+                         "expected (N, classes)")
+    return int((probs.argmax(axis=1) == targets).sum())
+
+
+def run_perturbations(predict_probs: PredictTextProbs, texts: Sequence[str], targets: np.ndarray,
+                      perturbations: list[str], severities: list[int], seed: int = 0,
+                      batch_size: int = 64, progress: Callable[[int], None] | None = None
+                      ) -> dict[str, Any]:
+    """Accuracy of ``predict_probs`` (texts -> (N, K) probabilities) on clean and perturbed
+    copies of ``texts``; ``targets`` holds the N true class indices. ``progress(k)`` is called
+    after each batch of k texts; the total is ``n * (1 + cells)``. Returns the dict of
+    :func:`graftkit.robustness.bench.summarize` (perturbations under ``corruptions``)."""
+    names = resolve_perturbations(",".join(perturbations)) if perturbations else []
+    sevs = sorted(set(severities))
+    if not names or not sevs or any(s not in SEVERITIES for s in sevs):
+        raise ConfigError(f"need at least one perturbation and severities in 1-5; got "
+                          f"{perturbations!r} and {severities!r}")
+    targets = np.asarray(targets)
+    n = len(texts)
+    if n == 0 or targets.shape != (n,):
+        raise ValueError(f"need one target per text: {n} texts, targets of shape "
+                         f"{targets.shape}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+
+    def score(batch: list[str], start: int) -> int:
+        k = _correct(predict_probs, batch, targets[start:start + len(batch)])
+        if progress is not None:
+            progress(len(batch))
+        return k
+
+    texts = [str(t) for t in texts]
+    clean = sum(score(texts[s:s + batch_size], s) for s in range(0, n, batch_size))
+    correct = {name: dict.fromkeys(sevs, 0) for name in names}
+    for name in names:
+        for sev in sevs:
+            for s in range(0, n, batch_size):
+                batch = [perturb(t, name, sev, seed) for t in texts[s:s + batch_size]]
+                correct[name][sev] += score(batch, s)
+    return summarize(correct, clean, n, sevs, seed)
+
+
+def examples(texts: Sequence[str], perturbations: list[str], severities: list[int],
+             seed: int = 0, k: int = 1) -> list[dict[str, Any]]:
+    """``k`` texts as each perturbation leaves them at each severity (for the report):
+    ``[{"text", "perturbed": {name: {severity: text}}}]``. The first texts of 6-40 words with
+    punctuation and capitals are shown, so that every perturbation has something to change;
+    failing those, the first texts."""
+    def showy(t: str) -> bool:
+        return (6 <= len(t.split()) <= 40 and any(c in string.punctuation for c in t)
+                and any(c.isupper() for c in t))
+
+    chosen = ([t for t in texts if showy(t)] + [t for t in texts if not showy(t)])[:k]
+    return [{"text": t, "perturbed": {name: {str(s): perturb(t, name, s, seed) for s in severities}
+                                      for name in perturbations}}
+            for t in chosen]

@@ -1,0 +1,90 @@
+"""Request and response bodies of the HTTP API (pydantic; they are also its OpenAPI schema)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MAX_ITEMS = 64  # inputs per request; more is a 400 (send several requests)
+
+
+class PredictJSON(BaseModel):
+    """A JSON prediction request: base64-encoded image files (a ``data:`` URI prefix is
+    allowed) for an image model, or texts for a text model. Exactly one of the two."""
+
+    model_config = ConfigDict(extra="forbid")
+    images: list[str] | None = Field(None, max_length=MAX_ITEMS,
+                                     description="base64 image files (JPEG, PNG, ...)")
+    texts: list[str] | None = Field(None, max_length=MAX_ITEMS, description="texts to classify")
+
+
+class TopClass(BaseModel):
+    label: str
+    prob: float = Field(description="calibrated probability")
+
+
+class Prediction(BaseModel):
+    input: str = Field(description="the uploaded file's name, images[i], or the text")
+    label: str | None = Field(None, description="the decided class (classification)")
+    prob: float | None = Field(None, description="its calibrated probability")
+    top: list[TopClass] | None = Field(None, description="the top-k classes, most probable "
+                                       "first")
+    value: float | None = Field(None, description="the predicted value (regression)")
+
+
+class PredictResponse(BaseModel):
+    model: str
+    predictions: list[Prediction]
+
+
+class ExplainResponse(BaseModel):
+    input: str
+    label: str
+    prob: float
+    top: list[TopClass]
+    method: str
+    overlay: str = Field(description="PNG of the Grad-CAM heatmap over the image as the model "
+                         "saw it, as a data: URI (base64)")
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="machine-readable kind, e.g. bad_image, body_too_large")
+    message: str
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+class Health(BaseModel):
+    status: str
+
+
+class Ready(BaseModel):
+    status: str = Field(description="ready | loading | failed")
+    error: str | None = None
+
+
+class Info(BaseModel):
+    source: str = Field(description="run | onnx-bundle")
+    path: str
+    model: str
+    task: str
+    modality: str
+    classes: list[str]
+    explain: bool
+    auth: bool
+    topk: int
+    max_batch: int
+    max_body_bytes: int
+    max_pixels: int
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for the error statuses a route can answer with."""
+    words = {400: "client mistake (bad input)", 401: "missing or wrong bearer token",
+             413: "body or image too large", 415: "unsupported Content-Type",
+             501: "not available for this model", 503: "not ready or overloaded",
+             504: "timed out"}
+    return {c: {"model": ErrorBody, "description": words[c]} for c in codes}

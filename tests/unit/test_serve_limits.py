@@ -1,0 +1,219 @@
+"""graft serve's input limits and bind rules: body size counted on the stream (declared and
+chunked), the pixel limit checked on the header (bounded memory against decompression bombs),
+corrupt and unsupported files, loopback/token rules, the bearer check."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import struct
+import subprocess
+import sys
+import textwrap
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("starlette")
+from starlette.testclient import TestClient  # noqa: E402
+
+from graftkit.errors import GraftError  # noqa: E402
+from graftkit.serve.limits import BodyLimit, RequestRejected, decode_image  # noqa: E402
+from graftkit.serve.security import BearerAuth, check_bind, is_loopback  # noqa: E402
+
+
+def _echo_app(seen: list[int]):  # noqa: ANN202 - an ASGI app
+    """Reads the whole body and answers with its length; records how much it got."""
+
+    async def app(scope, receive, send):  # noqa: ANN001, ANN202
+        n, more = 0, True
+        while more:
+            msg = await receive()
+            n += len(msg.get("body", b""))
+            seen.append(n)
+            more = msg.get("more_body", False)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": str(n).encode()})
+
+    return app
+
+
+def test_body_limit_declared_length_is_refused_before_reading() -> None:
+    seen: list[int] = []
+    rejected: list[str] = []
+    client = TestClient(BodyLimit(_echo_app(seen), 1000, on_reject=rejected.append))
+    r = client.post("/", content=b"x" * 1001)
+    assert r.status_code == 413 and r.json()["error"]["code"] == "body_too_large"
+    assert seen == [] and rejected == ["body_too_large"]  # the app never ran
+    assert client.post("/", content=b"x" * 1000).text == "1000"
+
+
+def _stream(middleware, chunks: int, size: int = 1000) -> tuple[list[dict], int]:  # noqa: ANN001
+    """Drive ``middleware`` with a body sent in ``chunks`` messages and no Content-Length (as
+    a server hands over a chunked upload); returns what it sent and how many chunks it pulled."""
+    sent: list[dict] = []
+    pulled = 0
+
+    async def receive() -> dict:
+        nonlocal pulled
+        pulled += 1
+        return {"type": "http.request", "body": b"y" * size, "more_body": pulled < chunks}
+
+    async def send(msg: dict) -> None:
+        sent.append(msg)
+
+    scope = {"type": "http", "method": "POST", "path": "/", "headers": []}
+    asyncio.run(middleware(scope, receive, send))
+    return sent, pulled
+
+
+def test_body_limit_counts_chunked_uploads_on_the_stream() -> None:
+    seen: list[int] = []
+    sent, pulled = _stream(BodyLimit(_echo_app(seen), 10_000), chunks=1000)
+    assert sent[0]["status"] == 413
+    assert b"body_too_large" in sent[1]["body"]
+    assert pulled == 11  # stopped reading at the first chunk over the limit, not 1000 chunks
+    assert max(seen) == 10_000  # the app never saw the chunk that went over
+    seen.clear()
+    sent, pulled = _stream(BodyLimit(_echo_app(seen), 10_000), chunks=10)
+    assert sent[0]["status"] == 200 and sent[1]["body"] == b"10000"
+
+
+def test_body_limit_rejects_a_malformed_length() -> None:
+    client = TestClient(BodyLimit(_echo_app([]), 1000))
+    r = client.post("/", content=b"abc", headers={"content-length": "lots"})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "bad_request"
+
+
+def _png(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(
+        ">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+def bomb_png(width: int, height: int) -> bytes:
+    """A valid 8-bit grayscale PNG of zeros: tiny on the wire, width*height bytes decoded."""
+    z = zlib.compressobj(9)
+    row = b"\x00" * (width + 1)  # filter byte + pixels
+    data = b"".join(z.compress(row) for _ in range(height)) + z.flush()
+    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0,
+                                                              0, 0, 0))
+            + _chunk(b"IDAT", data) + _chunk(b"IEND", b""))
+
+
+def test_decode_image_converts_like_the_training_loader() -> None:
+    rgba = Image.new("RGBA", (20, 10), (255, 0, 0, 0))  # fully transparent: white, as in training
+    img = decode_image(_png(rgba))
+    assert img.mode == "RGB" and img.size == (20, 10)
+    assert np.asarray(img)[0, 0].tolist() == [255, 255, 255]
+    gray16 = Image.fromarray(np.full((4, 4), 65535, np.uint16))
+    assert np.asarray(decode_image(_png(gray16)))[0, 0].tolist() == [255, 255, 255]
+
+
+@pytest.mark.parametrize(("data", "status", "code"), [
+    (b"", 400, "bad_image"),
+    (b"hello, not an image", 400, "unsupported_type"),
+    (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n", 400, "unsupported_type"),
+    (b"%PDF-1.4\n1 0 obj\n", 400, "unsupported_type"),
+])
+def test_decode_image_refuses_non_images(data: bytes, status: int, code: str) -> None:
+    with pytest.raises(RequestRejected) as e:
+        decode_image(data)
+    assert (e.value.status, e.value.code) == (status, code)
+
+
+def test_decode_image_refuses_truncated_and_corrupt_files() -> None:
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8)).save(
+        buf, format="JPEG")
+    jpeg = buf.getvalue()
+    for data in (jpeg[: len(jpeg) // 2], jpeg[:200] + b"\x00" * 50 + jpeg[250:400]):
+        with pytest.raises(RequestRejected) as e:
+            decode_image(data)
+        assert e.value.status == 400 and e.value.code == "bad_image", e.value.message
+
+
+def test_pixel_limit_is_checked_on_the_header() -> None:
+    ok = bomb_png(100, 100)
+    assert decode_image(ok, max_pixels=10_000).size == (100, 100)
+    with pytest.raises(RequestRejected) as e:
+        decode_image(bomb_png(101, 100), max_pixels=10_000)
+    assert e.value.status == 413 and e.value.code == "too_many_pixels"
+    assert "101x100" in e.value.message
+
+
+def test_decompression_bomb_is_refused_with_bounded_memory(tmp_path) -> None:  # noqa: ANN001
+    """A 6000x6000 PNG of zeros (~35 kB) decodes to 36 MB gray, 108 MB RGB. Refused, the
+    process's peak memory barely moves; decoded (a higher limit, the control), it jumps."""
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(bomb_png(6000, 6000))
+    assert bomb.stat().st_size < 200_000
+    script = textwrap.dedent(f"""
+        import resource, sys
+        from graftkit.serve.limits import RequestRejected, decode_image
+        data = open({str(bomb)!r}, "rb").read()
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        try:
+            decode_image(data, max_pixels=int(sys.argv[1]))
+            outcome = "decoded"
+        except RequestRejected as e:
+            outcome = str(e.status)
+        after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        print(outcome, (after - before) / 1024)  # MB
+    """)
+
+    def peak_growth(max_pixels: int) -> tuple[str, float]:
+        out = subprocess.run([sys.executable, "-c", script, str(max_pixels)], check=True,
+                             capture_output=True, text=True).stdout.split()
+        return out[0], float(out[1])
+
+    outcome, grown = peak_growth(25_000_000)
+    assert outcome == "413" and grown < 10, grown
+    outcome, grown = peak_growth(40_000_000)  # the control: decoding it does cost memory
+    assert outcome == "decoded" and grown > 60, grown
+
+
+def test_pillows_own_bomb_limit_is_a_413_too() -> None:
+    with pytest.raises(RequestRejected) as e:  # over twice Pillow's MAX_IMAGE_PIXELS
+        decode_image(bomb_png(20_000, 10_000), max_pixels=10**12)
+    assert e.value.status == 413
+
+
+@pytest.mark.parametrize(("host", "loopback"), [
+    ("127.0.0.1", True), ("127.0.0.2", True), ("::1", True), ("[::1]", True),
+    ("localhost", True), ("0.0.0.0", False), ("::", False), ("192.168.1.20", False),
+    ("example.com", False)])
+def test_loopback_detection(host: str, loopback: bool) -> None:
+    assert is_loopback(host) is loopback
+
+
+def test_non_loopback_needs_a_token_or_insecure() -> None:
+    check_bind("127.0.0.1", None, False)
+    with pytest.raises(GraftError, match="--token"):
+        check_bind("0.0.0.0", None, False)
+    check_bind("0.0.0.0", None, True)
+    check_bind("0.0.0.0", "s" * 16, False)
+    with pytest.raises(GraftError, match="too short"):
+        check_bind("0.0.0.0", "short", False)
+
+
+def test_bearer_auth() -> None:
+    rejected: list[str] = []
+    token = "correct-horse-battery-staple"
+    client = TestClient(BearerAuth(_echo_app([]), token, on_reject=rejected.append))
+    assert client.post("/healthz").status_code == 200  # public
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": token},
+                    {"Authorization": f"Bearer {token}x"}, {"Authorization": f"Basic {token}"}):
+        r = client.post("/v1/predict", content=b"abc", headers=headers)
+        assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized"
+        assert r.headers["www-authenticate"].startswith("Bearer")
+    assert rejected == ["unauthorized"] * 5
+    r = client.post("/v1/predict", content=b"abc", headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == 200 and r.text == "3"
