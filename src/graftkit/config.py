@@ -9,6 +9,7 @@ Config stops at builder functions: components take plain arguments, never this o
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any, Literal
 
@@ -225,7 +226,7 @@ def build_config(
     base: dict[str, Any] | None = None,
 ) -> Config:
     """Merge base dict < YAML file < overrides, then validate."""
-    tree: dict[str, Any] = dict(base or {})
+    tree: dict[str, Any] = copy.deepcopy(base or {})  # overrides must not write into ``base``
     if file is not None:
         p = Path(file)
         if not p.is_file():

@@ -76,3 +76,13 @@ def test_shipped_configs_validate(path: Path) -> None:
 
 def test_default_yaml_is_the_default_config() -> None:
     assert build_config(ROOT / "configs" / "default.yaml") == Config()
+
+
+def test_overrides_never_write_into_the_base_tree() -> None:
+    """A search builds every trial's config from one base tree: a trial's override must not
+    leak into the next trial's."""
+    base = build_config(None, {"strategy.name": "linear_probe"}).model_dump()
+    first = build_config(None, {"strategy.name": "full", "train.augment": "strong"}, base=base)
+    second = build_config(None, {}, base=base)
+    assert first.strategy.name == "full" and first.train.augment == "strong"
+    assert second.strategy.name == "linear_probe" and second.train.augment == "auto"

@@ -128,3 +128,38 @@ def test_the_shipped_space_fits_the_modality(modality, allowed, banned) -> None:
         assert ("train.augment" in s) == tuned
         assert ("strategy.lora_r" in s) == (s["strategy.name"] == "lora")
     assert seen == allowed and not seen & banned
+
+
+def test_out_of_memory_retries_once_at_half_the_batch(monkeypatch, tmp_path) -> None:  # noqa: ANN001
+    """A CUDA OOM in a trial retries it at half the batch size; a second one fails the trial
+    with its reason (no GPU needed: the training call is replaced)."""
+    import graftkit.api as api
+    from graftkit.search.study import SearchSettings, TrialFailed, make_objective
+    from tests.conftest import shared_dataset
+
+    calls: list[int] = []
+
+    class FakeRun:
+        meta = {"best_value": 0.9, "best_epoch": 1}
+
+    def fake_train(cfg, out=None, **kw):  # noqa: ANN001, ANN003, ANN202
+        calls.append(cfg.data.batch_size)
+        if len(calls) == 1 or fail_twice:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return FakeRun()
+
+    monkeypatch.setattr(api, "train", fake_train)
+    s = SearchSettings(data=str(shared_dataset("hymenoptera_256")), study="t",
+                       overrides={"data.batch_size": 32})
+    objective = make_objective(s, parse_space({"optim.lr": {"value": 1e-3}}), tmp_path, None)
+    study = optuna.create_study(direction="maximize")
+    fail_twice = False
+    trial = study.ask()
+    assert objective(trial) == 0.9 and calls == [32, 16]
+    assert "batch size 16" in trial.user_attrs["note"]
+    calls.clear()
+    fail_twice = True
+    trial = study.ask()
+    with pytest.raises(TrialFailed, match="out of memory"):
+        objective(trial)
+    assert calls == [32, 16] and "out of memory" in trial.user_attrs["error"]
