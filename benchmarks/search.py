@@ -32,6 +32,8 @@ def main() -> None:
     ap.add_argument("--data", default="caltech101_10_160")
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--keep", default=None, help="keep the search folder here")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads per trial "
+                    "(default: torch's, one per core)")
     args = ap.parse_args()
 
     from graftkit.search.study import SearchSettings, search
@@ -40,7 +42,8 @@ def main() -> None:
         os.environ["GRAFT_CACHE_DIR"] = str(Path(tmp) / "cache")
         out = Path(args.keep) if args.keep else Path(tmp) / "search"
         s = SearchSettings(data=str(DATA_DIR / args.data), study=f"bench-{args.data}",
-                           trials=args.trials, workers=args.workers)
+                           trials=args.trials, workers=args.workers,
+                           overrides={"train.threads": args.threads} if args.threads else {})
         load_before = load_average()
         t0 = time.perf_counter()
         result = search(s, out)
@@ -68,6 +71,7 @@ def main() -> None:
                                                    and default >= 0.97))
     summary = {
         "data": args.data, "trials": args.trials, "workers": args.workers,
+        "threads": args.threads,
         "wall_s": wall, "target_wall_s": 1200, "load_average_before": load_before,
         "load_average_after": load_after,
         "best_value": result["best_value"], "best_params": result["best_params"],
