@@ -163,3 +163,22 @@ def test_out_of_memory_retries_once_at_half_the_batch(monkeypatch, tmp_path) -> 
     with pytest.raises(TrialFailed, match="out of memory"):
         objective(trial)
     assert calls == [32, 16] and "out of memory" in trial.user_attrs["error"]
+
+
+def test_prune_hook_spares_head_only_epochs() -> None:
+    from graftkit.search.study import Pruned, PruneHook
+
+    class Trial:
+        reported: list = []
+
+        def report(self, value, step):  # noqa: ANN001, ANN201
+            self.reported.append((step, value))
+
+        def should_prune(self):  # noqa: ANN201
+            return True
+
+    hook = PruneHook(Trial(), "accuracy")
+    hook.on_epoch_end(None, {"epoch": 1, "val_accuracy": 0.5, "unfrozen_blocks": 0})
+    with pytest.raises(Pruned):
+        hook.on_epoch_end(None, {"epoch": 2, "val_accuracy": 0.6, "unfrozen_blocks": 3})
+    assert Trial.reported == [(1, 0.5), (2, 0.6)]

@@ -79,7 +79,9 @@ class TrialFailed(Exception):
 
 
 class PruneHook:
-    """Reports the validation metric after every epoch; stops the run when the pruner says so."""
+    """Reports the validation metric after every epoch; stops the run when the pruner says so.
+    Head-only epochs (a linear probe, LP-FT's probe stage) are reported but never pruned: on
+    cached features they cost milliseconds, and a probe that starts slow often ends best."""
 
     def __init__(self, trial: Any, metric: str) -> None:
         self.trial, self.metric = trial, metric
@@ -89,7 +91,7 @@ class PruneHook:
 
     def on_epoch_end(self, state: Any, record: dict[str, Any]) -> None:
         self.trial.report(float(record[f"val_{self.metric}"]), step=record["epoch"])
-        if self.trial.should_prune():
+        if record.get("unfrozen_blocks", 1) > 0 and self.trial.should_prune():
             raise Pruned(record["epoch"])
 
     def on_train_end(self, state: Any) -> None:
