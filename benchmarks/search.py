@@ -8,11 +8,13 @@ states (complete / pruned / failed) and the time per strategy. The feature cache
 (a temporary GRAFT_CACHE_DIR), so the first linear-probe trial pays for the features.
 
     python benchmarks/search.py [--trials 20] [--data caltech101_10_160] [--workers 1]
+    python benchmarks/search.py --from-journal SEARCH_DIR   # record a search that was stopped
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import tempfile
 import time
@@ -34,7 +36,11 @@ def main() -> None:
     ap.add_argument("--keep", default=None, help="keep the search folder here")
     ap.add_argument("--threads", type=int, default=None, help="torch threads per trial "
                     "(default: torch's, one per core)")
+    ap.add_argument("--from-journal", default=None, help="summarise the journal of a search "
+                    "folder (kept with --keep) that was stopped before it finished")
     args = ap.parse_args()
+    if args.from_journal:
+        return from_journal(Path(args.from_journal), args)
 
     from graftkit.search.study import SearchSettings, search
 
@@ -83,6 +89,40 @@ def main() -> None:
     print(f"{args.data}: {args.trials} trials in {wall:.0f} s (load average {load_before:.1f} "
           f"-> {load_after:.1f}); best val accuracy {result['best_value']:.4f}, graft default "
           f"{default:.4f}, best searched trial {best_searched}; states {result['states']}")
+    print(f"written to {write_result('search', summary)}")
+
+
+def from_journal(out: Path, args: argparse.Namespace) -> None:
+    """The trials a stopped search finished, with when each ended (seconds since the first
+    started): what a killed benchmark run still tells."""
+    import optuna
+
+    from graftkit.search.storage import open_storage
+
+    settings = json.loads((out / "search.json").read_text())["settings"]
+    study = optuna.load_study(study_name=settings["study"], storage=open_storage(None, out))
+    trials = study.get_trials(deepcopy=False)
+    t0 = min(t.datetime_start for t in trials if t.datetime_start)
+    rows = [{"trial": t.number, "state": t.state.name.lower(), "value": t.value,
+             "strategy": (t.user_attrs.get("config") or {}).get("strategy.name",
+                                                                 "linear_probe (default)"),
+             "seconds": t.user_attrs.get("seconds"),
+             "ended_at_s": (t.datetime_complete - t0).total_seconds()
+             if t.datetime_complete else None} for t in trials]
+    done = [r for r in rows if r["ended_at_s"] is not None]
+    finished = [r for r in done if r["state"] == "complete"]
+    summary = {"data": Path(settings["data"]).name, "trials": settings["trials"],
+               "partial": True, "threads": settings["overrides"].get("train.threads"),
+               "finished_trials": len(done), "elapsed_s_at_last_finish":
+               max(r["ended_at_s"] for r in done),
+               "states": {st: sum(r["state"] == st for r in rows)
+                          for st in ("complete", "pruned", "fail", "running")},
+               "best_value": max(r["value"] for r in finished),
+               "default_value": next(r["value"] for r in finished if r["trial"] == 0),
+               "rows": rows}
+    print(f"{summary['data']}: {len(done)} of {settings['trials']} trials finished in "
+          f"{summary['elapsed_s_at_last_finish']:.0f} s; best {summary['best_value']:.4f}, "
+          f"graft default {summary['default_value']:.4f}; states {summary['states']}")
     print(f"written to {write_result('search', summary)}")
 
 
