@@ -47,6 +47,46 @@ def main() -> None:
                   f"{cf['ece_before']:.4f} → {cf['ece_after']:.4f} | "
                   f"{', '.join(r['sections_missing']) or 'none'} |")
         print(f"\n`benchmarks/calibration.py` on {machine_line(cal)}.\n")
+    text = load("text_accuracy")
+    if text:
+        print("| data | strategy | recipe | test accuracy | test macro-F1 | val accuracy | best "
+              "epoch | trained params | train time (wall) |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        order = {"linear_probe": 0, "lora": 1, "full": 2}
+        for r in sorted(text["rows"], key=lambda r: (r["data"], order.get(r["strategy"], 9),
+                                                     len(r["overrides"]))):
+            stages = ", ".join(f"{s['epochs']} ep lr {s['lr']:g}" for s in r["stages"])
+            over = {k: v for k, v in r["overrides"].items() if k != "train.threads"}
+            recipe = ("default" if not over else ", ".join(f"`{k}={v}`" for k, v in
+                                                           over.items())) + f" ({stages})"
+            print(f"| {r['data']} | {r['strategy']} | {recipe} | {r['test_accuracy']:.4f} | "
+                  f"{r['test_macro_f1']:.4f} | {r['val_accuracy']:.4f} | "
+                  f"{r['best_epoch']}/{r['epochs_run']} | {r['trainable_params']:,} "
+                  f"({100 * r['trainable_fraction']:.3g}%) | {r['train_s']:.0f} s "
+                  f"({r['wall_s']:.0f} s) |")
+        print(f"\n`benchmarks/text_accuracy.py` on {machine_line(text)}.\n")
+    rob = load("robustness")
+    if rob:
+        print("| data | method | clean accuracy | mCA | relative robustness | Δ mCA vs full | "
+              "Δ clean vs full | scored images | train time |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        for r in rob["rows"]:
+            alpha = f" (α = {r['wise_ft_alpha']:g})" if r.get("wise_ft_alpha") is not None \
+                else ""
+            deltas = "— | —" if r["method"] == "full" else (
+                f"{100 * r['d_mca_vs_full']:+.1f} pt | {100 * r['d_clean_vs_full']:+.1f} pt")
+            print(f"| {r['data']} | {r['method']}{alpha} | {r['clean_accuracy']:.4f} | "
+                  f"{r['mca']:.4f} | {r['relative_robustness']:.3f} | {deltas} | "
+                  f"{r['n']} | {r['train_s']:.0f} s |")
+        for data, d in rob["done_means"].items():
+            passing = [m for m, c in d["methods"].items() if c["passes"]]
+            print(f"\n{data}: done means ({d['criterion']}) "
+                  f"{'met by ' + ', '.join(passing) if passing else 'not met'}.", end="")
+        s = rob["rows"][0]["settings"]
+        print(f"\n\n`benchmarks/robustness.py`: {len(s['corruptions'])} corruptions x "
+              f"severit{'y' if len(s['severities']) == 1 else 'ies'} "
+              f"{', '.join(map(str, s['severities']))}, corruption seed {s['seed']}, on "
+              f"{machine_line(rob)}.\n")
     cache = load("linear_probe_cache")
     over = load("train_overhead")
     gpu = load("gpu_precision")
