@@ -85,7 +85,8 @@ def search(
                              "or --study NAME --storage URL to join one")
         out = out or Path(f"search-{study}")
         s, sp = settings_from_study(storage, study, out, heartbeat)
-        s.workers, s.trials = workers, trials or s.trials
+        # a joining worker runs the study's space as stored (its lr ranges already centred)
+        s.workers, s.trials, s.lr_find = workers, trials or s.trials, False
         out.mkdir(parents=True, exist_ok=True)
         tmp_space = out / "space.yaml"
         tmp_space.write_text(sp.to_yaml())

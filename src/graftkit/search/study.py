@@ -332,10 +332,10 @@ def search(s: SearchSettings, out: Path, space_file: str | Path | None = None,
             centre_space(space, s, out, quiet)
         out.mkdir(parents=True, exist_ok=True)
         (out / SPACE).write_text(space.to_yaml())
+    storage = open_storage(storage_url, out, s.heartbeat_s)  # a bad URL fails before any write
+    study = open_study(s, storage, space, create=True)
     rd.write_json(out / SETTINGS, {"settings": asdict(s), "storage": describe(storage_url, out),
                                    "storage_url": storage_url if _local(storage_url) else None})
-    storage = open_storage(storage_url, out, s.heartbeat_s)
-    study = open_study(s, storage, space, create=True)
     requeue_dead(study)
     if not quiet:
         from ..train.progress import console
@@ -382,6 +382,7 @@ def run_workers(s: SearchSettings, out: Path, storage_url: str | None, threads: 
     if quiet:
         cmd.append("--quiet")
     procs = [subprocess.Popen(cmd, env=env) for _ in range(s.workers)]
+    replacements = s.workers  # a worker that keeps dying is not restarted forever
     try:
         while procs:
             for p in list(procs):
@@ -391,7 +392,8 @@ def run_workers(s: SearchSettings, out: Path, storage_url: str | None, threads: 
                 procs.remove(p)
                 if code != 0:
                     requeue_dead(study, pids={p.pid})
-                    if counted(study) < s.trials:  # replace it: the study is not done
+                    if counted(study) < s.trials and replacements > 0:  # the study is not done
+                        replacements -= 1
                         procs.append(subprocess.Popen(cmd, env=env))
             time.sleep(0.5)
     except KeyboardInterrupt:
