@@ -91,6 +91,24 @@ def _predict(predict_probs: PredictProbs, images: list[Image.Image]) -> np.ndarr
     return probs.argmax(axis=1)
 
 
+def check_inputs(kind: str, item: str, names: list[str], given: Any, severities: list[int],
+                 n: int, targets: Any, batch_size: int) -> tuple[list[int], np.ndarray]:
+    """The checks shared by the image and text runners: at least one ``kind`` (corruption,
+    perturbation) and severities in 1-5, one target per ``item``, a positive batch size.
+    Returns the sorted severities and the targets as an array."""
+    sevs = sorted(set(severities))
+    if not names or not sevs or any(s not in SEVERITIES for s in sevs):
+        raise ConfigError(f"need at least one {kind} and severities in 1-5; got "
+                          f"{given!r} and {severities!r}")
+    targets = np.asarray(targets)
+    if n == 0 or targets.shape != (n,):
+        raise ValueError(f"need one target per {item}: {n} {item}s, targets of shape "
+                         f"{targets.shape}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    return sevs, targets
+
+
 def run_corruptions(predict_probs: PredictProbs, images: Sequence[Image.Image],
                     targets: np.ndarray, corruptions: list[str], severities: list[int],
                     seed: int = 0, workers: int | None = None, batch_size: int = 32,
@@ -108,17 +126,9 @@ def run_corruptions(predict_probs: PredictProbs, images: Sequence[Image.Image],
     ``severities`` and ``seed``.
     """
     names = resolve_corruptions(",".join(corruptions)) if corruptions else []
-    sevs = sorted(set(severities))
-    if not names or not sevs or any(s not in SEVERITIES for s in sevs):
-        raise ConfigError(f"need at least one corruption and severities in 1-5; got "
-                          f"{corruptions!r} and {severities!r}")
-    targets = np.asarray(targets)
+    sevs, targets = check_inputs("corruption", "image", names, corruptions, severities,
+                                 len(images), targets, batch_size)
     n = len(images)
-    if n == 0 or targets.shape != (n,):
-        raise ValueError(f"need one target per image: {n} images, targets of shape "
-                         f"{targets.shape}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     workers = (os.cpu_count() or 1) if workers is None else workers
     if workers < 0:
         raise ValueError(f"workers must be >= 0, got {workers}")

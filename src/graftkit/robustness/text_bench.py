@@ -13,9 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError
-from .bench import summarize
-from .corruptions import SEVERITIES
+from .bench import check_inputs, summarize
 from .perturbations import perturb, resolve_perturbations
 
 PredictTextProbs = Callable[[list[str]], np.ndarray]
@@ -38,17 +36,9 @@ def run_perturbations(predict_probs: PredictTextProbs, texts: Sequence[str], tar
     after each batch of k texts; the total is ``n * (1 + cells)``. Returns the dict of
     :func:`graftkit.robustness.bench.summarize` (perturbations under ``corruptions``)."""
     names = resolve_perturbations(",".join(perturbations)) if perturbations else []
-    sevs = sorted(set(severities))
-    if not names or not sevs or any(s not in SEVERITIES for s in sevs):
-        raise ConfigError(f"need at least one perturbation and severities in 1-5; got "
-                          f"{perturbations!r} and {severities!r}")
-    targets = np.asarray(targets)
+    sevs, targets = check_inputs("perturbation", "text", names, perturbations, severities,
+                                 len(texts), targets, batch_size)
     n = len(texts)
-    if n == 0 or targets.shape != (n,):
-        raise ValueError(f"need one target per text: {n} texts, targets of shape "
-                         f"{targets.shape}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
 
     def score(batch: list[str], start: int) -> int:
         k = _correct(predict_probs, batch, targets[start:start + len(batch)])
