@@ -54,8 +54,15 @@ def _lp_ft_copy(run_dir: Path, dest: Path) -> Path:
 
 
 def _completed(path: Path) -> bool:
-    meta = path / "meta.json"
-    return meta.is_file() and json.loads(meta.read_text()).get("status") == "completed"
+    """A finished run, whose WiSE-FT alpha (if any) is the one graft's current rule picks."""
+    from graftkit.train.wise_ft import pick_alpha
+
+    p = path / "meta.json"
+    meta = json.loads(p.read_text()) if p.is_file() else {}
+    wise = meta.get("wise_ft") or {}
+    if wise.get("sweep") and wise["alpha"] != pick_alpha(wise["sweep"]):
+        return False  # trained when graft broke alpha ties differently
+    return meta.get("status") == "completed"
 
 
 def per_class_subset(data: str, split: str, n: int, seed: int, work: Path) -> Path:

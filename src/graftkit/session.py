@@ -156,8 +156,8 @@ class Session:
 
     def _sweep_alpha(self, theta_0: dict[str, torch.Tensor], theta_1: dict[str, torch.Tensor]
                      ) -> tuple[float, list[dict[str, float]]]:
-        """Score alpha = 0, 0.1, ..., 1 on validation; the best objective wins (ties: lower
-        validation loss)."""
+        """Score alpha = 0, 0.1, ..., 1 on validation; the best objective wins (ties: see
+        ``wise_ft.pick_alpha``)."""
         s, objective = self.settings, self.cfg.train.wise_ft_objective
         val = self.spec.splits["val"]
         sets = {"clean": self.model.make_dataset(val, s.task)}
@@ -187,8 +187,7 @@ class Session:
             rows.append(row)
             self.reporter.line(f"  WiSE-FT alpha {a:.1f}: " + "  ".join(
                 f"{k.removeprefix('val_')} {v:.4f}" for k, v in row.items() if k != "alpha"))
-        best = max(rows, key=lambda r: (r["objective"], -r["val_loss"]))
-        return best["alpha"], rows
+        return wise_ft.pick_alpha(rows), rows
 
     def _calibrate(self, logits: torch.Tensor, targets: torch.Tensor) -> Calibration:
         if self.settings.task != "classification":

@@ -9,6 +9,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from graftkit.train.wise_ft import pick_alpha
+
 from .conftest import TINY, graft, read_history
 
 pytestmark = pytest.mark.integration
@@ -27,7 +29,9 @@ def test_wise_ft_mixes_probe_and_finetuned_weights(small_csv: Path, tmp_path: Pa
     meta = json.loads((out / "meta.json").read_text())
     alpha, sweep = meta["wise_ft"]["alpha"], meta["wise_ft"]["sweep"]
     assert [r["alpha"] for r in sweep] == [round(0.1 * i, 1) for i in range(11)]
-    assert alpha == max(sweep, key=lambda r: (r["objective"], -r["val_loss"]))["alpha"]
+    assert alpha == pick_alpha(sweep)
+    assert sweep[[r["alpha"] for r in sweep].index(alpha)]["objective"] == max(
+        r["objective"] for r in sweep)
     for k in moved:
         assert torch.allclose(mixed[k], (1 - alpha) * probe[k] + alpha * ft[k], atol=1e-6), k
     # alpha = 1 is the fine-tuned model: the sweep's end matches its validation score

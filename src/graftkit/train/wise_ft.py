@@ -23,6 +23,18 @@ ALPHAS = [round(0.1 * i, 1) for i in range(11)]
 OBJECTIVE_CORRUPTIONS = ("gaussian_noise", "defocus_blur", "fog", "jpeg_compression")
 
 
+def pick_alpha(rows: Sequence[dict[str, float]], tol: float = 1e-9) -> float:
+    """The swept alpha to keep: the best ``objective``; among alphas that tie on it (common on a
+    small validation split, where accuracy moves in steps of 1/n), the one nearest 0.5, then the
+    lower validation loss. Wortsman et al. found the middle of the path the most robust under
+    distribution shift at little cost in accuracy, while a tie broken by validation loss alone
+    tends to slide to alpha = 0 (the probe, whose loss is the smoothest) and so throws the
+    fine-tuning away."""
+    best = max(r["objective"] for r in rows)
+    tied = [r for r in rows if r["objective"] >= best - tol]
+    return min(tied, key=lambda r: (abs(r["alpha"] - 0.5), r["val_loss"], r["alpha"]))["alpha"]
+
+
 def interpolate(theta_0: dict[str, torch.Tensor], theta_1: dict[str, torch.Tensor], alpha: float
                 ) -> dict[str, torch.Tensor]:
     """``(1 - alpha) * theta_0 + alpha * theta_1`` for floating tensors (weights and BatchNorm
