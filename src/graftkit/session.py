@@ -227,8 +227,8 @@ def _stages(cfg: Config) -> list[Stage]:
     strat = STRATEGIES.get(cfg.strategy.name)
     params = StrategyParams(cfg.strategy.n_blocks, cfg.strategy.probe_epochs,
                             cfg.strategy.probe_lr, cfg.strategy.unfreeze_every)
-    return strat.plan(cfg.train.epochs or strat.default_epochs, cfg.optim.lr or strat.default_lr,
-                      params)
+    return strat.plan(cfg.train.epochs or strat.epochs_for(cfg.data.modality),
+                      cfg.optim.lr or strat.default_lr, params)
 
 
 def _loss(cfg: Config, spec: DataSpec) -> LossFn:

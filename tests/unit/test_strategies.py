@@ -100,3 +100,16 @@ def test_lora_trains_the_adapters_and_the_head_only() -> None:
     names = _trainable(model)
     assert names and all("lora_" in k or k.startswith("head.") for k in names)
     assert n <= 0.05 * sum(p.numel() for p in model.parameters())
+
+
+def test_full_defaults_to_fewer_epochs_on_text_models() -> None:
+    from graftkit.config import Config
+    from graftkit.session import _stages
+
+    def epochs(modality: str, **train) -> int:
+        cfg = Config.model_validate({"data": {"modality": modality}, "strategy": {"name": "full"},
+                                     "train": train})
+        return sum(s.epochs for s in _stages(cfg))
+
+    assert (epochs("image"), epochs("text"), epochs("text", epochs=7)) == (10, 3, 7)
+    assert STRATEGIES.get("lora").epochs_for("text") == 5

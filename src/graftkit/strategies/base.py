@@ -45,6 +45,10 @@ class Strategy:
     plan: Callable[[int, float, StrategyParams], list[Stage]]
     default_epochs: int
     default_lr: float
+    text_epochs: int | None = None  # default_epochs for a text model, when it differs
+
+    def epochs_for(self, modality: str) -> int:
+        return self.text_epochs if modality == "text" and self.text_epochs else self.default_epochs
 
 
 STRATEGIES: Registry[Strategy] = Registry("strategy")
