@@ -67,16 +67,21 @@ def main() -> None:
         print(f"\n`benchmarks/text_accuracy.py` on {machine_line(text)}.\n")
     rob = load("robustness")
     if rob:
+        sevs = sorted({int(k) for r in rob["rows"] for k in r["per_severity"]})
+        by_sev = len(sevs) > 1
         print("| data | method | clean accuracy | mCA | relative robustness | Δ mCA vs full | "
-              "Δ clean vs full | scored images | train time |")
-        print("|---|---|---|---|---|---|---|---|---|")
+              "Δ clean vs full |" + (f" mean accuracy at severity {', '.join(map(str, sevs))} |"
+                                     if by_sev else "") + " scored images | train time |")
+        print("|---|---|---|---|---|---|---|" + ("---|" if by_sev else "") + "---|---|")
         for r in rob["rows"]:
+            sev = (" / ".join(f"{r['per_severity'].get(str(k), float('nan')):.3f}"
+                              for k in sevs) + " | ") if by_sev else ""
             alpha = f" (α = {r['wise_ft_alpha']:g})" if r.get("wise_ft_alpha") is not None \
                 else ""
             deltas = "— | —" if r["method"] == "full" else (
                 f"{100 * r['d_mca_vs_full']:+.1f} pt | {100 * r['d_clean_vs_full']:+.1f} pt")
             print(f"| {r['data']} | {r['method']}{alpha} | {r['clean_accuracy']:.4f} | "
-                  f"{r['mca']:.4f} | {r['relative_robustness']:.3f} | {deltas} | "
+                  f"{r['mca']:.4f} | {r['relative_robustness']:.3f} | {deltas} | {sev}"
                   f"{r['n']} | {r['train_s']:.0f} s |")
         for data, d in rob["done_means"].items():
             passing = [m for m, c in d["methods"].items() if c["passes"]]
