@@ -28,6 +28,10 @@ def test_pick_alpha_breaks_ties_toward_the_middle_not_the_probe() -> None:
     acc = [0.95] + [0.90] * 9 + [0.95]
     assert pick_alpha(_sweep(acc, [0.2] + [0.3] * 9 + [0.1])) == 1.0
     assert pick_alpha(_sweep(acc, [0.1] + [0.3] * 9 + [0.2])) == 0.0
+    # 0.4 and 0.6 are equally near the middle (despite float rounding): the lower loss wins
+    acc = [0.9] * 4 + [0.95, 0.9, 0.95] + [0.9] * 4
+    assert pick_alpha(_sweep(acc, [0.3] * 6 + [0.2] + [0.3] * 4)) == 0.6
+    assert pick_alpha(_sweep(acc, [0.3] * 4 + [0.2] + [0.3] * 6)) == 0.4
     # a tie that excludes 0.5 goes to the nearest alpha
     acc = [0.9] * 6 + [0.95, 0.95, 0.95] + [0.9] * 2
     assert pick_alpha(_sweep(acc, [0.3] * 11)) == 0.6

@@ -27,12 +27,12 @@ def pick_alpha(rows: Sequence[dict[str, float]], tol: float = 1e-9) -> float:
     """The swept alpha to keep: the best ``objective``; among alphas that tie on it (common on a
     small validation split, where accuracy moves in steps of 1/n), the one nearest 0.5, then the
     lower validation loss. Wortsman et al. found the middle of the path the most robust under
-    distribution shift at little cost in accuracy, while a tie broken by validation loss alone
-    tends to slide to alpha = 0 (the probe, whose loss is the smoothest) and so throws the
-    fine-tuning away."""
+    distribution shift at little cost in accuracy; on hymenoptera's flat sweep a tie broken by
+    validation loss alone picked alpha = 0, the probe itself, and threw the fine-tuning away."""
     best = max(r["objective"] for r in rows)
     tied = [r for r in rows if r["objective"] >= best - tol]
-    return min(tied, key=lambda r: (abs(r["alpha"] - 0.5), r["val_loss"], r["alpha"]))["alpha"]
+    return min(tied, key=lambda r: (round(abs(r["alpha"] - 0.5), 6), r["val_loss"], r["alpha"])
+               )["alpha"]
 
 
 def interpolate(theta_0: dict[str, torch.Tensor], theta_1: dict[str, torch.Tensor], alpha: float
