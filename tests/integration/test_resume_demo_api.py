@@ -102,7 +102,9 @@ def test_ctrl_c_leaves_a_resumable_run(small_csv: Path, tmp_path: Path) -> None:
     args = ["--strategy", "full", "--epochs", "1000", *TINY]
     proc = subprocess.Popen([sys.executable, "-m", "graftkit.cli.main", "train", "--data",
                              str(small_csv), "--out", str(out), *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            # a terminal's Ctrl-C, even when CI started pytest with SIGINT ignored
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
         hist = out / "history.jsonl"
