@@ -47,7 +47,7 @@ def cross_fit_ece(logits: torch.Tensor, y: torch.Tensor, seed: int = 0) -> dict[
 
 def main() -> None:
     import graftkit
-    from graftkit.inference import _outputs, _run_split
+    from graftkit.inference import outputs, run_split
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--only", nargs="*", default=None, help="dataset:strategy pairs")
@@ -66,8 +66,8 @@ def main() -> None:
             eval_s = time.perf_counter() - t0
             page = Path(ev["report"]).read_text()
             figures = sorted(p.name for p in Path(ev["report"]).parent.glob("*.png"))
-            items, _, _ = _run_split(run.config, run.meta, "val")
-            logits, y = _outputs(run, items)
+            items, _, _ = run_split(run, "val")
+            logits, y = outputs(run, items)
             row = {"data": data, "strategy": strategy, "n_val": ev["n"],
                    "temperature": ev["calibration"]["temperature"],
                    "temperature_nll": ev["calibration"]["temperature_nll"],

@@ -49,7 +49,7 @@ def main() -> None:
     from graftkit.evaluate.calibration import Calibration
     from graftkit.export import BundlePredictor, export_run
     from graftkit.export.light import preprocess
-    from graftkit.inference import _run_split
+    from graftkit.inference import run_split
 
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["GRAFT_CACHE_DIR"] = tmp
@@ -61,7 +61,7 @@ def main() -> None:
         bundle = export_run(run.path, "onnx", Path(tmp) / "bundle")
         export_s = time.perf_counter() - t0
 
-        items, _, _ = _run_split(run.config, run.meta, "val")
+        items, _, _ = run_split(run, "val")
         paths = [p for p, _ in items]
         images = [load_image(p) for p in paths]
         tf, pre = eval_transform(run.model.data_config), run.meta["preprocessing"]

@@ -35,13 +35,15 @@ from _common import DATA_DIR, write_result
 def timed_fit(data: Path, epochs: int, cache: str, out: Path) -> tuple[float, float]:
     from graftkit.config import build_config
     from graftkit.run import prepare_out_dir
+    from graftkit.launch import monitor_metric, resolve_inputs
     from graftkit.session import build_session
 
     cfg = build_config(None, {"data.path": str(data), "strategy.name": "linear_probe",
                               "train.epochs": epochs, "train.feature_cache": cache,
                               "train.augment": "none"})
     prepare_out_dir(out, overwrite=False)
-    session = build_session(cfg, out, quiet=True)
+    cfg = resolve_inputs(cfg)
+    session = build_session(cfg, out, monitor_metric(cfg), quiet=True)
     t0 = time.perf_counter()
     session.fit()
     seconds = time.perf_counter() - t0

@@ -23,11 +23,12 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-class DataConfig(_Section):
+class DataSection(_Section):
     path: str | None = Field(None, description="image folder, CSV manifest (path,label), or a CSV "
                              "of labeled texts (text,label)")
-    modality: Literal["auto", "image", "text"] = Field(
-        "auto", description="auto: text for a CSV with the text column and no path column"
+    modality: str = Field(
+        "auto", description="auto | a registered modality (image, text); auto: text for a CSV "
+        "with the text column and no path column, else image"
     )
     val: str | None = Field(None, description="text: validation CSV (default: split from path)")
     test: str | None = Field(None, description="text: test CSV")
@@ -44,7 +45,7 @@ class DataConfig(_Section):
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes (0 = main process)")
 
     @model_validator(mode="after")
-    def _fractions(self) -> DataConfig:
+    def _fractions(self) -> DataSection:
         if self.val_fraction + self.test_fraction >= 0.9:
             raise ValueError("val_fraction + test_fraction must leave at least 10% for training")
         return self
@@ -168,7 +169,7 @@ class ReportConfig(_Section):
 
 class Config(_Section):
     task: Literal["classification", "regression"] = "classification"
-    data: DataConfig = DataConfig()
+    data: DataSection = DataSection()
     model: ModelConfig = ModelConfig()
     strategy: StrategyConfig = StrategyConfig()
     optim: OptimConfig = OptimConfig()

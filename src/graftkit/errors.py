@@ -21,3 +21,13 @@ class DataError(GraftError):
 
 class TrainingDiverged(GraftError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class BadInput(Exception):
+    """One input that cannot be used (a file that is no image, an empty text); ``reason`` is
+    short and human-readable, ``code`` says which kind (e.g. ``bad_image``, ``empty_text``,
+    ``too_many_pixels``: graft serve answers 413 for that one, 400 for the others)."""
+
+    def __init__(self, reason: str, code: str = "bad_input") -> None:
+        super().__init__(reason)
+        self.reason, self.code = reason, code

@@ -30,6 +30,13 @@ class Registry(Generic[T]):
 
         return deco
 
+    @property
+    def plural(self) -> str:
+        """``graft list``'s heading: strategies, losses, models."""
+        if self.kind.endswith("y"):
+            return self.kind[:-1] + "ies"
+        return self.kind + ("es" if self.kind.endswith("s") else "s")
+
     def get(self, name: str) -> T:
         try:
             return self._items[name]

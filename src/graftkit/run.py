@@ -8,9 +8,14 @@
       history.jsonl           one line per epoch
       data_report.json        counts per split/class, skipped files with reasons
       reference.json          the model on the val split: graft serve's drift baseline
+      text_model/             text runs: the encoder's config.json and the tokenizer files
       checkpoints/last.safetensors   resumable state (weights, optimizer, scheduler, counters)
+      checkpoints/probe.safetensors, finetuned.safetensors   WiSE-FT's two ends (lp_ft)
       eval/<name>/                   metrics.json, plots (PNG) and report.html of one split;
                                      written at the end of training and by `graft evaluate`
+      robustness/results.json        graft robustness (and its figures)
+
+Every one of these names is defined here, once.
 """
 
 from __future__ import annotations
@@ -31,10 +36,13 @@ CONFIG, META, WEIGHTS, METRICS, HISTORY, DATA_REPORT = (
     "data_report.json",
 )
 STATE = "checkpoints/last.safetensors"
+PROBE, FINETUNED = "checkpoints/probe.safetensors", "checkpoints/finetuned.safetensors"
+REFERENCE, TEXT_ASSETS, EVAL, REPORT = "reference.json", "text_model", "eval", "report.html"
+ROBUSTNESS, ROBUSTNESS_RESULTS = "robustness", "results.json"  # robustness/results.json
 # Everything a run writes at its top level; a folder holding only these is a graft run (perhaps
 # one that failed before writing meta.json) and may be replaced with --overwrite.
-OWN = {CONFIG, META, WEIGHTS, METRICS, HISTORY, DATA_REPORT, "checkpoints", "eval", "robustness",
-       "text_model", "reference.json"}
+OWN = {CONFIG, META, WEIGHTS, METRICS, HISTORY, DATA_REPORT, "checkpoints", EVAL, ROBUSTNESS,
+       TEXT_ASSETS, REFERENCE}
 
 
 _UMASK = os.umask(0)
@@ -120,7 +128,7 @@ def eval_dir(run: Path, data: str | Path, split: str, name: str | None = None) -
     and for ``graft evaluate``."""
     p = Path(data).resolve()
     base = f"{p.parent.name}-{p.stem}" if p.is_file() else p.name
-    return run / "eval" / safe_name(name or f"{base}-{split}")
+    return run / EVAL / safe_name(name or f"{base}-{split}")
 
 
 def truncate_history(path: Path, last_epoch: int) -> None:

@@ -13,23 +13,22 @@ from typing import Any
 
 import torch
 
+from . import modalities
 from . import run as rd
 from .config import Config, to_yaml
-from .data.sources import DataSpec, discover
-from .data.text_sources import discover_text
+from .data.sources import DataSpec
 from .errors import ConfigError, DataError
 from .evaluate.analysis import Analysis, analyze
 from .evaluate.calibration import Calibration, fit_calibration
-from .evaluate.metrics import LOWER_IS_BETTER
-from .models.vision import TimmAdapter, create_model, resolve_arch
-from .strategies import STRATEGIES, Stage, StrategyParams
+from .evaluate.metrics import LOWER_IS_BETTER, SUMMARY_METRICS
+from .modalities import Modality
+from .strategies import STRATEGIES, Stage, Strategy, StrategyParams
 from .train import hooks as H
 from .train import wise_ft
 from .train.checkpoint import load_weights, read_state_info, save_weights
 from .train.device import (
     resolve_channels_last,
     resolve_device,
-    resolve_eval_batch,
     resolve_precision,
 )
 from .train.loop import (
@@ -50,7 +49,9 @@ class Session:
     cfg: Config
     out: Path
     spec: DataSpec
-    model: TimmAdapter
+    modality: Modality
+    strategy: Strategy
+    model: Any  # a graftkit.models.base.ModelAdapter
     stages: list[Stage]
     loss_fn: LossFn
     settings: LoopSettings
@@ -86,18 +87,8 @@ class Session:
     def finish(self, seconds: float) -> None:
         """Reload the best weights, score every split, calibrate on validation, write
         metrics.json, the final meta and the evaluation report(s)."""
-        if getattr(self.model, "has_lora", False):  # merged: the run holds a plain model
-            from safetensors import safe_open
-
-            from .models.text import merge_lora
-
-            with safe_open(str(self.out / rd.WEIGHTS), "pt") as f:
-                merged = not any("lora_" in k for k in f.keys())  # a finish cut short
-            if not merged:
-                load_weights(self.model, self.out / rd.WEIGHTS)
-            merge_lora(self.model)
-            if not merged:
-                save_weights(self.model, self.out / rd.WEIGHTS)
+        if self.strategy.finalize is not None:  # e.g. LoRA: the run holds the merged model
+            self.strategy.finalize(self.model, self.out / rd.WEIGHTS)
         load_weights(self.model, self.out / rd.WEIGHTS)
         if self.cfg.train.wise_ft is not None:
             self._wise_ft(self.cfg.train.wise_ft)
@@ -129,7 +120,7 @@ class Session:
         if "val" in analyses and len(analyses["val"].targets):  # graft serve's drift baseline
             from .evaluate.reference import from_analysis, write_reference
 
-            write_reference(self.out, from_analysis(analyses["val"], self.cfg.data.modality))
+            write_reference(self.out, from_analysis(analyses["val"], self.modality))
         self._summary(metrics, meta["train_time_s"])
         if self.cfg.report.enabled:
             self._reports(analyses, meta)
@@ -162,7 +153,7 @@ class Session:
         val = self.spec.splits["val"]
         sets = {"clean": self.model.make_dataset(val, s.task)}
         if objective == "clean+corruption":
-            sets.update(wise_ft.corrupted_sets(self.model, val, s.task, self.cfg.train.seed))
+            sets.update(self.modality.corrupted_sets(self.model, val, s.task, self.cfg.train.seed))
         rows = []
         for a in wise_ft.ALPHAS:
             self.model.load_state_dict(wise_ft.interpolate(theta_0, theta_1, a))
@@ -200,21 +191,26 @@ class Session:
         return cal
 
     def _reports(self, analyses: dict[str, Analysis], meta: dict[str, Any]) -> None:
-        """The report of the validation split, and of the test split when there is one."""
-        from .evaluate.report import REPORT, write_eval
+        """The report of the validation split, and of the test split when there is one; its
+        gallery is drawn with the model in memory."""
+        from .evaluate.report import write_eval
 
-        data = self.cfg.data.path or ""
+        data, cal = self.cfg.data.path or "", Calibration.from_meta(meta)
+        model = self.model.cpu().to(memory_format=torch.channels_last)
+
+        def gallery(examples: list[dict[str, Any]], out: Path) -> list[dict[str, Any]]:
+            return self.modality.gallery(examples, model, list(self.spec.classes), cal, out)
+
         for split in ("val", "test"):
             if split in analyses and len(analyses[split].targets):
                 out = rd.eval_dir(self.out, data, split)
                 write_eval(out, analyses[split], self.out, meta,
                            {"data": data, "split": split, "n_skipped": len(self.spec.skipped)},
-                           top_losses=self.cfg.report.top_losses)
-                self.reporter.line(f"  report: {out / REPORT}")
+                           top_losses=self.cfg.report.top_losses, gallery=gallery)
+                self.reporter.line(f"  report: {out / rd.REPORT}")
 
     def _summary(self, metrics: dict[str, Any], seconds: float) -> None:
-        keys = ["rmse", "mae", "r2"] if self.cfg.task == "regression" else [
-            "accuracy", "macro_f1"]
+        keys = SUMMARY_METRICS[self.cfg.task]
         for split in ("train", "val", "test"):
             if split in metrics:
                 vals = "  ".join(f"{k} {metrics[split][k]:.4f}" for k in keys)
@@ -223,12 +219,16 @@ class Session:
                            f"{metrics['best_epoch']}; run directory: {self.out}")
 
 
-def _stages(cfg: Config) -> list[Stage]:
-    strat = STRATEGIES.get(cfg.strategy.name)
-    params = StrategyParams(cfg.strategy.n_blocks, cfg.strategy.probe_epochs,
-                            cfg.strategy.probe_lr, cfg.strategy.unfreeze_every)
+def _strategy_params(cfg: Config) -> StrategyParams:
+    st = cfg.strategy
+    return StrategyParams(st.n_blocks, st.probe_epochs, st.probe_lr, st.unfreeze_every,
+                          st.lora_r, st.lora_alpha, st.lora_dropout,
+                          tuple(st.lora_targets) if st.lora_targets else None)
+
+
+def _stages(cfg: Config, strat: Strategy) -> list[Stage]:
     return strat.plan(cfg.train.epochs or strat.epochs_for(cfg.data.modality),
-                      cfg.optim.lr or strat.default_lr, params)
+                      cfg.optim.lr or strat.default_lr, _strategy_params(cfg))
 
 
 def _loss(cfg: Config, spec: DataSpec) -> LossFn:
@@ -247,28 +247,19 @@ def _loss(cfg: Config, spec: DataSpec) -> LossFn:
                       focal_gamma=cfg.loss.focal_gamma, huber_delta=cfg.loss.huber_delta)
 
 
-def build_session(cfg: Config, out: Path, quiet: bool = False, resuming: bool = False) -> Session:
-    from .api import monitor_metric
-
+def build_session(cfg: Config, out: Path, monitor: str, quiet: bool = False,
+                  resuming: bool = False) -> Session:
+    """``cfg`` validated and resolved (``graftkit.launch``); ``monitor`` the validation metric
+    that selects the best epoch."""
     reporter = Reporter(quiet)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     torch.manual_seed(cfg.train.seed)
     device = resolve_device(cfg.train.device)
     amp = resolve_precision(cfg.train.precision, device)
-    d = cfg.data
+    d, modality = cfg.data, modalities.get(cfg.data.modality)
     reporter.line(f"[bold]data[/] {d.path}")
-    text = d.modality == "text"
-    if text:
-        spec = discover_text(d.path or "", val=d.val, test=d.test, task=cfg.task,
-                             text_column=d.text_column, label_column=d.label_column,
-                             val_fraction=d.val_fraction, test_fraction=d.test_fraction,
-                             seed=d.split_seed)
-    else:
-        spec = discover(d.path or "", task=cfg.task, val_fraction=d.val_fraction,
-                        test_fraction=d.test_fraction, seed=d.split_seed,
-                        path_column=d.path_column, label_column=d.label_column,
-                        progress=reporter)
+    spec = modality.discover(d, cfg.task, progress=reporter)
     reporter.line(_data_line(spec))
     for item in spec.skipped[:5]:
         reporter.warn(f"skipped {item['path']}: {item['reason']}")
@@ -281,15 +272,12 @@ def build_session(cfg: Config, out: Path, quiet: bool = False, resuming: bool = 
     n_out = 1 if cfg.task == "regression" else len(spec.classes)
     m = cfg.model
     reporter.line(f"[bold]model[/] {m.name}  [bold]strategy[/] {cfg.strategy.name}")
-    report = spec.report()
-    if text:
-        model, report["text"] = _text_model(cfg, spec, n_out, out, resuming)
-    else:
-        model = create_model(m.name or "", n_out, pretrained=m.pretrained and not resuming,
-                             weights=None if resuming else m.weights, dropout=m.dropout,
-                             image_size=m.image_size)
-    rd.write_json(out / rd.DATA_REPORT, report)
-    stages = _stages(cfg)
+    model, about_model = modality.create_model(m, spec, n_out, out, resuming)
+    strat = STRATEGIES.get(cfg.strategy.name)
+    if strat.prepare is not None:  # e.g. LoRA wraps the model with its adapters
+        strat.prepare(model, _strategy_params(cfg))
+    rd.write_json(out / rd.DATA_REPORT, {**spec.report(), **about_model})
+    stages = _stages(cfg, strat)
     if cfg.train.wise_ft is not None and not (
             len(stages) > 1 and stages[0].head_only and not stages[-1].head_only):
         raise ConfigError("config key 'train.wise_ft': WiSE-FT mixes a linear probe with its "
@@ -297,14 +285,13 @@ def build_session(cfg: Config, out: Path, quiet: bool = False, resuming: bool = 
     ts = spec.target_stats
     settings = LoopSettings(
         task=cfg.task, classes=spec.classes, batch_size=d.batch_size, num_workers=d.num_workers,
-        eval_batch_size=(d.eval_batch_size or 2 * d.batch_size) if text else resolve_eval_batch(
-            d.eval_batch_size, device, d.batch_size),
+        eval_batch_size=modality.eval_batch(d, device),
         augment=cfg.train.augment, optimizer=cfg.optim.name, weight_decay=cfg.optim.weight_decay,
         momentum=cfg.optim.momentum, nesterov=cfg.optim.nesterov,
         layer_decay=cfg.strategy.layer_decay, schedule=cfg.optim.schedule,
         warmup_epochs=cfg.optim.warmup_epochs, step_size=cfg.optim.step_size,
         gamma=cfg.optim.gamma, grad_clip=cfg.train.grad_clip, accumulate=cfg.train.accumulate,
-        mixup=cfg.train.mixup, cutmix=cfg.train.cutmix, monitor=monitor_metric(cfg),
+        mixup=cfg.train.mixup, cutmix=cfg.train.cutmix, monitor=monitor,
         seed=cfg.train.seed, device=device, amp_dtype=amp,
         channels_last=resolve_channels_last(cfg.train.channels_last, device),
         feature_cache=cfg.train.feature_cache, freeze_bn=cfg.train.freeze_bn, topk=cfg.train.topk,
@@ -324,42 +311,10 @@ def build_session(cfg: Config, out: Path, quiet: bool = False, resuming: bool = 
             reporter.warn("the data changed since this run started; resuming on the new data")
     else:
         (out / rd.CONFIG).write_text(to_yaml(cfg))
-        rd.write_json(out / rd.META, _meta(cfg, spec, model, stages, data.fingerprint, settings))
-    return Session(cfg, out, spec, model, stages, _loss(cfg, spec), settings, data, reporter,
-                   resume_info)
-
-
-def _text_model(cfg: Config, spec: DataSpec, n_out: int, out: Path, resuming: bool
-                ) -> tuple[Any, dict[str, Any]]:
-    """The text adapter (LoRA applied for the lora strategy), its max length chosen from the
-    training texts unless set, its tokenizer/config saved in the run; and the token statistics
-    of every split for the data report."""
-    from .data.text import text_stats, token_lengths
-    from .models.text import (
-        TextDataConfig,
-        apply_lora,
-        choose_max_length,
-        create_text_model,
-        save_text_assets,
-    )
-
-    m, st = cfg.model, cfg.strategy
-    model = create_text_model(m.name or "", n_out, pretrained=m.pretrained and not resuming,
-                              dropout=m.dropout, max_length=m.max_length, pooling=m.pooling)
-    if resuming:  # the length the run started with
-        saved = TextDataConfig.from_dict(rd.read_json(out / rd.META)["preprocessing"])
-        model.set_max_length(saved.max_length)
-    elif m.max_length is None:
-        lengths = token_lengths([t for t, _ in spec.splits["train"]], model.tokenizer)
-        model.set_max_length(choose_max_length(lengths, model.max_positions))
-    if st.name == "lora":
-        apply_lora(model, st.lora_r, st.lora_alpha, st.lora_dropout, st.lora_targets)
-    if not resuming:
-        save_text_assets(model, out)
-    n = model.data_config.max_length
-    stats = {split: text_stats([t for t, _ in items], model.tokenizer, n)
-             for split, items in spec.splits.items()}
-    return model, {"max_length": n, "tokens": stats}
+        rd.write_json(out / rd.META, _meta(cfg, spec, modality, model, stages, data.fingerprint,
+                                           settings))
+    return Session(cfg, out, spec, modality, strat, model, stages, _loss(cfg, spec), settings,
+                   data, reporter, resume_info)
 
 
 def _data_line(spec: DataSpec) -> str:
@@ -368,8 +323,8 @@ def _data_line(spec: DataSpec) -> str:
     return f"  {spec.layout}: {what}; {counts}; {len(spec.skipped)} files skipped"
 
 
-def _meta(cfg: Config, spec: DataSpec, model: TimmAdapter, stages: list[Stage], fingerprint: str,
-          s: LoopSettings) -> dict[str, Any]:
+def _meta(cfg: Config, spec: DataSpec, modality: Modality, model: Any, stages: list[Stage],
+          fingerprint: str, s: LoopSettings) -> dict[str, Any]:
     return {
         "format": 1,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -379,8 +334,7 @@ def _meta(cfg: Config, spec: DataSpec, model: TimmAdapter, stages: list[Stage], 
         "num_outputs": 1 if cfg.task == "regression" else len(spec.classes),
         "target_stats": spec.target_stats,
         "modality": spec.modality,
-        "model": {"name": cfg.model.name, "arch": cfg.model.name if spec.modality == "text"
-                  else resolve_arch(cfg.model.name or ""),
+        "model": {"name": cfg.model.name, "arch": modality.arch(cfg.model.name or ""),
                   "dropout": cfg.model.dropout, "num_features": model.num_features,
                   "total_params": sum(p.numel() for p in model.parameters()),
                   "weights": cfg.model.weights, "pretrained": cfg.model.pretrained},

@@ -90,6 +90,9 @@ def test_search_leaves_a_leaderboard_a_usable_best_run_plots_and_a_summary(
     others = [out / "trials" / f"{int(r['trial']):04d}" for r in rows[1:]]
     assert all((d / "history.jsonl").is_file() for d in others)
     assert not any((d / "model.safetensors").exists() for d in others)
+    assert not any((d / "checkpoints" / "last.safetensors").exists() for d in others)
+    assert (out / "trials" / f"{int(rows[0]['trial']):04d}" / "model.safetensors").is_file()
+    assert (out / "best" / "model.safetensors").is_file()
     assert (out / "plots" / "optimization_history.png").stat().st_size > 1000
     html = (out / "summary.html").read_text()
     assert html.count("data:image/png;base64,") >= 1 and 'id="leaderboard"' in html

@@ -34,6 +34,7 @@ from graftkit.explain import (
     overlay,
 )
 from graftkit.explain.methods import cam_layer
+from graftkit.inference import LoadedRun
 from graftkit.models.vision import TimmAdapter, create_model
 from graftkit.train.checkpoint import save_weights
 from tests.conftest import shared_dataset
@@ -300,7 +301,9 @@ def test_gradcam_overlays_for_the_report(cnn, photos, tmp_path):
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"not a jpeg")
     items = [str(photos[0][0]), str(bad), str(photos[-1][0])]
-    out = gradcam_overlays(run, items, tmp_path / "cams")
+    loaded = LoadedRun(run)
+    out = gradcam_overlays(loaded.model, loaded.classes, loaded.calibration, items,
+                           tmp_path / "cams")
     assert list(out) == [items[0], items[2]]  # the unreadable one is left out
     assert all(p.is_file() and p.suffix == ".png" for p in out.values())
 

@@ -131,7 +131,7 @@ def test_bundle_predictor_matches_run_predict(tiny_run: Path, onnx_bundle: Path)
 
 def test_bundle_predictor_decides_like_graftkit(tiny_run: Path, onnx_bundle: Path) -> None:
     from graftkit.evaluate.calibration import Calibration
-    from graftkit.inference import _describe
+    from graftkit.inference import describe as _describe
 
     pred = BundlePredictor(onnx_bundle)
     x = np.stack([preprocess(Image.open(f).convert("RGB"), pred.preprocessing)
@@ -144,14 +144,14 @@ def test_bundle_predictor_decides_like_graftkit(tiny_run: Path, onnx_bundle: Pat
         cal = Calibration.from_meta(meta)
         for row in logits:
             want = _describe("x", torch.from_numpy(row), meta, 2, cal)
-            got = pred._describe("x", row, 2)
+            got = pred.describe("x", row, 2)
             assert got["label"] == want["label"] and abs(got["prob"] - want["prob"]) < 1e-6
     # A regression bundle: the first output, de-standardised.
     pred.task, pred.bundle["target_stats"] = "regression", {"mean": 12.5, "std": 3.0}
     meta.update(task="regression", target_stats=pred.bundle["target_stats"])
     for row in logits:
         want = _describe("x", torch.from_numpy(row), meta, 2, Calibration())
-        assert pred._describe("x", row, 2) == pytest.approx(want)
+        assert pred.describe("x", row, 2) == pytest.approx(want)
 
 
 def test_light_predictor_imports_no_torch(tiny_run: Path, onnx_bundle: Path) -> None:
@@ -265,6 +265,7 @@ def test_bad_requests(tiny_run: Path, tmp_path: Path, monkeypatch: pytest.Monkey
     with pytest.raises(GraftError, match="has not completed"):
         export_run(stopped, "onnx", tmp_path / "x")
     meta["preprocessing"] = {"kind": "text", "tokenizer": "bert", "max_length": 64}
+    meta["modality"] = "text"
     (stopped / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(GraftError, match="writes image models; .* has a text model"):
         export_run(stopped, "onnx", tmp_path / "x")

@@ -133,7 +133,7 @@ def test_the_shipped_space_fits_the_modality(modality, allowed, banned) -> None:
 def test_out_of_memory_retries_once_at_half_the_batch(monkeypatch, tmp_path) -> None:  # noqa: ANN001
     """A CUDA OOM in a trial retries it at half the batch size; a second one fails the trial
     with its reason (no GPU needed: the training call is replaced)."""
-    import graftkit.api as api
+    import graftkit.launch as launch
     from graftkit.search.study import SearchSettings, TrialFailed, make_objective
     from tests.conftest import shared_dataset
 
@@ -148,7 +148,7 @@ def test_out_of_memory_retries_once_at_half_the_batch(monkeypatch, tmp_path) -> 
             raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return FakeRun()
 
-    monkeypatch.setattr(api, "train", fake_train)
+    monkeypatch.setattr(launch, "train", fake_train)
     s = SearchSettings(data=str(shared_dataset("hymenoptera_256")), study="t",
                        overrides={"data.batch_size": 32})
     objective = make_objective(s, parse_space({"optim.lr": {"value": 1e-3}}), tmp_path, None)

@@ -26,6 +26,7 @@ from starlette.testclient import TestClient  # noqa: E402
 
 from graftkit.errors import GraftError  # noqa: E402
 from graftkit.evaluate.reference import build_reference  # noqa: E402
+from graftkit.modalities import get as get_modality  # noqa: E402
 from graftkit.serve import create_app  # noqa: E402
 from graftkit.serve.app import Settings  # noqa: E402
 
@@ -39,7 +40,7 @@ class ColourModel:
     source, name, path, explainable = "run", "colour", Path("/nowhere"), False
 
     def __init__(self, modality: str = "image", delay: float = 0.0) -> None:
-        self.modality, self.task = modality, "classification"
+        self.modality, self.task = get_modality(modality), "classification"
         self.classes = ["short", "long"] if modality == "text" else list(COLOURS)
         self.delay, self.sizes = delay, []
         self.loaded = threading.Event()
@@ -54,7 +55,7 @@ class ColourModel:
         self.loaded.set()
 
     def prepare(self, item: Any) -> np.ndarray:
-        if self.modality == "text":
+        if self.modality.name == "text":
             return np.array([10.0 - len(item), len(item) - 10.0])
         return np.asarray(item, np.float32).mean((0, 1)) / 20  # (3,) logits
 
@@ -82,8 +83,8 @@ class ColourModel:
         pred = np.arange(60) % k
         probs = np.full((60, k), 0.01)
         probs[np.arange(60), pred] = 0.98
-        return build_reference("classification", self.modality, self.classes, [], pred, probs,
-                               pred)
+        return build_reference("classification", self.modality.name, self.classes,
+                               self.modality.input_reference([]), pred, probs, pred)
 
     def explain(self, image: Any, topk: int) -> dict[str, Any]:
         raise GraftError("no")

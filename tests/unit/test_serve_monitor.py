@@ -9,14 +9,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from graftkit.evaluate.reference import (
-    build_reference,
-    image_stats,
-    read_reference,
-    text_stats,
-    write_reference,
-)
+from graftkit.evaluate.reference import build_reference, read_reference, write_reference
+from graftkit.modalities import get
+from graftkit.modalities.image import image_stats
+from graftkit.modalities.text import text_stats
 from graftkit.serve.monitor import Monitor, psi
+
+IMAGE, TEXT = get("image"), get("text")
 
 CLASSES = ["ants", "bees", "wasps"]
 
@@ -49,7 +48,8 @@ def _reference(tmp_path) -> dict:  # noqa: ANN001
         Image.fromarray(rng.integers(shade - 20, shade + 21, (40 + 20 * (i % 2), 50, 3),
                                      np.uint8)).save(p)
         images.append(str(p))
-    return build_reference("classification", "image", CLASSES, images, targets, probs, pred)
+    return build_reference("classification", "image", CLASSES, IMAGE.input_reference(images),
+                           targets, probs, pred)
 
 
 def test_reference_summarises_validation_predictions(tmp_path) -> None:  # noqa: ANN001
@@ -72,12 +72,14 @@ def test_reference_summarises_validation_predictions(tmp_path) -> None:  # noqa:
 
 def test_text_and_regression_references() -> None:
     texts = ["a b c", "hello there", "x"]
-    ref = build_reference("classification", "text", ["p", "n"], texts, np.array([0, 1, 0]),
+    ref = build_reference("classification", "text", ["p", "n"], TEXT.input_reference(texts),
+                          np.array([0, 1, 0]),
                           np.array([[0.8, 0.2], [0.3, 0.7], [0.6, 0.4]]), np.array([0, 1, 0]))
     assert ref["inputs"]["words"]["mean"] == pytest.approx(2)
     assert ref["inputs"]["chars"]["mean"] == pytest.approx(17 / 3)
     assert text_stats("two words") == {"chars": 9.0, "words": 2.0}
-    reg = build_reference("regression", "text", [], texts, np.array([1.0, 2.0, 3.0]),
+    reg = build_reference("regression", "text", [], TEXT.input_reference(texts),
+                          np.array([1.0, 2.0, 3.0]),
                           pred=np.array([1.0, 2.0, 3.0]))
     assert reg["value"]["mean"] == 2.0 and "predicted" not in reg
 
@@ -90,14 +92,14 @@ def _feed(monitor: Monitor, labels: list[str], prob: float, shade: int) -> None:
 
 def test_monitor_moves_when_only_one_class_is_served(tmp_path) -> None:  # noqa: ANN001
     ref = _reference(tmp_path)
-    like_val = Monitor(CLASSES, "classification", "image", ref)
+    like_val = Monitor(CLASSES, "classification", IMAGE.stat_keys, ref)
     _feed(like_val, CLASSES * 20, 0.9, 128)
     r = like_val.report()
     assert r["n"] == 60 and r["status"] == "stable"
     assert r["classes"]["psi"] < 0.01 and abs(r["confidence"]["shift"]) < 1e-9
     assert abs(r["inputs"]["brightness"]["shift_std"]) < 0.1
 
-    one_class = Monitor(CLASSES, "classification", "image", ref)
+    one_class = Monitor(CLASSES, "classification", IMAGE.stat_keys, ref)
     _feed(one_class, ["bees"] * 60, 0.55, 20)  # only bees, unsure, dark images
     r = one_class.report()
     assert r["classes"]["live"] == {"ants": 0.0, "bees": 1.0, "wasps": 0.0}
@@ -109,13 +111,13 @@ def test_monitor_moves_when_only_one_class_is_served(tmp_path) -> None:  # noqa:
 
 
 def test_monitor_needs_data_and_a_reference(tmp_path) -> None:  # noqa: ANN001
-    m = Monitor(CLASSES, "classification", "image", _reference(tmp_path), window=50)
+    m = Monitor(CLASSES, "classification", IMAGE.stat_keys, _reference(tmp_path), window=50)
     _feed(m, ["ants"] * 10, 0.9, 128)
     assert m.report()["status"] == "insufficient_data"
     _feed(m, ["bees"] * 100, 0.9, 128)  # the window keeps the last 50
     r = m.report()
     assert r["n"] == 50 and r["total"] == 110 and r["classes"]["live"]["bees"] == 1.0
-    bare = Monitor(CLASSES, "classification", "image")
+    bare = Monitor(CLASSES, "classification", IMAGE.stat_keys)
     bare.set_reference(None, "no validation data here")
     _feed(bare, ["ants"] * 40, 0.9, 128)
     r = bare.report()

@@ -109,7 +109,7 @@ def test_full_defaults_to_fewer_epochs_on_text_models() -> None:
     def epochs(modality: str, **train) -> int:
         cfg = Config.model_validate({"data": {"modality": modality}, "strategy": {"name": "full"},
                                      "train": train})
-        return sum(s.epochs for s in _stages(cfg))
+        return sum(s.epochs for s in _stages(cfg, STRATEGIES.get(cfg.strategy.name)))
 
     assert (epochs("image"), epochs("text"), epochs("text", epochs=7)) == (10, 3, 7)
     assert STRATEGIES.get("lora").epochs_for("text") == 5

@@ -85,23 +85,6 @@ def train(
     typer.echo(str(run.path))
 
 
-def _expand(inputs: list[str]) -> list[str]:
-    from ..data.images import IMAGE_EXTENSIONS
-
-    out: list[str] = []
-    for item in inputs:
-        p = Path(item)
-        if p.is_dir():
-            out += sorted(str(f) for f in p.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS)
-        elif not p.exists():
-            raise GraftError(f"input {item!r} does not exist")
-        else:
-            out.append(item)
-    if not out:
-        raise GraftError("no images found in the given inputs")
-    return out
-
-
 @app.command()
 def predict(
     run_dir: Path = typer.Argument(..., help="a run directory"),
@@ -113,8 +96,7 @@ def predict(
     from ..api import Run
 
     run = Run(run_dir)
-    text = run.meta.get("modality") == "text"
-    results = run.predict(inputs if text else _expand(inputs), topk=topk)
+    results = run.predict(run.modality.expand_inputs(inputs), topk=topk)
     if as_json:
         typer.echo(json.dumps(results, indent=2))
         return
@@ -137,6 +119,7 @@ def evaluate(
 ) -> None:
     """Metrics, plots and an HTML report of a run on labeled data (RUN_DIR/eval/<name>/)."""
     from ..api import Run
+    from ..evaluate.metrics import HEADLINE_METRICS
 
     if split is not None and split not in ("train", "val", "test"):
         raise GraftError(f"--split {split!r}: use train, val or test")
@@ -144,9 +127,7 @@ def evaluate(
     if as_json:
         typer.echo(json.dumps(m, indent=2))
         return
-    keys = [k for k in ("accuracy", "balanced_accuracy", "macro_f1", "macro_precision",
-                        "macro_recall", "top5_accuracy", "roc_auc", "log_loss", "ece", "mae",
-                        "rmse", "r2") if isinstance(m.get(k), float)]
+    keys = [k for k in HEADLINE_METRICS if isinstance(m.get(k), float)]
     typer.echo(f"{m['data']} [{m['split']}] n={m['n']}" + (
         f" ({m['n_skipped']} skipped)" if m["n_skipped"] else ""))
     for k in keys:
@@ -334,6 +315,7 @@ def list_cmd() -> None:
     from rich.table import Table
 
     from ..data.transforms import AUGMENTATIONS
+    from ..modalities import MODALITIES
     from ..models.vision import MODELS
     from ..robustness.perturbations import PERTURBATIONS
     from ..strategies import STRATEGIES
@@ -341,8 +323,9 @@ def list_cmd() -> None:
     from ..train.optim import OPTIMIZERS, SCHEDULES
 
     console = Console()
-    for reg in (MODELS, STRATEGIES, OPTIMIZERS, SCHEDULES, LOSSES, AUGMENTATIONS, PERTURBATIONS):
-        table = Table(title=f"{reg.kind}s", title_justify="left", show_header=False, box=None)
+    for reg in (MODALITIES, MODELS, STRATEGIES, OPTIMIZERS, SCHEDULES, LOSSES, AUGMENTATIONS,
+                PERTURBATIONS):
+        table = Table(title=reg.plural, title_justify="left", show_header=False, box=None)
         for name in reg.names():
             table.add_row(f"  [bold]{name}[/]", reg.help(name))
         if reg is MODELS:

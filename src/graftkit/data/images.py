@@ -7,11 +7,14 @@ warning) and truncated files (Pillow's default, kept: a half image is not a trai
 
 from __future__ import annotations
 
+import io
 import warnings
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from ..errors import BadInput
 
 IMAGE_EXTENSIONS = {
     ".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm",
@@ -21,15 +24,23 @@ IMAGE_EXTENSIONS = {
 MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
 
 
-class BadImage(Exception):
-    """A file that cannot be used as an image; ``reason`` is short and human-readable."""
+# Formats an upload may be in (graft serve); everything else is "unsupported image type".
+FORMATS = ("JPEG", "PNG", "GIF", "BMP", "TIFF", "WEBP", "PPM")
+# File signatures of those formats: a file that starts like one but does not open is corrupt,
+# anything else is of an unsupported type.
+_MAGIC = (b"\x89PNG", b"\xff\xd8\xff", b"GIF8", b"BM", b"II*\x00", b"MM\x00*", b"P1", b"P2",
+          b"P3", b"P4", b"P5", b"P6")
 
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
+
+class BadImage(BadInput):
+    """A file that cannot be used as an image; ``code``: ``bad_image``, ``unsupported_type`` or
+    ``too_many_pixels``."""
+
+    def __init__(self, reason: str, code: str = "bad_image") -> None:
+        super().__init__(reason, code)
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
+def to_rgb(img: Image.Image) -> Image.Image:
     mode = img.mode
     if mode == "RGB":
         return img
@@ -72,7 +83,7 @@ def load_image(path: str | Path) -> Image.Image:
                     )
                 img.load()  # decode now: truncated files fail here, not in a worker later
                 img = ImageOps.exif_transpose(img) or img
-                return _to_rgb(img)
+                return to_rgb(img)
     except BadImage:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
@@ -86,3 +97,36 @@ def load_image(path: str | Path) -> Image.Image:
         raise BadImage(f"unreadable image: {msg}") from None
     except (ValueError, SyntaxError, TypeError) as e:  # malformed headers surface as these
         raise BadImage(f"unreadable image: {e}") from None
+
+
+def decode_image(data: bytes, max_pixels: int) -> Image.Image:
+    """Bytes of an uploaded image file -> an RGB PIL image, decoded as :func:`load_image` decodes
+    files, or :class:`BadImage`. More than ``max_pixels`` pixels is refused on the header, before
+    Pillow decodes anything (a decompression bomb: a small PNG of a huge blank image). Only common
+    raster formats are opened: no PostScript (Ghostscript), no plugins beyond them."""
+    if not data:
+        raise BadImage("empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            # Pillow warns above its own limit and raises above twice it; ours is checked first.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data), formats=FORMATS) as img:  # reads the header only
+                w, h = img.size
+                if w * h > max_pixels:
+                    raise BadImage(f"image of {w}x{h} = {w * h} pixels is over the limit of "
+                                   f"{max_pixels} pixels", "too_many_pixels")
+                img.load()
+                img = ImageOps.exif_transpose(img) or img
+                return to_rgb(img)
+    except BadImage:
+        raise
+    except Image.DecompressionBombError as e:
+        raise BadImage(f"refused as a decompression bomb: {e}", "too_many_pixels") from None
+    except UnidentifiedImageError:
+        if data.startswith(_MAGIC) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP"):
+            raise BadImage("corrupt image: its header is unreadable") from None
+        raise BadImage(f"not an image of a supported type ({', '.join(FORMATS)})",
+                       "unsupported_type") from None
+    except (OSError, ValueError, SyntaxError, TypeError, EOFError, MemoryError) as e:
+        reason = "truncated image" if "truncated" in str(e).lower() else f"corrupt image: {e}"
+        raise BadImage(reason) from None

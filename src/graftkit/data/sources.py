@@ -20,6 +20,7 @@ import math
 import os
 import random
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,7 +45,8 @@ class DataSpec:
     source: str
     skipped: list[dict[str, str]] = field(default_factory=list)
     target_stats: dict[str, float] = field(default_factory=dict)  # regression: mean/std of train
-    modality: str = "image"  # items are (image path, target) or, for "text", (text, target)
+    modality: str = "image"  # the modality registered under this name (graftkit.modalities)
+    inline: bool = False  # items are the inputs themselves (texts), not paths of files
 
     def fingerprint(self) -> str:
         """Content key of the data: every file's path, size and mtime (or every text), its split
@@ -52,7 +54,7 @@ class DataSpec:
         h = hashlib.sha256()
         for split in sorted(self.splits):
             for item, target in self.splits[split]:
-                if self.modality == "text":
+                if self.inline:
                     h.update(f"{split}\0{item}\0{target}\n".encode())
                     continue
                 st = os.stat(item)
@@ -262,22 +264,10 @@ def _from_csv(
     skipped += bad
     good_set = {str(p) for p in good}
     entries = [e for e in entries if str(e[0]) in good_set]
-    if task == "regression":
-        bad_label = next((lab for _, lab, _ in entries if not _is_float(lab)), None)
-        if bad_label is not None:
-            raise DataError(f"task is regression but label {bad_label!r} in {str(csv_path)!r} is "
-                            "not a finite number")
-        targets = [float(lab) for _, lab, _ in entries]
-        by_path = {str(p): t for (p, _, _), t in zip(entries, targets)}
-        classes: list[str] = []
-    else:
-        classes = sorted({lab for _, lab, s in entries if s in (None, "train")})
-        _check_classes(classes, str(csv_path))
-        unknown = sorted({lab for _, lab, s in entries if s in ("val", "test")} - set(classes))
-        if unknown:
-            raise DataError(f"label {unknown[0]!r} in {str(csv_path)!r} appears in val/test only")
-        index = {c: i for i, c in enumerate(classes)}
-        by_path = {str(p): float(index[lab]) for p, lab, _ in entries}
+    classes, target = label_map([lab for _, lab, s in entries if s in (None, "train")],
+                                [lab for _, lab, s in entries if s in ("val", "test")], task,
+                                str(csv_path))
+    by_path = {str(p): target(lab) for p, lab, _ in entries}
     has_split_col = any(s is not None for _, _, s in entries)
     if has_split_col:
         splits = {
@@ -322,7 +312,40 @@ def _read_rows(path: Path) -> list[dict[str, str]]:
     return rows
 
 
-def _is_float(s: str) -> bool:
+def label_map(train: list[str], others: list[str], task: str, where: str
+              ) -> tuple[list[str], Callable[[str], float]]:
+    """The classes of a labeled CSV (its training labels, sorted) and its label -> target map
+    (the class index; for regression, the number), checking every label of ``train`` and of
+    ``others`` (its val/test rows)."""
+    if task == "regression":
+        bad = next((lab for lab in [*train, *others] if not is_float(lab)), None)
+        if bad is not None:
+            raise DataError(f"task is regression but label {bad!r} in {where!r} is not a finite "
+                            "number")
+        return [], float
+    classes = sorted(set(train))
+    _check_classes(classes, where)
+    unknown = sorted(set(others) - set(classes))
+    if unknown:
+        raise DataError(f"label {unknown[0]!r} in {where!r} appears in val/test but not in the "
+                        "training data; every class needs training examples")
+    index = {c: i for i, c in enumerate(classes)}
+    return classes, lambda label: float(index[label])
+
+
+def label_target(label: str, index: dict[str, int], task: str, where: str) -> float:
+    """A CSV label as a target: its class index in ``index``, or the number (regression)."""
+    if task == "regression":
+        if not is_float(label):
+            raise DataError(f"{where}: target {label!r} is not a number")
+        return float(label)
+    if label not in index:
+        raise DataError(f"{where}: label {label!r} is not a class of this run "
+                        f"({', '.join(index)})")
+    return float(index[label])
+
+
+def is_float(s: str) -> bool:
     """A finite number (``nan`` and ``inf`` parse as floats but cannot be regression targets)."""
     try:
         return math.isfinite(float(s))
@@ -418,14 +441,7 @@ def _eval_csv(
             raise DataError(f"{p}:{i}: empty path or label")
         f = Path(raw)
         f = f if f.is_absolute() else p.parent / f
-        if task == "regression":
-            if not _is_float(label):
-                raise DataError(f"{p}:{i}: target {label!r} is not a number")
-            entries.append((f, float(label)))
-        else:
-            if label not in index:
-                raise DataError(f"{p}:{i}: label {label!r} is not a class of this run")
-            entries.append((f, float(index[label])))
+        entries.append((f, label_target(label, index, task, f"{p}:{i}")))
     good, skipped = _audit([f for f, _ in entries])
     ok = {str(g) for g in good}
     return [(str(f), t) for f, t in entries if str(f) in ok], skipped, split or "all"

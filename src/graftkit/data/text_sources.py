@@ -15,8 +15,7 @@ from ..errors import DataError
 from .sources import (
     SPLIT_ALIASES,
     DataSpec,
-    _check_classes,
-    _is_float,
+    label_map,
     stratified_split,
     target_stats,
 )
@@ -92,25 +91,9 @@ def discover_text(
         train_rows = given.pop("train")
     else:
         train_rows = [(t, lab) for t, lab, _ in pooled]
-    if task == "regression":
-        bad = next((lab for _, lab in train_rows if not _is_float(lab)), None)
-        if bad is not None:
-            raise DataError(f"task is regression but label {bad!r} is not a finite number")
-        classes: list[str] = []
-
-        def target(label: str) -> float:
-            return float(label)
-    else:
-        classes = sorted({lab for _, lab in train_rows})
-        _check_classes(classes, str(files["train"]))
-        unknown = sorted({lab for rows in given.values() for _, lab in rows} - set(classes))
-        if unknown:
-            raise DataError(f"label {unknown[0]!r} appears in val/test but not in the training "
-                            "data; every class needs training examples")
-        index = {c: i for i, c in enumerate(classes)}
-
-        def target(label: str) -> float:
-            return float(index[label])
+    classes, target = label_map([lab for _, lab in train_rows],
+                                [lab for rows in given.values() for _, lab in rows], task,
+                                str(files["train"]))
     fractions = {"val": 0.0 if "val" in given else val_fraction,
                  "test": 0.0 if "test" in given else test_fraction}
     groups: dict[str, list[int]] = {}
@@ -127,7 +110,7 @@ def discover_text(
         if s not in splits:
             raise DataError(f"no {s} examples: give --val FILE or a val_fraction above 0")
     spec = DataSpec(task, classes, splits, "text-csv", str(files["train"]), skipped,
-                    modality="text")
+                    modality="text", inline=True)
     if task == "regression":
         spec.target_stats = target_stats([t for _, t in splits["train"]])
     return spec

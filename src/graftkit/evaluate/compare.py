@@ -14,6 +14,7 @@ from typing import Any
 
 from .. import run as rd
 from ..errors import GraftError
+from .metrics import LOWER_IS_BETTER
 from .report import _count, _duration, run_summary
 
 
@@ -52,11 +53,10 @@ column("trainable_params", "trained params", lambda c: c["summary"]["trainable_p
 column("train_time_s", "train time", lambda c: c["summary"]["train_time_s"], _duration,
        better="low")
 column("split", "split", lambda c: c["split"])
-for _k, _h, _b in [("accuracy", "accuracy", "high"), ("macro_f1", "macro-F1", "high"),
-                   ("balanced_accuracy", "bal. acc.", "high"), ("roc_auc", "ROC-AUC", "high"),
-                   ("log_loss", "log loss", "low"), ("ece", "ECE", "low"),
-                   ("mae", "MAE", "low"), ("rmse", "RMSE", "low"), ("r2", "R²", "high")]:
-    column(_k, _h, _split_metric(_k), _num, _b)
+for _k, _h in [("accuracy", "accuracy"), ("macro_f1", "macro-F1"),
+               ("balanced_accuracy", "bal. acc."), ("roc_auc", "ROC-AUC"), ("log_loss", "log loss"),
+               ("ece", "ECE"), ("mae", "MAE"), ("rmse", "RMSE"), ("r2", "R²")]:
+    column(_k, _h, _split_metric(_k), _num, "low" if _k in LOWER_IS_BETTER else "high")
 
 
 def _robust(key: str) -> Callable[[dict[str, Any]], Any]:

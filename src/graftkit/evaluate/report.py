@@ -6,15 +6,17 @@
       report.html       one file: opens from disk, no server, no network
 
 The page is a Jinja2 template; images are embedded as data URIs so the file can be mailed or
-moved on its own.
+moved on its own. The report renders what it is given: the analysis, and the gallery of the worst
+examples as the run's modality shows them (``gallery``: thumbnails and Grad-CAM overlays drawn
+with the model in memory, or the texts); it imports neither explain nor robustness.
 """
 
 from __future__ import annotations
 
 import base64
 import html
-import io
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,40 +26,16 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from .. import run as rd
 from . import plots
 from .analysis import Analysis
+from .metrics import REPORT_METRICS
 
-REPORT = "report.html"
-THUMB = 176  # px, longest side of a gallery thumbnail
+REPORT = rd.REPORT
+# (worst examples, eval folder) -> the examples with what to show of each ("thumb", "cam",
+# "label" for an image; "text" for a text)
+Gallery = Callable[[list[dict[str, Any]], Path], list[dict[str, Any]]]
 
 
 def _data_uri(png: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode()
-
-
-def _thumbnail(item: str) -> str | None:
-    from ..data.images import BadImage, load_image
-
-    try:
-        img = load_image(item)
-    except (BadImage, OSError):
-        return None
-    img.thumbnail((THUMB, THUMB))
-    buf = io.BytesIO()
-    img.save(buf, format="JPEG", quality=85)
-    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
-
-
-def _gradcams(run_path: Path, items: list[str], out: Path) -> dict[str, Path]:
-    """Grad-CAM overlays (predicted class) of the gallery's images; none if the model cannot
-    be explained (the gallery then shows the images alone)."""
-    from ..errors import GraftError
-    from ..explain.api import gradcam_overlays
-
-    if not items or not (run_path / rd.WEIGHTS).is_file():
-        return {}
-    try:
-        return gradcam_overlays(run_path, items, out / "gradcam")
-    except GraftError:
-        return {}
 
 
 def _history(run_path: Path) -> list[dict[str, Any]]:
@@ -87,11 +65,11 @@ def run_summary(run_path: Path, meta: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-ROBUSTNESS = "robustness"  # RUN_DIR/robustness/: results.json + figures (graft robustness)
+ROBUSTNESS = rd.ROBUSTNESS  # RUN_DIR/robustness/: results.json + figures (graft robustness)
 
 
 def robustness_results(run_path: Path) -> dict[str, Any] | None:
-    f = run_path / ROBUSTNESS / "results.json"
+    f = run_path / ROBUSTNESS / rd.ROBUSTNESS_RESULTS
     return rd.read_json(f) if f.is_file() else None
 
 
@@ -102,14 +80,11 @@ def _robustness_context(run_path: Path, info: dict[str, Any]) -> dict[str, Any] 
         return None
     figs = {p.stem: _data_uri(p) for p in sorted((run_path / ROBUSTNESS).glob("*.png"))}
     worst = sorted(r["corruptions"].items(), key=lambda kv: kv[1]["mean"])[:5]
-    text = r.get("kind") == "perturbations"
-    table = None
-    if text and r.get("examples"):  # the examples as an HTML table rather than their PNG
-        from ..robustness.plots import text_examples_table
-
+    table = r.get("examples_table")  # the examples as an HTML table rather than their PNG
+    if table:
         figs.pop("examples", None)
-        table = text_examples_table(r["examples"])
-    return {**r, "figs": figs, "worst": worst, "text": text, "examples_table": table}
+    return {**r, "figs": figs, "worst": worst, "text": r.get("kind") == "perturbations",
+            "examples_table": table}
 
 
 def _figures(a: Analysis, out: Path, hist: list[dict[str, Any]], monitor: str | None,
@@ -148,14 +123,12 @@ SUMMARY_KEYS = {
                        ("ECE", "ece"), ("log loss", "log_loss")],
     "regression": [("MAE", "mae"), ("RMSE", "rmse"), ("R²", "r2")],
 }
-TABLE_KEYS = ["accuracy", "balanced_accuracy", "top5_accuracy", "top3_accuracy", "top2_accuracy",
-              "macro_precision", "macro_recall", "macro_f1", "weighted_precision",
-              "weighted_recall", "weighted_f1", "roc_auc", "average_precision", "log_loss",
-              "brier", "ece", "mce", "loss", "mae", "rmse", "r2"]
+TABLE_KEYS = list(REPORT_METRICS)
 
 
 def write_eval(out: Path, a: Analysis, run_path: Path, meta: dict[str, Any],
-               info: dict[str, Any], top_losses: int = 12) -> dict[str, Any]:
+               info: dict[str, Any], top_losses: int = 12, gallery: Gallery | None = None
+               ) -> dict[str, Any]:
     """Write ``out``/metrics.json, the PNGs and report.html; returns the metrics written."""
     out.mkdir(parents=True, exist_ok=True)
     summary = run_summary(run_path, meta)
@@ -163,20 +136,9 @@ def write_eval(out: Path, a: Analysis, run_path: Path, meta: dict[str, Any],
     rd.write_json(out / rd.METRICS, metrics)
     hist = _history(run_path)
     figs = _figures(a, out, hist, summary["monitor"], summary["best_epoch"])
-    gallery = []
-    examples = a.top_losses(top_losses) if a.task == "classification" else []
-    images = meta.get("modality", "image") == "image"
-    cams = _gradcams(run_path, [ex["item"] for ex in examples], out) if images else {}
-    for ex in examples:
-        ex = dict(ex)
-        if images:  # a file: show it, and what the model looked at
-            ex["thumb"] = _thumbnail(ex["item"])
-            ex["label"] = Path(ex["item"]).name
-            cam = cams.get(ex["item"])
-            ex["cam"] = _data_uri(cam) if cam else None
-        else:
-            ex["text"] = ex["item"]
-        gallery.append(ex)
+    examples = [dict(ex) for ex in a.top_losses(top_losses)] if a.task == "classification" \
+        else []
+    shown = gallery(examples, out) if gallery else [{**ex, "text": ex["item"]} for ex in examples]
     env = Environment(loader=PackageLoader("graftkit.evaluate", "templates"),
                       autoescape=select_autoescape(["html", "j2"]))
     env.filters["num"] = _num
@@ -184,7 +146,7 @@ def write_eval(out: Path, a: Analysis, run_path: Path, meta: dict[str, Any],
     env.filters["duration"] = _duration
     page = env.get_template("report.html.j2").render(
         title=f"{run_path.name} · {info.get('split', '')}", run=summary, m=metrics,
-        info=info, figs={k: _data_uri(v) for k, v in figs.items()}, gallery=gallery,
+        info=info, figs={k: _data_uri(v) for k, v in figs.items()}, gallery=shown,
         summary_keys=[(lbl, k) for lbl, k in SUMMARY_KEYS[a.task] if metrics.get(k) is not None],
         table_keys=[k for k in TABLE_KEYS if isinstance(metrics.get(k), (int, float))],
         generated=time.strftime("%Y-%m-%d %H:%M:%S"), versions=meta.get("versions", {}),

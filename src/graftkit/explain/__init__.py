@@ -8,7 +8,8 @@ Text runs: ``token_attributions`` (integrated gradients on the token embeddings)
 
 from __future__ import annotations
 
-from .api import cli_explain, explain_run, gradcam_overlays
+from .api import cli_explain, explain_run
+from .images import gradcam_overlays
 from .faithfulness import faithfulness
 from .methods import METHODS, explain
 from .overlay import model_view, overlay

@@ -22,6 +22,7 @@ from ..data.transforms import eval_transform
 from ..errors import GraftError
 from ..evaluate.calibration import Calibration
 from ..evaluate.reference import REFERENCE
+from ..inference import LoadedRun, ensure_reference, run_split
 from . import light
 from .formats import EXPORTERS, INPUT, MIN_OPSET, OUTPUT, Exporter, Runner
 
@@ -41,8 +42,6 @@ def export_run(run_dir: str | Path, fmt: str, out_dir: str | Path, overwrite: bo
     validation images; a maximum probability difference above 1e-4 raises :class:`GraftError`
     and leaves nothing behind (a bundle being replaced is kept).
     """
-    from ..api import Run
-
     exporter = EXPORTERS.get(fmt)
     if opset is not None and fmt != "onnx":
         raise GraftError(f"--opset is for the onnx format, not {fmt}")
@@ -52,15 +51,14 @@ def export_run(run_dir: str | Path, fmt: str, out_dir: str | Path, overwrite: bo
     if missing:
         raise GraftError(f"the {fmt} format needs {', '.join(missing)}: pip install "
                          "'graftkit[export]'")
-    run = Run(run_dir)
+    run = LoadedRun(run_dir)
     if run.meta.get("status") != "completed":
         raise GraftError(f"run {str(run.path)!r} has not completed (status: "
                          f"{run.meta.get('status')}); finish it with graft train --resume "
                          f"{run.path} before exporting")
-    kind = run.meta["preprocessing"].get("kind", "image")
-    if kind != "image":
-        raise GraftError(f"graft export writes image models; run {str(run.path)!r} has a {kind} "
-                         "model")
+    if not run.modality.exportable:
+        raise GraftError(f"graft export writes image models; run {str(run.path)!r} has a "
+                         f"{run.modality.name} model")
     out = Path(out_dir).expanduser()
     _check_out(out, overwrite, run.path)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -98,8 +96,6 @@ def export_run(run_dir: str | Path, fmt: str, out_dir: str | Path, overwrite: bo
 def _reference(run: Any) -> dict[str, Any] | None:
     """The run's reference.json (computed from its validation split for an older run, without
     writing to the run); None when that data is not available here."""
-    from ..evaluate.reference import ensure_reference
-
     try:
         return ensure_reference(run, write=False)
     except GraftError:
@@ -207,10 +203,8 @@ def _bundle(run: Any, fmt: str, exporter: Exporter, extra: dict[str, Any]) -> di
 def _parity_images(run: Any) -> tuple[list[Image.Image], str]:
     """Up to PARITY_N of the run's validation images, spread over the split (its classes); random
     noise when the run's data cannot be read here."""
-    from ..inference import _run_split
-
     try:
-        items, _, used = _run_split(run.config, run.meta, "val")
+        items, _, used = run_split(run, "val")
         why = "no readable images"
     except GraftError as e:
         items, used, why = [], "", str(e)

@@ -164,10 +164,10 @@ class BundlePredictor:
             named = [_as_image(it) for it in items[start:start + batch_size]]
             x = np.stack([preprocess(img, self.preprocessing) for _, img in named])
             for (name, _), row in zip(named, self.logits(x)):
-                results.append(self._describe(name, row, topk))
+                results.append(self.describe(name, row, topk))
         return results
 
-    def _describe(self, name: str, row: np.ndarray, topk: int) -> dict[str, Any]:
+    def describe(self, name: str, row: np.ndarray, topk: int) -> dict[str, Any]:
         if self.task == "regression":
             ts = self.bundle.get("target_stats") or {}
             return {"input": name,

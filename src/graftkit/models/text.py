@@ -29,6 +29,7 @@ from torch.utils.data import Dataset
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
+from .. import run as rd
 from ..data.text import TextCollator, TextDataset, percentile
 from ..errors import ConfigError, GraftError
 from ..registry import Registry
@@ -49,7 +50,7 @@ for _name, _spec in TEXT_BUILTINS.items():
                                               else ""))(_spec)
 
 POOLINGS = ("mean", "cls")
-TEXT_ASSETS = "text_model"  # inside a run directory: config.json + tokenizer files
+TEXT_ASSETS = rd.TEXT_ASSETS  # inside a run directory: config.json + tokenizer files
 # Hub names with one of these (case-insensitive) are text encoders; see is_text_model.
 TEXT_NAME_HINTS = ("bert", "minilm", "roberta", "distil", "electra", "deberta", "mpnet", "xlm",
                    "sentence-transformers/")

@@ -27,6 +27,7 @@ class TimmAdapter(nn.Module):
     """``backbone`` is a timm model with its classifier removed (outputs pooled ``(B, F)``)."""
 
     modality = "image"
+    mixes_inputs = True  # MixUp/CutMix apply to its inputs
     collate = None  # torch's default collation stacks image tensors
 
     def __init__(

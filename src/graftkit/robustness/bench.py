@@ -221,3 +221,23 @@ def corruption_errors(results: dict[str, Any], reference: dict[str, Any]) -> dic
         "relative_mce": float(np.mean(list(rel.values()))),
         "severities": [int(s) for s in sevs],
     }
+
+
+def corrupted_dataset(data_config: Any, paths: Sequence[str], targets: Sequence[float],
+                      task: str, name: str, severity: int, seed: int) -> Any:
+    """A dataset of ``(input tensor, target)``: each image corrupted once as the model sees it
+    (after the evaluation resize and crop), with :func:`cell_seed`'s seeds, then normalised."""
+    import torch
+    from torch.utils.data import TensorDataset
+
+    from ..data.images import load_image
+    from ..data.transforms import eval_view, to_model_input
+    from .corruptions import corrupt
+
+    view, finish = eval_view(data_config), to_model_input(data_config)
+    x = torch.stack([finish(corrupt(view(load_image(p)), name, severity,
+                                    cell_seed(seed, i, name, severity)))
+                     for i, p in enumerate(paths)])
+    y = torch.tensor([int(t) for t in targets]) if task == "classification" else torch.tensor(
+        list(targets), dtype=torch.float32)
+    return TensorDataset(x, y)

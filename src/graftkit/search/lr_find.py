@@ -4,9 +4,11 @@ from tiny to huge, and watch the loss. Where it falls fastest is a good learning
 blows up is too far.
 
 It runs the strategy's last stage (the one whose learning rate ``optim.lr`` sets) on a throwaway
-copy of the model, through the same batches, optimizer and parameter groups as training; a
-head-only stage runs on cached features, so a linear probe's test takes seconds. For LP-FT the
-fine-tuning stage is tested from the new (untrained) head, so its suggestion errs high.
+copy of the model, through the same batches, optimizer, parameter groups and training step
+(``train.loop.train_step``: autocast, MixUp/CutMix, AugMix's JSD) as training, one optimizer
+step per batch; a head-only stage runs on cached features, so a linear probe's test takes
+seconds. For LP-FT the fine-tuning stage is tested from the new (untrained) head, so its
+suggestion errs high.
 """
 
 from __future__ import annotations
@@ -47,9 +49,9 @@ def lr_find(cfg: Any, start: float = 1e-7, end: float = 1.0, steps: int = 100,
             quiet: bool = False) -> LRFind:
     import torch
 
-    from ..api import resolve_inputs, validate
+    from ..launch import monitor_metric, resolve_inputs, validate
     from ..session import build_session
-    from ..train.loop import Batches, _loss_target, set_trainable, to_device, train_mode
+    from ..train.loop import Batches, set_trainable, train_mode, train_step
     from ..train.optim import build_optimizer
 
     if not (0 < start < end):
@@ -59,7 +61,7 @@ def lr_find(cfg: Any, start: float = 1e-7, end: float = 1.0, steps: int = 100,
     cfg = resolve_inputs(cfg)
     validate(cfg)
     with tempfile.TemporaryDirectory() as tmp:
-        session = build_session(cfg, Path(tmp), quiet=quiet)
+        session = build_session(cfg, Path(tmp), monitor_metric(cfg), quiet=quiet)
     model, s, stage = session.model, session.settings, session.stages[-1]
     model.to(s.device)
     batches = Batches(model, stage, s, session.data, session.reporter)
@@ -68,6 +70,8 @@ def lr_find(cfg: Any, start: float = 1e-7, end: float = 1.0, steps: int = 100,
     groups = model.param_groups(1.0, s.weight_decay, s.layer_decay)
     scale = [g["lr"] for g in groups]  # layer-wise decay factors relative to the top
     opt = build_optimizer(s.optimizer, groups, start, s.momentum, s.nesterov)
+    scaler = torch.amp.GradScaler(s.device.type, enabled=s.amp_dtype == torch.float16)
+    opt.zero_grad(set_to_none=True)
     gen = torch.Generator().manual_seed(s.seed)
     loader = batches.loader("train", gen)
     lrs, smoothed, avg, best, stopped = [], [], 0.0, math.inf, "reached the end lr"
@@ -78,15 +82,12 @@ def lr_find(cfg: Any, start: float = 1e-7, end: float = 1.0, steps: int = 100,
             for g, k in zip(opt.param_groups, scale):
                 g["lr"] = lr * k
             train_mode(model, n_blocks, s.freeze_bn)
-            x, y = to_device(x, s), y.to(s.device)
-            loss = session.loss_fn(batches.forward(x).float(), _loss_target(y, s))
-            if not torch.isfinite(loss):
-                stopped = f"loss became {loss.item()} at lr {lr:.2e}"
+            loss, _ = train_step(model, batches.forward, x, y, session.loss_fn, s, opt, scaler,
+                                 batches.mix)
+            if not math.isfinite(loss):
+                stopped = f"loss became {loss} at lr {lr:.2e}"
                 break
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            avg = 0.98 * avg + 0.02 * loss.item()
+            avg = 0.98 * avg + 0.02 * loss
             value = avg / (1 - 0.98 ** (i + 1))
             lrs.append(lr)
             smoothed.append(value)

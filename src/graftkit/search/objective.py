@@ -14,8 +14,6 @@ from typing import Any
 
 from ..errors import ConfigError
 
-IMAGE_SUBSET = "gaussian_noise,motion_blur,fog,jpeg_compression"  # noise, blur, weather, digital
-TEXT_SUBSET = "all"
 
 
 def check(objective: str, metric: str, weight: float) -> None:
@@ -33,22 +31,6 @@ def check(objective: str, metric: str, weight: float) -> None:
 def robust_part(run: Any, corruptions: str | None, severities: str, limit: int | None,
                 seed: int = 0) -> dict[str, Any]:
     """mCA of a finished run on its validation split; nothing is written to the run."""
-    from ..inference import eval_items
-    from ..robustness.corruptions import parse_severities, resolve_corruptions
-    from ..robustness.evaluate import _score_images, _score_texts, _subset
-    from ..robustness.perturbations import resolve_perturbations
+    from ..robustness.evaluate import quick_mca
 
-    text = run.meta.get("modality", "image") == "text"
-    if text:
-        names = resolve_perturbations(corruptions or TEXT_SUBSET)
-    else:
-        names = resolve_corruptions(corruptions or IMAGE_SUBSET)
-    sevs = parse_severities(severities)
-    items, _, _, _ = eval_items(run, None, "val")
-    items = _subset(items, limit, seed)
-    if text:
-        results, _ = _score_texts(run, items, names, sevs, seed, lambda *a, **k: None)
-    else:
-        results, _ = _score_images(run, items, names, sevs, seed, 0, lambda *a, **k: None)
-    return {"mca": float(results["mca"]), "clean_accuracy": float(results["clean_accuracy"]),
-            "corruptions": names, "severities": sevs, "n": len(items)}
+    return quick_mca(run, corruptions, severities, limit, seed)

@@ -11,10 +11,11 @@ from pathlib import Path
 from typing import Any
 
 from .. import run as rd
+from .settings import SearchSettings
 from .space import Space
-from .study import SearchSettings
 
-WEIGHT_FILES = ("model.safetensors", "state.safetensors")
+# what a non-best trial need not keep: its weights, resumable state and WiSE-FT's two ends
+WEIGHT_FILES = (rd.WEIGHTS, rd.STATE, rd.PROBE, rd.FINETUNED)
 
 
 def leaderboard(study: Any, space: Space) -> list[dict[str, Any]]:
@@ -59,7 +60,7 @@ def write_leaderboard(rows: list[dict[str, Any]], path: Path, metric: str) -> No
 
 def materialize_best(study: Any, out: Path) -> tuple[Any, Path | None]:
     """Copy the best finished trial's run to ``out/best`` (if this machine has it) and free the
-    weights of the other finished trials (their metrics and history stay)."""
+    weights and checkpoints of the other finished trials (their metrics and history stay)."""
     try:
         best = study.best_trial
     except ValueError:
@@ -89,10 +90,10 @@ def materialize_best(study: Any, out: Path) -> tuple[Any, Path | None]:
 
 def _report(run_dir: Path) -> None:
     """Trials skip the HTML report to save time; the best run gets its own."""
-    from ..api import Run
+    from ..inference import LoadedRun, evaluate
 
     try:
-        Run(run_dir).evaluate(split="val", quiet=True)
+        evaluate(LoadedRun(run_dir), None, split="val", quiet=True)
     except Exception as e:  # the run itself is fine; say so rather than lose the search
         from ..train.progress import console
 

@@ -22,7 +22,7 @@ JOURNAL = "journal.log"
 RDB_PREFIXES = ("postgresql", "postgres", "mysql", "sqlite", "oracle", "mssql")
 
 
-def _optuna() -> Any:
+def optuna_module() -> Any:
     try:
         import optuna
     except ImportError:
@@ -44,7 +44,7 @@ def describe(url: str | None, out: Path) -> str:
 
 
 def open_storage(url: str | None, out: Path, heartbeat_s: int = 30) -> Any:
-    optuna = _optuna()
+    optuna = optuna_module()
     if not url or url.startswith("journal:") or url.endswith((".log", ".journal")):
         path = Path(url.removeprefix("journal:")) if url else out / JOURNAL
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -25,47 +25,19 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from .. import run as rd
 from ..errors import ConfigError, GraftError
+from .results import finish
+from .settings import SETTINGS, SearchSettings
 from .space import Space, load_space, parse_space
-from .storage import _optuna, describe, open_storage
+from .storage import describe, open_storage, optuna_module
 
-SETTINGS = "search.json"
 SPACE = "space.yaml"
 COUNTED = ("COMPLETE", "PRUNED")
-
-
-@dataclass
-class SearchSettings:
-    data: str
-    study: str
-    metric: str = "accuracy"
-    trials: int = 20
-    time_budget_s: float | None = None
-    config: str | None = None
-    overrides: dict[str, Any] = field(default_factory=dict)
-    sampler: str = "tpe"
-    pruner: str = "median"
-    seed: int = 0
-    workers: int = 1
-    default_trial: bool = True
-    heartbeat_s: int = 30
-    lr_find: bool = False
-    objective: str = "clean"  # or "robust": + robust_weight x mCA (see objective.py)
-    robust_weight: float = 0.5
-    robust_corruptions: str | None = None
-    robust_severities: str = "3"
-    robust_limit: int | None = 200
-
-    @property
-    def direction(self) -> str:
-        from ..evaluate.metrics import LOWER_IS_BETTER
-
-        return "minimize" if self.metric in LOWER_IS_BETTER else "maximize"
 
 
 class Pruned(Exception):
@@ -103,8 +75,8 @@ class PruneHook:
 def base_config(s: SearchSettings) -> Any:
     """The config every trial starts from (data + the user's config file and overrides), with
     the modality and default model resolved so a space can test them in a ``when``."""
-    from ..api import resolve_inputs, validate
     from ..config import build_config
+    from ..launch import resolve_inputs, validate
 
     cfg = resolve_inputs(build_config(s.config, {**s.overrides, "data.path": s.data}))
     validate(cfg)
@@ -122,8 +94,8 @@ def flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def check_space(space: Space, base: Any) -> None:
     """Every categorical choice must make a valid config on this data: a typo fails now, not as
     a failed trial an hour later."""
-    from ..api import validate
     from ..config import build_config
+    from ..launch import validate
 
     base_flat, sampled = flat(base.model_dump()), set(space.keys())
     for v in space.variants:
@@ -139,10 +111,10 @@ def check_space(space: Space, base: Any) -> None:
 
 
 def make_objective(s: SearchSettings, space: Space, out: Path, threads: int | None) -> Any:
-    from ..api import train
     from ..config import build_config
+    from ..launch import train
 
-    optuna = _optuna()
+    optuna = optuna_module()
     base = base_config(s)
     base_tree = base.model_dump()
     base_flat = flat(base_tree)
@@ -211,7 +183,7 @@ def _is_oom(e: BaseException) -> bool:
 # --- the study ---------------------------------------------------------------------------------
 
 def make_sampler(name: str, seed: int, space: Space) -> Any:
-    optuna = _optuna()
+    optuna = optuna_module()
     if name == "tpe":  # constant_liar: parallel workers do not all pick the same point
         return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True,
                                           constant_liar=True, n_startup_trials=6)
@@ -223,7 +195,7 @@ def make_sampler(name: str, seed: int, space: Space) -> Any:
 
 
 def make_pruner(name: str) -> Any:
-    optuna = _optuna()
+    optuna = optuna_module()
     if name == "median":  # a trial below the median of earlier trials at the same epoch stops,
         # from its first epoch on once two trials have finished: on a CPU a hopeless
         # fine-tuning trial costs minutes per epoch
@@ -236,7 +208,7 @@ def make_pruner(name: str) -> Any:
 
 
 def open_study(s: SearchSettings, storage: Any, space: Space, create: bool) -> Any:
-    optuna = _optuna()
+    optuna = optuna_module()
     kw = dict(study_name=s.study, storage=storage, sampler=make_sampler(s.sampler, s.seed, space),
               pruner=make_pruner(s.pruner))
     if not create:
@@ -336,7 +308,7 @@ def search(s: SearchSettings, out: Path, space_file: str | Path | None = None,
     study = open_study(s, storage, space, create=True)
     rd.write_json(out / SETTINGS, {"settings": asdict(s), "storage": describe(storage_url, out),
                                    "storage_url": storage_url if _local(storage_url) else None})
-    requeue_dead(study)
+    requeue_dead(study, storage)
     if not quiet:
         from ..train.progress import console
 
@@ -349,9 +321,7 @@ def search(s: SearchSettings, out: Path, space_file: str | Path | None = None,
     if s.workers == 1:
         optimize(s, out, storage_url, threads, quiet)
     else:
-        run_workers(s, out, storage_url, threads, study, quiet)
-    from .results import finish
-
+        run_workers(s, out, storage_url, threads, study, storage, quiet)
     return finish(study, space, s, out, quiet)
 
 
@@ -370,7 +340,7 @@ def _resume_keep(s: SearchSettings) -> dict[str, Any]:
 
 
 def run_workers(s: SearchSettings, out: Path, storage_url: str | None, threads: int | None,
-                study: Any, quiet: bool) -> None:
+                study: Any, storage: Any, quiet: bool) -> None:
     """``--workers K``: K worker processes on this machine share the study through its storage.
     A worker that dies (killed, out of memory) has its running trial re-queued."""
     env = dict(os.environ)
@@ -391,7 +361,7 @@ def run_workers(s: SearchSettings, out: Path, storage_url: str | None, threads: 
                     continue
                 procs.remove(p)
                 if code != 0:
-                    requeue_dead(study, pids={p.pid})
+                    requeue_dead(study, storage, pids={p.pid})
                     if counted(study) < s.trials and replacements > 0:  # the study is not done
                         replacements -= 1
                         procs.append(subprocess.Popen(cmd, env=env))
@@ -402,11 +372,13 @@ def run_workers(s: SearchSettings, out: Path, storage_url: str | None, threads: 
         raise
 
 
-def requeue_dead(study: Any, pids: set[int] | None = None) -> int:
+def requeue_dead(study: Any, storage: Any, pids: set[int] | None = None) -> int:
     """Mark failed the RUNNING trials of dead workers on this host (given ``pids``, or any whose
-    process is gone), and queue each once more with the same parameters."""
-    optuna = _optuna()
+    process is gone), and queue each once more with the same parameters. ``storage`` is the
+    study's: its public methods reach a trial that another process runs."""
+    optuna = optuna_module()
     host, n = socket.gethostname(), 0
+    study_id = storage.get_study_id_from_name(study.study_name)
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         worker = t.user_attrs.get("worker", "")
         h, _, pid = worker.rpartition(":")
@@ -414,8 +386,9 @@ def requeue_dead(study: Any, pids: set[int] | None = None) -> int:
             continue
         if (pids is not None and int(pid) not in pids) or (pids is None and _alive(int(pid))):
             continue
-        study._storage.set_trial_user_attr(t._trial_id, "note", "worker died; re-queued")
-        study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
+        storage.set_trial_user_attr(trial_id, "note", "worker died; re-queued")
+        storage.set_trial_state_values(trial_id, optuna.trial.TrialState.FAIL)
         if t.user_attrs.get("retry_of") is None:  # one retry, not a chain
             attrs = {"retry_of": t.number, **({"graft_default": True}
                                               if t.user_attrs.get("graft_default") else {})}
@@ -437,7 +410,7 @@ def _alive(pid: int) -> bool:
 def settings_from_study(storage_url: str, study_name: str, out: Path, heartbeat_s: int
                         ) -> tuple[SearchSettings, Space]:
     """A worker joining a study from another machine: the study carries the settings."""
-    optuna = _optuna()
+    optuna = optuna_module()
     storage = open_storage(storage_url, out, heartbeat_s)
     try:
         study = optuna.load_study(study_name=study_name, storage=storage)

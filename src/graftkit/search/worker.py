@@ -11,7 +11,8 @@ from pathlib import Path
 
 from .. import run as rd
 from ..errors import GraftError
-from .study import SETTINGS, SearchSettings, optimize
+from .settings import SETTINGS, SearchSettings
+from .study import optimize
 
 
 def main() -> None:

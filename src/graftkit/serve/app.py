@@ -33,10 +33,11 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..errors import GraftError
+from ..errors import BadInput, GraftError
+from ..modalities import MODALITIES, Modality
 from .backends import Backend
 from .batching import MicroBatcher, Overloaded
-from .limits import DEFAULT_MAX_PIXELS, BodyLimit, RequestRejected, decode_image
+from .limits import DEFAULT_MAX_PIXELS, BodyLimit, RequestRejected
 from .metrics import Metrics, RequestMetrics
 from .monitor import Monitor
 from .schemas import (
@@ -77,7 +78,7 @@ class State:
         self.batcher = MicroBatcher(backend.forward, settings.max_batch,
                                     settings.max_wait_ms / 1000, settings.max_queue,
                                     on_batch=self.metrics.batch_size.observe)
-        self.monitor = Monitor(backend.classes, backend.task, backend.modality,
+        self.monitor = Monitor(backend.classes, backend.task, backend.modality.stat_keys,
                                window=settings.monitor_window)
         self.status, self.error = "loading", None
         self.explain_waiting = 0
@@ -118,16 +119,21 @@ def _error(status: int, code: str, message: str, headers: dict[str, str] | None 
     return JSONResponse({"error": {"code": code, "message": message}}, status, headers=headers)
 
 
-def _b64(s: str, i: int) -> bytes:
+def _b64(s: str, i: int, field: str) -> bytes:
     if s.startswith("data:") and "," in s:
         s = s.split(",", 1)[1]
     try:
         return base64.b64decode(s, validate=True)
     except (binascii.Error, ValueError):
-        raise RequestRejected(400, "bad_base64", f"images[{i}] is not valid base64") from None
+        raise RequestRejected(400, "bad_base64", f"{field}[{i}] is not valid base64") from None
 
 
-async def _read_json(request: Request, modality: str) -> list[tuple[str, bytes | str]]:
+# Every modality's JSON field ({"images": [...]}, {"texts": [...]}): a request with another
+# modality's field is told which one this model takes.
+INPUT_FIELDS = tuple(MODALITIES.get(n).json_field for n in MODALITIES.names())
+
+
+async def _read_json(request: Request, modality: Modality) -> list[tuple[str, bytes | str]]:
     try:
         body = PredictJSON.model_validate(json.loads(await request.body()))
     except (ValueError, RecursionError) as e:  # json and pydantic errors, absurd nesting
@@ -136,19 +142,20 @@ async def _read_json(request: Request, modality: str) -> list[tuple[str, bytes |
         msg = f"{where}: {first['msg']}" if first else f"invalid JSON: {e}"
         raise RequestRejected(400, "bad_request", f"{msg}; send {{\"images\": [base64, ...]}} "
                               "or {\"texts\": [...]}") from None
-    want = "texts" if modality == "text" else "images"
-    other = "images" if modality == "text" else "texts"
-    if getattr(body, other):
+    want = modality.json_field
+    other = next((f for f in INPUT_FIELDS if f != want and getattr(body, f)), None)
+    if other:
         raise RequestRejected(400, "wrong_modality", f"this model takes {want}, not {other}")
     items = getattr(body, want)
     if not items:
         raise RequestRejected(400, "no_input", f"no {want} given: send {{\"{want}\": [...]}}")
-    if modality == "text":
-        return [(t, t) for t in items]
-    return [(f"images[{i}]", _b64(s, i)) for i, s in enumerate(items)]
+    if modality.form_files:  # files travel as base64
+        return [(f"{want}[{i}]", _b64(s, i, want)) for i, s in enumerate(items)]
+    return [(t, t) for t in items]
 
 
-async def _read_multipart(request: Request, modality: str) -> list[tuple[str, bytes | str]]:
+async def _read_multipart(request: Request, modality: Modality
+                          ) -> list[tuple[str, bytes | str]]:
     from starlette.datastructures import UploadFile
 
     from .limits import BodyTooLarge
@@ -162,7 +169,7 @@ async def _read_multipart(request: Request, modality: str) -> list[tuple[str, by
         raise RequestRejected(400, "bad_multipart", f"unreadable multipart body: {detail}"
                               ) from None
     try:
-        field = "text" if modality == "text" else "file"
+        field = modality.form_field
         unknown = sorted(set(form.keys()) - {field})
         if unknown:
             raise RequestRejected(400, "bad_request", f"unexpected form field(s) "
@@ -172,21 +179,22 @@ async def _read_multipart(request: Request, modality: str) -> list[tuple[str, by
             raise RequestRejected(400, "no_input", f"no '{field}' field in the form")
         items: list[tuple[str, bytes | str]] = []
         for i, v in enumerate(values):
-            if modality == "text":
+            if not modality.form_files:
                 if not isinstance(v, str):
-                    raise RequestRejected(400, "bad_request", "'text' fields hold text, not "
+                    raise RequestRejected(400, "bad_request", f"'{field}' fields hold text, not "
                                           "files")
                 items.append((v, v))
             elif isinstance(v, UploadFile):
-                items.append((v.filename or f"file[{i}]", await v.read()))
+                items.append((v.filename or f"{field}[{i}]", await v.read()))
             else:
-                raise RequestRejected(400, "bad_request", "'file' fields must be uploaded files")
+                raise RequestRejected(400, "bad_request", f"'{field}' fields must be uploaded "
+                                      "files")
         return items
     finally:
         await form.close()
 
 
-async def read_inputs(request: Request, modality: str) -> list[tuple[str, bytes | str]]:
+async def read_inputs(request: Request, modality: Modality) -> list[tuple[str, bytes | str]]:
     """(name, raw bytes or text) of each input of a predict/explain request."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype == "application/json":
@@ -205,19 +213,14 @@ async def read_inputs(request: Request, modality: str) -> list[tuple[str, bytes 
 def _prepare(state: State, items: list[tuple[str, bytes | str]]
              ) -> list[tuple[str, Any, dict[str, float], Any]]:
     """Decode and preprocess (worker thread): (name, decoded, input stats, model input)."""
-    from ..evaluate.reference import image_stats, text_stats
-
-    out = []
+    modality, out = state.backend.modality, []
     for name, raw in items:
-        if isinstance(raw, str):
-            if not raw.strip():
-                raise RequestRejected(400, "empty_text", "empty text: every input needs some "
-                                      "words")
-            out.append((name, raw, text_stats(raw), state.backend.prepare(raw)))
-            continue
-        img = decode_image(raw, state.settings.max_pixels)
         try:
-            out.append((name, img, image_stats(img), state.backend.prepare(img)))
+            x = modality.decode_upload(raw, state.settings.max_pixels)
+            out.append((name, x, modality.input_stats(x), state.backend.prepare(x)))
+        except BadInput as e:
+            status = 413 if e.code == "too_many_pixels" else 400
+            raise RequestRejected(status, e.code, e.reason) from None
         except MemoryError:
             raise RequestRejected(413, "too_many_pixels", f"{name}: too large to process"
                                   ) from None
@@ -252,7 +255,7 @@ def _routes(app: FastAPI, state: State) -> None:  # noqa: C901 - one small funct
     @app.get("/v1/info", response_model=Info, responses=error_responses(401))
     async def info() -> dict[str, Any]:
         return {"source": backend.source, "path": str(backend.path), "model": backend.name,
-                "task": backend.task, "modality": backend.modality, "classes": backend.classes,
+                "task": backend.task, "modality": backend.modality.name, "classes": backend.classes,
                 "explain": backend.explainable, "auth": s.token is not None, "topk": s.topk,
                 "max_batch": s.max_batch, "max_body_bytes": s.max_body_bytes,
                 "max_pixels": s.max_pixels}
@@ -373,7 +376,7 @@ def create_app(backend: Backend, settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(title="graft serve", version="1", lifespan=lifespan, docs_url=None,
                   redoc_url=None, description=f"{backend.name} ({backend.task}, "
-                  f"{backend.modality}) from {backend.source} {backend.path}")
+                  f"{backend.modality.name}) from {backend.source} {backend.path}")
     app.state.graft = state
     _routes(app, state)
     _handlers(app, state)

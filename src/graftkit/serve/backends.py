@@ -22,10 +22,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from .. import modalities
 from ..errors import GraftError
-from ..evaluate.reference import ensure_reference, read_reference
-
-WARMUP_TEXT = "warm-up"
+from ..evaluate.reference import read_reference
 
 
 class RunBackend:
@@ -35,62 +34,53 @@ class RunBackend:
 
     def __init__(self, path: Path) -> None:
         from .. import run as rd
-        from ..api import Run
+        from ..inference import LoadedRun
 
-        self.run = Run(path)
+        self.run = LoadedRun(path)
         meta = self.run.meta
         if not (self.run.path / rd.WEIGHTS).is_file():
             raise GraftError(f"run {str(path)!r} has no {rd.WEIGHTS} (did training finish an "
                              "epoch?)")
         self.path, self.meta = self.run.path, meta
-        self.modality: str = meta.get("modality", "image")
+        self.modality = self.run.modality
         self.task: str = meta["task"]
         self.classes: list[str] = list(meta.get("classes") or [])
         self.name: str = meta["model"]["name"]
-        self.explainable = self.modality == "image" and self.task == "classification"
+        self.explainable = self.modality.explainable and self.task == "classification"
         self.model: Any = None
 
     def load(self) -> None:
-        from ..data.transforms import eval_transform
-        from ..evaluate.calibration import Calibration
-
         if self.model is not None:
             return
         self.model = self.run.model
-        self.cal = Calibration.from_meta(self.meta)
-        self.transform = eval_transform(self.model.data_config) if self.modality == "image" \
-            else None
+        self.cal = self.run.calibration
+        self.view = self.modality.model_view(self.model)
 
-    def prepare(self, item: Image.Image | str) -> Any:
-        return item if self.transform is None else self.transform(item)  # (C, H, W)
+    def prepare(self, item: Any) -> Any:
+        return self.view(item)  # an image: (C, H, W)
 
     def forward(self, batch: list[Any]) -> list[Any]:
         import torch
 
         with torch.inference_mode():
-            if self.modality == "text":
-                out = self.model(self.model.tokenize(batch))
-            else:
-                x = torch.stack(batch).contiguous(memory_format=torch.channels_last)
-                out = self.model(x)  # (B, K)
+            out = self.model(self.modality.batch(self.model, batch))  # (B, K)
         return list(out.float())
 
     def describe(self, row: Any, topk: int) -> dict[str, Any]:
-        from ..inference import _describe
+        from ..inference import describe
 
-        d = _describe("", row, self.meta, topk, self.cal)
+        d = describe("", row, self.meta, topk, self.cal)
         d.pop("input")
         return d
 
     def warmup(self) -> None:
-        if self.modality == "text":
-            self.forward([WARMUP_TEXT])
-            return
-        size = self.model.data_config.input_size
-        self.forward([self.prepare(Image.new("RGB", (size, size), (128, 128, 128)))])
+        size = getattr(self.model.data_config, "input_size", 0)
+        self.forward([self.prepare(self.modality.warmup_input(size))])
 
     def reference(self) -> dict[str, Any]:
         """Stored in the run, or computed now from its validation split (older runs)."""
+        from ..inference import ensure_reference
+
         return ensure_reference(self.run)
 
     def has_reference(self) -> bool:
@@ -98,10 +88,10 @@ class RunBackend:
 
     def explain(self, image: Image.Image, topk: int) -> dict[str, Any]:
         """Grad-CAM of the predicted class: the top-k and the overlay as a PNG data URI."""
-        from ..explain.api import _explain_one
+        from ..explain.images import explain_image
         from ..explain.overlay import model_view, overlay
 
-        e = _explain_one(self.model, self.cal, image, "gradcam", None)
+        e = explain_image(self.model, self.cal, image, "gradcam", None)
         label, prob = self.classes[e.predicted], float(e.probs[e.predicted])
         png = overlay(model_view(image, self.model.data_config), e.heatmap, label, prob,
                       method="gradcam")
@@ -118,7 +108,6 @@ class BundleBackend:
     calibration (the same numbers as ``BundlePredictor.predict``)."""
 
     source = "onnx-bundle"
-    modality = "image"
     explainable = False
 
     def __init__(self, path: Path) -> None:
@@ -132,6 +121,7 @@ class BundleBackend:
             raise GraftError("serving an ONNX bundle needs onnxruntime: pip install "
                              "'graftkit[export]'")
         self.path, self.bundle = path, bundle
+        self.modality = modalities.get(bundle.get("modality") or modalities.DEFAULT)
         self.task: str = bundle["task"]
         self.classes: list[str] = list(bundle.get("classes") or [])
         self.name: str = bundle["model"]["name"]
@@ -152,13 +142,13 @@ class BundleBackend:
         return list(self.predictor.logits(np.stack(batch)))
 
     def describe(self, row: np.ndarray, topk: int) -> dict[str, Any]:
-        d = self.predictor._describe("", row, topk)
+        d = self.predictor.describe("", row, topk)
         d.pop("input")
         return d
 
     def warmup(self) -> None:
         size = int(self.bundle["preprocessing"]["input_size"])
-        self.forward([self.prepare(Image.new("RGB", (size, size), (128, 128, 128)))])
+        self.forward([self.prepare(self.modality.warmup_input(size))])
 
     def reference(self) -> dict[str, Any]:
         ref = read_reference(self.path)

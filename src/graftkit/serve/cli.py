@@ -92,7 +92,7 @@ def cli_serve(path: str | Path, host: str = "127.0.0.1", port: int = 8000,
     app = create_app(backend, settings)
     bound = sock.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host
-    kind = f"{backend.task}, {backend.modality}" + (
+    kind = f"{backend.task}, {backend.modality.name}" + (
         f", {len(backend.classes)} classes" if backend.classes else "")
     print(f"serving {backend.path} ({backend.name}; {kind}) from a {backend.source}", flush=True)
     auth = "bearer token required" if token else "no token"

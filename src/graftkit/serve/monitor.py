@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import threading
 from collections import deque
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -50,10 +51,11 @@ class Monitor:
     """The live window and its comparison with ``reference`` (None: live statistics only;
     ``reference_error`` says why there is none)."""
 
-    def __init__(self, classes: list[str], task: str, modality: str,
+    def __init__(self, classes: list[str], task: str, stat_keys: Sequence[str],
                  reference: dict[str, Any] | None = None, window: int = 1000,
                  min_samples: int = MIN_SAMPLES) -> None:
-        self.classes, self.task, self.modality = list(classes), task, modality
+        """``stat_keys``: the input statistics to compare (the modality's)."""
+        self.classes, self.task, self.stat_keys = list(classes), task, tuple(stat_keys)
         self.window, self.min_samples = window, min_samples
         self.reference = reference
         self.reference_error: str | None = None if reference else "not loaded yet"
@@ -132,10 +134,8 @@ class Monitor:
     def _inputs_report(self, inputs: list[dict[str, float]], ref: dict[str, Any] | None
                        ) -> dict[str, Any]:
         ri = (ref or {}).get("inputs") or {}
-        keys = ["chars", "words"] if self.modality == "text" else ["brightness", "width",
-                                                                   "height"]
         out = {}
-        for k in keys:
+        for k in self.stat_keys:
             vals = [s[k] for s in inputs if k in s]
             live = float(np.mean(vals)) if vals else None
             r = ri.get(k)

@@ -4,19 +4,28 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
 MAX_ITEMS = 64  # inputs per request; more is a 400 (send several requests)
 
 
-class PredictJSON(BaseModel):
-    """A JSON prediction request: base64-encoded image files (a ``data:`` URI prefix is
-    allowed) for an image model, or texts for a text model. Exactly one of the two."""
+def _predict_json() -> type[BaseModel]:
+    """One optional list field per registered modality (``images``, ``texts``, ...)."""
+    from ..modalities import MODALITIES
 
-    model_config = ConfigDict(extra="forbid")
-    images: list[str] | None = Field(None, max_length=MAX_ITEMS,
-                                     description="base64 image files (JPEG, PNG, ...)")
-    texts: list[str] | None = Field(None, max_length=MAX_ITEMS, description="texts to classify")
+    fields: dict[str, Any] = {}
+    for name in MODALITIES.names():
+        m = MODALITIES.get(name)
+        fields[m.json_field] = (list[str] | None, Field(None, max_length=MAX_ITEMS,
+                                                        description=m.json_help))
+    return create_model("PredictJSON", __config__=ConfigDict(extra="forbid"),
+                        __doc__="A JSON prediction request: base64-encoded files (a ``data:`` "
+                        "URI prefix is allowed) or texts, in the field of the model's modality "
+                        "(``images`` for an image model, ``texts`` for a text model).",
+                        **fields)
+
+
+PredictJSON = _predict_json()
 
 
 class TopClass(BaseModel):

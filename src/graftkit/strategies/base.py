@@ -4,13 +4,20 @@ A stage trains for some epochs at one base learning rate; at every epoch it says
 backbone's last blocks train (0 = head only, ``ALL`` = everything). The training loop does the
 rest: it freezes the other blocks (their BatchNorm stays in eval mode), builds one optimizer per
 stage with layer-wise decayed learning rates, and runs a head-only stage on cached features.
+
+A strategy may also ``prepare`` the model before training (LoRA wraps it with adapters) and
+``finalize`` the best weights after it (LoRA merges them), and it says which modalities it
+supports. No strategy name is compared outside this package.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
+from ..errors import ConfigError
 from ..registry import Registry
 
 ALL = 10**6  # "every block"
@@ -24,6 +31,10 @@ class StrategyParams:
     probe_epochs: int | None = None
     probe_lr: float = 3e-3
     unfreeze_every: int = 1
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.1
+    lora_targets: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -40,15 +51,28 @@ class Stage:
 
 @dataclass(frozen=True)
 class Strategy:
-    """``plan(epochs, lr, params)`` -> stages; defaults used when the config leaves them unset."""
+    """``plan(epochs, lr, params)`` -> stages; defaults used when the config leaves them unset.
+
+    ``prepare(model, params)`` runs once the model is built (before any weights are restored on
+    resume); ``finalize(model, weights_file)`` once training is over, before the best weights are
+    scored: it leaves the file holding what the run directory should keep."""
 
     plan: Callable[[int, float, StrategyParams], list[Stage]]
     default_epochs: int
     default_lr: float
-    text_epochs: int | None = None  # default_epochs for a text model, when it differs
+    epochs_by_modality: dict[str, int] = field(default_factory=dict)  # where they differ
+    modalities: frozenset[str] | None = None  # None: every modality
+    prepare: Callable[[Any, StrategyParams], None] | None = None
+    finalize: Callable[[Any, Path], None] | None = None
+    requires: str = ""  # what a model of an unsupported modality is told to use instead
 
     def epochs_for(self, modality: str) -> int:
-        return self.text_epochs if modality == "text" and self.text_epochs else self.default_epochs
+        return self.epochs_by_modality.get(modality, self.default_epochs)
+
+    def check_modality(self, name: str, modality: str) -> None:
+        if self.modalities is not None and modality not in self.modalities:
+            raise ConfigError(f"config key 'strategy.name': {name} is for "
+                              f"{' and '.join(sorted(self.modalities))} models; {self.requires}")
 
 
 STRATEGIES: Registry[Strategy] = Registry("strategy")

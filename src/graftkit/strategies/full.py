@@ -12,5 +12,5 @@ def plan(epochs: int, lr: float, p: StrategyParams) -> list[Stage]:
 # A pretrained text transformer fine-tunes in 2-4 epochs (Devlin et al. 2019; the Hugging Face
 # Trainer's default is 3); on this project's text data one epoch already met its targets.
 STRATEGIES.register("full", "train every parameter")(
-    Strategy(plan, default_epochs=10, default_lr=1e-4, text_epochs=3)
+    Strategy(plan, default_epochs=10, default_lr=1e-4, epochs_by_modality={"text": 3})
 )

@@ -162,8 +162,8 @@ class Batches:
             self.train_set = model.make_dataset(data.train, s.task, preset)
             self.val_set = model.make_dataset(data.val, s.task)
             self.forward = model
-        self.mix = None if self.cached or model.modality != "image" else _mixer(
-            s, len(s.classes))
+        self.mix = _mixer(s, len(s.classes)) if (
+            not self.cached and getattr(model, "mixes_inputs", False)) else None
         self.collate = None if self.cached else model.collate
 
     def loader(self, split: str, generator: torch.Generator | None = None) -> DataLoader:
@@ -217,7 +217,7 @@ def to_device(x: Any, s: LoopSettings) -> Any:
     return {k: v.to(s.device, non_blocking=True) for k, v in x.items()}
 
 
-def _loss_target(y: torch.Tensor, s: LoopSettings) -> torch.Tensor:
+def loss_target(y: torch.Tensor, s: LoopSettings) -> torch.Tensor:
     return (y.float() - s.target_mean) / s.target_std if s.task == "regression" else y
 
 
@@ -237,7 +237,7 @@ def predict_batches(forward: Callable, loader: DataLoader, s: LoopSettings
 def loss_value(outputs: torch.Tensor, targets: torch.Tensor, loss_fn: LossFn, s: LoopSettings
                ) -> float:
     """The training loss function on eval outputs (regression targets standardised first)."""
-    return float(loss_fn(outputs, _loss_target(targets, s)))
+    return float(loss_fn(outputs, loss_target(targets, s)))
 
 
 def score(outputs: torch.Tensor, targets: torch.Tensor, loss_fn: LossFn, s: LoopSettings
@@ -276,6 +276,40 @@ def jensen_shannon(*logits: torch.Tensor) -> torch.Tensor:
     return sum(F.kl_div(log_m, p, reduction="batchmean") for p in probs) / len(probs)
 
 
+def train_step(model: nn.Module, forward: Callable, x: Any, y: torch.Tensor, loss_fn: LossFn,
+               s: LoopSettings, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+               mix: Callable | None = None, accumulate: int = 1, update: bool = True
+               ) -> tuple[float, int]:
+    """One training batch: AugMix's views apart, MixUp/CutMix, the forward pass under autocast,
+    the loss (+ JSD), the backward of 1/``accumulate`` of it and, when ``update``, the optimizer
+    step (gradient clipping, GradScaler). Returns (loss, batch size); a non-finite loss comes
+    back before any backward, for the caller to report."""
+    views = isinstance(x, torch.Tensor) and x.ndim == 5  # AugMix + JSD: (B, 3, C, H, W)
+    if views:
+        x = x.transpose(0, 1).reshape(-1, *x.shape[2:])  # clean, aug1, aug2 blocks of B
+    x, y = to_device(x, s), y.to(s.device, non_blocking=True)
+    if mix is not None:
+        x, y = mix(x, y)
+    with torch.autocast(s.device.type, s.amp_dtype, enabled=s.amp_dtype is not None):
+        out = forward(x)
+    if views:
+        out, *augs = out.float().split(len(y))
+        loss = loss_fn(out, loss_target(y, s)) + JSD_WEIGHT * jensen_shannon(out, *augs)
+    else:
+        loss = loss_fn(out.float(), loss_target(y, s))
+    if not torch.isfinite(loss):
+        return loss.item(), len(y)
+    scaler.scale(loss / accumulate).backward()
+    if update:
+        if s.grad_clip:
+            scaler.unscale_(opt)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip)
+        scaler.step(opt)
+        scaler.update()
+        opt.zero_grad(set_to_none=True)
+    return loss.item(), len(y)
+
+
 def train_epoch(model: nn.Module, batches: Batches, loader: DataLoader, state: LoopState,
                 loss_fn: LossFn, s: LoopSettings, n_blocks: int, reporter: Reporter,
                 scaler: torch.amp.GradScaler) -> dict[str, float]:
@@ -286,36 +320,19 @@ def train_epoch(model: nn.Module, batches: Batches, loader: DataLoader, state: L
     opt.zero_grad(set_to_none=True)
     n_steps = len(loader)
     for i, (x, y) in enumerate(loader):
-        views = isinstance(x, torch.Tensor) and x.ndim == 5  # AugMix + JSD: (B, 3, C, H, W)
-        if views:
-            x = x.transpose(0, 1).reshape(-1, *x.shape[2:])  # clean, aug1, aug2 blocks of B
-        x, y = to_device(x, s), y.to(s.device, non_blocking=True)
-        if batches.mix is not None:
-            x, y = batches.mix(x, y)
-        with torch.autocast(s.device.type, s.amp_dtype, enabled=s.amp_dtype is not None):
-            out = batches.forward(x)
-        if views:
-            out, *augs = out.float().split(len(y))
-            loss = loss_fn(out, _loss_target(y, s)) + JSD_WEIGHT * jensen_shannon(out, *augs)
-        else:
-            loss = loss_fn(out.float(), _loss_target(y, s))
-        if not torch.isfinite(loss):
+        update = (i + 1) % s.accumulate == 0 or i + 1 == n_steps
+        loss, n = train_step(model, batches.forward, x, y, loss_fn, s, opt, scaler, batches.mix,
+                             s.accumulate, update)
+        if not math.isfinite(loss):
             raise TrainingDiverged(
-                f"loss became {loss.item()} at epoch {state.epoch + 2}, step {i + 1}: lower "
+                f"loss became {loss} at epoch {state.epoch + 2}, step {i + 1}: lower "
                 "optim.lr or set train.grad_clip; the last good checkpoint is kept"
             )
-        scaler.scale(loss / s.accumulate).backward()
-        if (i + 1) % s.accumulate == 0 or i + 1 == n_steps:
-            if s.grad_clip:
-                scaler.unscale_(opt)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip)
-            scaler.step(opt)
-            scaler.update()
-            opt.zero_grad(set_to_none=True)
+        if update:
             sched.step()
             state.step += 1
-        total += loss.item() * len(y)
-        seen += len(y)
+        total += loss * n
+        seen += n
         reporter.advance(1, f"loss {total / seen:.4f}", seen / (time.perf_counter() - t0))
     dt = time.perf_counter() - t0
     return {"train_loss": total / max(1, seen), "train_time_s": dt, "samples_per_s": seen / dt}

@@ -11,16 +11,13 @@ graft snapshots to ``checkpoints/probe.safetensors``.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import torch
-from torch.utils.data import Dataset
 
-PROBE = "checkpoints/probe.safetensors"
-FINETUNED = "checkpoints/finetuned.safetensors"
+from ..run import FINETUNED, PROBE  # noqa: F401  (re-exported: WiSE-FT's two ends)
+
 ALPHAS = [round(0.1 * i, 1) for i in range(11)]
-# The corruption half of the "clean+corruption" objective: one per ImageNet-C family, severity 3.
-OBJECTIVE_CORRUPTIONS = ("gaussian_noise", "defocus_blur", "fog", "jpeg_compression")
+# The corruption half of the "clean+corruption" objective is the modality's (``corrupted_sets``).
 
 
 def pick_alpha(rows: Sequence[dict[str, float]], tol: float = 1e-9) -> float:
@@ -46,34 +43,3 @@ def interpolate(theta_0: dict[str, torch.Tensor], theta_1: dict[str, torch.Tenso
         v0 = theta_0[k]
         out[k] = torch.lerp(v0.to(v1.dtype), v1, alpha) if v1.is_floating_point() else v1.clone()
     return out
-
-
-class _Corrupted(Dataset):
-    """Validation images corrupted once (as the model sees them), then normalised."""
-
-    def __init__(self, model: Any, items: Sequence[tuple[str, float]], task: str, name: str,
-                 seed: int) -> None:
-        from ..data.images import load_image
-        from ..data.transforms import eval_view, to_model_input
-        from ..robustness.bench import cell_seed
-        from ..robustness.corruptions import corrupt
-
-        view, finish = eval_view(model.data_config), to_model_input(model.data_config)
-        self.x = [finish(corrupt(view(load_image(p)), name, 3, cell_seed(seed, i, name, 3)))
-                  for i, (p, _) in enumerate(items)]
-        self.y = [torch.tensor(int(t)) if task == "classification" else torch.tensor(t)
-                  for _, t in items]
-
-    def __len__(self) -> int:
-        return len(self.x)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.x[i], self.y[i]
-
-
-def corrupted_sets(model: Any, items: Sequence[tuple[str, float]], task: str, seed: int
-                   ) -> dict[str, Dataset]:
-    """The validation split under each objective corruption (images only)."""
-    if model.modality != "image":
-        raise ValueError("the clean+corruption objective needs an image model")
-    return {name: _Corrupted(model, items, task, name, seed) for name in OBJECTIVE_CORRUPTIONS}

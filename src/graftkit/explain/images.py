@@ -1,0 +1,125 @@
+"""Explaining an image model's decisions: one image (:func:`explain_image`), files with overlays
+and JSON records (:func:`explain_images`), the report's Grad-CAM gallery (:func:`gradcam_overlays`).
+Everything here takes the model (or a run handle holding it); nothing reloads it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .. import run as rd
+from ..data.images import BadImage, load_image
+from ..data.transforms import eval_transform
+from ..errors import DataError, GraftError
+from ..evaluate.calibration import Calibration
+from .faithfulness import faithfulness
+from .methods import METHODS
+from .overlay import model_view, overlay
+
+
+@dataclass
+class Explained:
+    x: torch.Tensor
+    probs: torch.Tensor  # calibrated
+    predicted: int
+    target: int
+    heatmap: np.ndarray
+
+
+def _load(path: Path) -> Image.Image:
+    try:
+        return load_image(path)
+    except BadImage as e:
+        raise DataError(f"{path}: {e.reason}") from None
+
+
+def explain_image(model: Any, cal: Calibration, image: Image.Image, method: str,
+                 target: int | None) -> Explained:
+    x = eval_transform(model.data_config)(image)[None]
+    with torch.inference_mode():
+        logits = model(x.contiguous(memory_format=torch.channels_last)).float()
+    probs = cal.probs(logits)[0]
+    predicted = int(cal.decide(probs[None].numpy())[0])
+    t = predicted if target is None else target
+    return Explained(x, probs, predicted, t, METHODS.get(method)(model, x, t))
+
+
+def _unique_stems(files: list[Path]) -> list[str]:
+    """File stems, with ``-2``, ``-3``... appended where two inputs share one."""
+    seen: dict[str, int] = {}
+    stems = []
+    for f in files:
+        seen[f.stem] = seen.get(f.stem, 0) + 1
+        stems.append(f.stem if seen[f.stem] == 1 else f"{f.stem}-{seen[f.stem]}")
+    return stems
+
+
+def explain_images(run: Any, files: list[str], method: str, target: str | None,
+                   out_dir: Path, topk: int = 3) -> list[dict[str, Any]]:
+    """For each image file, ``<out_dir>/<stem>.<method>.png`` (the heatmap over the model's view)
+    and ``<stem>.json``: the top-k classes with calibrated probabilities, the explained class
+    (``target``, default the predicted one), the method and the deletion/insertion scores
+    (:func:`graftkit.explain.faithfulness`). ``run`` is a run handle (``model``, ``classes``,
+    ``calibration``). Every input is checked before anything is written."""
+    METHODS.get(method)
+    classes = run.classes
+    if target is not None and target not in classes:
+        raise GraftError(f"unknown class {target!r}; this run's classes: {', '.join(classes)}")
+    paths = [Path(f) for f in files]
+    for f in paths:  # decoded twice, not held: a folder of photos may not fit in memory
+        _load(f)
+    model, cal = run.model, run.calibration
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    records = []
+    for f, stem in zip(paths, _unique_stems(paths)):
+        image = _load(f)
+        e = explain_image(model, cal, image, method,
+                          None if target is None else classes.index(target))
+        png = out / f"{stem}.{method}.png"
+        label, prob = classes[e.predicted], float(e.probs[e.predicted])
+        overlay(model_view(image, model.data_config), e.heatmap, label, prob, method=method,
+                target=classes[e.target]).save(png)
+        p, idx = e.probs.topk(min(topk, len(classes)))
+        record = {
+            "input": str(f), "method": method, "predicted": label, "prob": prob,
+            "target": classes[e.target], "target_prob": float(e.probs[e.target]),
+            "top": [{"label": classes[int(i)], "prob": float(v)} for v, i in zip(p, idx)],
+            "faithfulness": faithfulness(model, e.x, e.heatmap, e.target),
+            "overlay": str(png),
+        }
+        rd.write_json(out / f"{stem}.json", record)
+        records.append(record)
+    return records
+
+
+def gradcam_overlays(model: Any, classes: list[str], cal: Calibration, items: list[str],
+                     out_dir: str | Path) -> dict[str, Path]:
+    """Grad-CAM overlays of the predicted class for the report's example images.
+
+    Writes ``<out_dir>/<nnn>-<stem>.gradcam.png`` and returns ``{item: png path}``; items that
+    cannot be read are left out (the report shows them without an overlay), as are all items
+    of a model Grad-CAM cannot explain.
+    """
+    out = Path(out_dir)
+    written: dict[str, Path] = {}
+    for i, item in enumerate(items):
+        try:
+            image = load_image(item)
+        except BadImage:
+            continue
+        try:
+            e = explain_image(model, cal, image, "gradcam", None)
+        except GraftError:  # no feature map to read (see methods.cam_layer): nothing to show
+            return written
+        out.mkdir(parents=True, exist_ok=True)
+        png = out / f"{i:03d}-{rd.safe_name(Path(item).stem)}.gradcam.png"
+        overlay(model_view(image, model.data_config), e.heatmap, classes[e.predicted],
+                float(e.probs[e.predicted]), method="gradcam").save(png)
+        written[item] = png
+    return written

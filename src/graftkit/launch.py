@@ -1,0 +1,128 @@
+"""Starting a training run: resolve what depends on the data, validate the config before any
+heavy work, then build the session, fit, finish, and hand back the run (:class:`LoadedRun`).
+
+The public facade (:mod:`graftkit.api`) and ``graft search`` both start runs through here.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from . import modalities
+from . import run as rd
+from .config import Config, build_config
+from .errors import ConfigError, GraftError, TrainingDiverged
+from .evaluate.metrics import VALIDATION_METRICS
+from .inference import LoadedRun
+
+
+def resolve_inputs(cfg: Config) -> Config:
+    """Fill what depends on the data: the modality (``auto``: the first modality that recognises
+    the data, e.g. a CSV with the text column and no path column is text) and its default
+    model."""
+    d = cfg.data
+    name = modalities.detect(d)
+    model = cfg.model.name or modalities.get(name).default_model
+    return cfg.model_copy(update={"data": d.model_copy(update={"modality": name}),
+                                  "model": cfg.model.model_copy(update={"name": model})})
+
+
+def monitor_metric(cfg: Config) -> str:
+    m = cfg.train.early_stop.metric
+    return m if m != "auto" else ("rmse" if cfg.task == "regression" else "accuracy")
+
+
+def validate(cfg: Config, resuming: bool = False) -> None:
+    """Every name in the config refers to something registered and fits the data's modality and
+    task; fail before any heavy work."""
+    from .data.transforms import AUGMENTATIONS
+    from .strategies import STRATEGIES
+    from .train.losses import LOSSES, REGRESSION_LOSSES
+    from .train.optim import OPTIMIZERS, SCHEDULES
+
+    cfg = resolve_inputs(cfg)
+    checks = [("strategy.name", STRATEGIES, cfg.strategy.name), ("optim.name", OPTIMIZERS,
+              cfg.optim.name), ("optim.schedule", SCHEDULES, cfg.optim.schedule)]
+    if cfg.train.augment != "auto":
+        checks.append(("train.augment", AUGMENTATIONS, cfg.train.augment))
+    if cfg.loss.name:
+        checks.append(("loss.name", LOSSES, cfg.loss.name))
+    for key, reg, name in checks:
+        if name not in reg:
+            raise ConfigError(f"config key '{key}': unknown {reg.kind} {name!r}; choose one of: "
+                              f"{', '.join(reg.names())}")
+    modality = modalities.get(cfg.data.modality)
+    modality.check_model(cfg.model.name or "")
+    STRATEGIES.get(cfg.strategy.name).check_modality(cfg.strategy.name, modality.name)
+    modality.check_config(cfg)
+    if not resuming and cfg.model.weights and not Path(cfg.model.weights).expanduser().is_file():
+        raise ConfigError(f"config key 'model.weights': file {cfg.model.weights!r} not found")
+    if cfg.data.path is None:
+        raise ConfigError("config key 'data.path': no data given; pass --data DIR_OR_CSV")
+    if not Path(cfg.data.path).expanduser().exists():
+        raise ConfigError(f"config key 'data.path': {cfg.data.path!r} does not exist")
+    regression = cfg.task == "regression"
+    if cfg.loss.name and (cfg.loss.name in REGRESSION_LOSSES) != regression:
+        raise ConfigError(f"config key 'loss.name': {cfg.loss.name!r} does not fit task {cfg.task}")
+    if regression and (cfg.train.mixup or cfg.train.cutmix):
+        raise ConfigError("config key 'train.mixup': MixUp/CutMix are for classification")
+    if cfg.train.augment == "augmix_jsd" and (cfg.train.mixup or cfg.train.cutmix or regression):
+        raise ConfigError("config key 'train.augment': augmix_jsd is for classification without "
+                          "MixUp/CutMix")
+    metric, allowed = monitor_metric(cfg), VALIDATION_METRICS[cfg.task]
+    if metric not in allowed:
+        raise ConfigError(f"config key 'train.early_stop.metric': {metric!r} is not a validation "
+                          f"metric for {cfg.task}; choose one of: {', '.join(sorted(allowed))}")
+
+
+def resume(run_dir: str | Path, quiet: bool = False) -> LoadedRun:
+    """Continue a stopped run from its last completed epoch."""
+    p = rd.check_run_dir(run_dir)
+    if not (p / rd.STATE).is_file():
+        raise GraftError(f"{str(p)!r} has no checkpoint to resume from (no {rd.STATE})")
+    meta = rd.read_json(p / rd.META)
+    if meta.get("status") == "completed":
+        raise GraftError(f"run {str(p)!r} already completed; nothing to resume")
+    cfg = build_config(p / rd.CONFIG)
+    return train(cfg, out=p, resume_dir=p, quiet=quiet)
+
+
+def train(cfg: Config, out: str | Path | None = None, overwrite: bool = False,
+          resume_dir: Path | None = None, quiet: bool = False, hooks: list[Any] | None = None
+          ) -> LoadedRun:
+    """Train from a validated config into a run directory. ``hooks`` run after the built-in
+    ones on every event (see ``train/hooks.py``)."""
+    cfg = resolve_inputs(cfg)
+    validate(cfg, resuming=resume_dir is not None)
+    from .session import build_session
+
+    out_dir = Path(out) if out else rd.default_out(cfg.model.name, cfg.strategy.name)
+    created = not out_dir.exists()
+    if resume_dir is None:
+        rd.prepare_out_dir(out_dir, overwrite)
+    try:
+        session = build_session(cfg, out_dir, monitor_metric(cfg), quiet=quiet,
+                                resuming=resume_dir is not None)
+    except GraftError:
+        if created:  # a mistake found before training leaves no half-made run behind
+            import shutil
+
+            shutil.rmtree(out_dir, ignore_errors=True)
+        raise
+    session.extra_hooks = list(hooks or [])
+    t0 = time.perf_counter()
+    try:
+        session.fit()
+    except KeyboardInterrupt:
+        session.mark("interrupted", time.perf_counter() - t0)
+        if not (out_dir / rd.STATE).is_file():
+            raise GraftError("interrupted before the first epoch finished; nothing to resume, "
+                             "start again") from None
+        raise GraftError(f"interrupted; continue with: graft train --resume {out_dir}") from None
+    except TrainingDiverged:
+        session.mark("diverged", time.perf_counter() - t0)
+        raise
+    session.finish(time.perf_counter() - t0)
+    return LoadedRun(out_dir)

@@ -1,0 +1,162 @@
+"""What a modality is: everything that differs between images, texts and (next) sounds.
+
+A modality is one small module registered by name (``MODALITIES``). It discovers a data source
+and reads labeled evaluation data, decodes one input (a path, an in-memory object, or the bytes
+of an upload), builds and rebuilds the model adapter, says what batch size suits a gradient-free
+pass, gives the input statistics the drift monitor compares, runs the robustness benchmark with
+its own perturbation family, explains decisions with the methods it supports, and says whether
+the exporters take its models. Session, loop, inference, report, serve, export and search ask
+the run's modality and never compare modality names.
+
+Every method of :class:`Modality` that a modality cannot do raises :class:`GraftError` with a
+one-line reason, so a consumer needs no capability flags of its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import GraftError
+from ..registry import Registry
+
+Items = list[tuple[str, float]]  # (input, target): an image path, a text, a sound path
+
+
+class Modality:
+    """The base: defaults and the one-line refusals. Subclasses set the names and override."""
+
+    name = ""
+    noun = ""  # "image": "3 images", "this model takes images"
+    default_model = ""
+    json_field = ""  # graft serve's JSON body: {"images": [base64, ...]} / {"texts": [...]}
+    json_help = ""  # its description in the OpenAPI schema
+    form_field = ""  # its multipart field: "file" (uploads) / "text" (plain fields)
+    form_files = True  # the multipart field holds uploaded files
+    explainable = False  # the report's gallery and graft serve's /v1/explain have overlays
+    exportable = False  # graft export writes its models
+    stat_keys: tuple[str, ...] = ()  # the per-input statistics the drift monitor compares
+    robustness_kind = "perturbations"  # what graft robustness applies: results.json's "kind"
+
+    # --- data ---------------------------------------------------------------------------------
+    def detect(self, path: str | None, d: Any) -> bool:
+        """Is ``path`` data of this modality (for ``data.modality: auto``)?"""
+        return False
+
+    def check_config(self, cfg: Any) -> None:
+        """Refuse config values that make no sense for this modality (ConfigError)."""
+
+    def discover(self, d: Any, task: str, progress: Any = None) -> Any:
+        """The run's data (a :class:`graftkit.data.sources.DataSpec`) from the data section."""
+        raise GraftError(f"{self.name} data cannot be read yet")
+
+    def eval_items(self, data: str | Path, meta: dict[str, Any], d: Any, split: str | None
+                   ) -> tuple[Items, list[dict[str, str]], str]:
+        """Labeled items of any folder or file, with the run's label map."""
+        raise GraftError(f"graft evaluate --data is not available for {self.name} runs")
+
+    def expand_inputs(self, inputs: Sequence[str]) -> list[str]:
+        """Command-line inputs to predict: files as given, folders replaced by their inputs."""
+        return list(inputs)
+
+    # --- model --------------------------------------------------------------------------------
+    def check_model(self, name: str) -> None:
+        """A ConfigError when ``name`` is no model of this modality."""
+
+    def arch(self, name: str) -> str:
+        return name
+
+    def create_model(self, m: Any, spec: Any, n_out: int, out: Path, resuming: bool
+                     ) -> tuple[Any, dict[str, Any]]:
+        """A new adapter for ``spec`` (and what the data report should add about it)."""
+        raise NotImplementedError
+
+    def rebuild(self, path: Path, meta: dict[str, Any]) -> Any:
+        """The adapter of a run directory, weights not yet loaded."""
+        raise NotImplementedError
+
+    def eval_batch(self, d: Any, device: Any) -> int:
+        """The batch size of gradient-free passes (feature extraction, validation, predict)."""
+        return d.eval_batch_size or 2 * d.batch_size
+
+    def model_view(self, model: Any) -> Callable[[Any], Any]:
+        """Per decoded input, what the model's batch is stacked from (the server's prepare)."""
+        return lambda x: x
+
+    def batch(self, model: Any, prepared: list[Any]) -> Any:
+        """A model input from prepared inputs (``model_view``)."""
+        raise NotImplementedError
+
+    # --- inputs -------------------------------------------------------------------------------
+    def load(self, item: Any) -> tuple[str, Any]:
+        """(name, decoded) of one input to predict: a path, or an already decoded object."""
+        raise NotImplementedError
+
+    def decode_upload(self, raw: bytes | str, max_pixels: int) -> Any:
+        """One input of a served request, decoded; raises :class:`graftkit.errors.BadInput` with
+        a reason and a code (the server answers 400, or 413 for ``too_many_pixels``)."""
+        raise NotImplementedError
+
+    def warmup_input(self, model_or_size: Any) -> Any:
+        raise NotImplementedError
+
+    def input_stats(self, decoded: Any) -> dict[str, float]:
+        return {}
+
+    def input_reference(self, items: Sequence[str]) -> dict[str, Any]:
+        """Mean and std of ``input_stats`` over (a sample of) a split's inputs."""
+        rows = [self.input_stats(x) for x in self._reference_inputs(items)]
+        return {"n": len(rows), **{k: _moments(np.array([r[k] for r in rows]))
+                                   for k in self.stat_keys}}
+
+    def _reference_inputs(self, items: Sequence[str]) -> list[Any]:
+        return list(items)
+
+    # --- consumers ----------------------------------------------------------------------------
+    def robustness_names(self, spec: str | None) -> list[str]:
+        raise GraftError(f"graft robustness has no perturbations for {self.name} runs yet")
+
+    def robustness(self, model: Any, cal: Any, items: Items, names: list[str], sevs: list[int],
+                   seed: int, batch_size: int, workers: int | None, progress: Any
+                   ) -> tuple[dict[str, Any], Any]:
+        """(results, what to show) of the modality's perturbation family on labeled items."""
+        raise GraftError(f"graft robustness has no perturbations for {self.name} runs yet")
+
+    def robustness_figures(self, shown: Any, names: list[str], sevs: list[int], out: Path,
+                           seed: int) -> dict[str, Any]:
+        """Write the examples figure(s) into ``out``; returns what results.json should add."""
+        return {}
+
+    def robust_subset(self) -> str:
+        """The perturbations of ``graft search --objective robust`` (a small, fast set)."""
+        raise GraftError(f"--objective robust has no perturbations for {self.name} runs")
+
+    def corrupted_sets(self, model: Any, items: Items, task: str, seed: int) -> dict[str, Any]:
+        """WiSE-FT's ``clean+corruption`` objective: the validation split under a few
+        perturbations (one per family, severity 3), as datasets."""
+        raise GraftError(f"the clean+corruption objective is not available for {self.name} runs")
+
+    def explain_methods(self) -> list[str]:
+        """The explanation methods ``graft explain`` offers for this modality."""
+        return []
+
+    def explain(self, run: Any, inputs: list[str | Path], texts: list[str], method: str | None,
+                target: str | None, out_dir: Path, topk: int) -> list[dict[str, Any]]:
+        raise GraftError(f"graft explain is not available for {self.name} runs yet")
+
+    def gallery(self, examples: list[dict[str, Any]], model: Any, classes: list[str], cal: Any,
+                out: Path) -> list[dict[str, Any]]:
+        """The report's worst examples, with what to show of each (a thumbnail and an overlay,
+        or the text)."""
+        return [{**ex, "text": ex["item"]} for ex in examples]
+
+
+def _moments(x: np.ndarray) -> dict[str, float]:
+    return {"mean": float(np.mean(x)), "std": float(np.std(x))} if len(x) else {
+        "mean": 0.0, "std": 0.0}
+
+
+MODALITIES: Registry[Modality] = Registry("modality")

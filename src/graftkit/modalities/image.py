@@ -1,0 +1,245 @@
+"""Images: folders of class folders or CSV manifests of image files, timm backbones, the
+ImageNet-C corruptions, Grad-CAM."""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from ..data.images import IMAGE_EXTENSIONS, BadImage, decode_image, load_image
+from ..errors import BadInput, ConfigError, DataError
+from .base import MODALITIES, Items, Modality
+
+# One corruption per ImageNet-C family at severity 3: WiSE-FT's clean+corruption objective and
+# graft search's robust objective (noise, blur, weather, digital).
+FAMILY_SUBSET = ("gaussian_noise", "motion_blur", "fog", "jpeg_compression")
+MAX_INPUT_SAMPLES = 200  # images decoded for the drift reference (spread over the split)
+THUMB, STATS_THUMB = 176, 64  # px: a report thumbnail; brightness is measured on a smaller one
+
+
+def image_stats(img: Image.Image) -> dict[str, float]:
+    """Mean brightness (0..1, of the grayscale image) and size of one RGB image."""
+    import numpy as np
+
+    small = img.copy()
+    small.thumbnail((STATS_THUMB, STATS_THUMB))
+    gray = np.asarray(small.convert("L"), dtype=np.float32)
+    return {"brightness": float(gray.mean() / 255.0), "width": float(img.width),
+            "height": float(img.height)}
+
+
+def _thumbnail(item: str) -> str | None:
+    try:
+        img = load_image(item)
+    except (BadImage, OSError):
+        return None
+    img.thumbnail((THUMB, THUMB))
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=85)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def load_or_fail(item: Any) -> tuple[str, Image.Image]:
+    if isinstance(item, Image.Image):
+        return "<image>", item.convert("RGB")
+    try:
+        return str(item), load_image(item)
+    except BadImage as e:
+        raise DataError(f"{item}: {e.reason}") from None
+
+
+class ImageModality(Modality):
+    name, noun, default_model = "image", "image", "efficientnet_lite0"
+    json_field, form_field, form_files = "images", "file", True
+    json_help = "base64 image files (JPEG, PNG, ...)"
+    explainable = exportable = True
+    stat_keys = ("brightness", "width", "height")
+    robustness_kind = "corruptions"
+
+    def detect(self, path: str | None, d: Any) -> bool:
+        return True  # the fallback: any folder or manifest of files
+
+    def check_config(self, cfg: Any) -> None:
+        pass  # every augmentation, MixUp/CutMix and WiSE-FT objective applies to images
+
+    def discover(self, d: Any, task: str, progress: Any = None) -> Any:
+        from ..data.sources import discover
+
+        return discover(d.path or "", task=task, val_fraction=d.val_fraction,
+                        test_fraction=d.test_fraction, seed=d.split_seed,
+                        path_column=d.path_column, label_column=d.label_column,
+                        progress=progress)
+
+    def eval_items(self, data: str | Path, meta: dict[str, Any], d: Any, split: str | None
+                   ) -> tuple[Items, list[dict[str, str]], str]:
+        from ..data.sources import discover_eval
+
+        return discover_eval(data, meta["classes"], task=meta["task"], split=split,
+                             path_column=d.path_column, label_column=d.label_column)
+
+    def expand_inputs(self, inputs: Sequence[str | Path]) -> list[str]:
+        out: list[str] = []
+        for item in map(Path, inputs):
+            if item.is_dir():
+                found = sorted(str(f) for f in item.rglob("*")
+                               if f.suffix.lower() in IMAGE_EXTENSIONS)
+                if not found:
+                    raise DataError(f"{item}: no images in this folder")
+                out += found
+            else:  # a missing or unreadable file fails when it is read, with the reason
+                out.append(str(item))
+        if not out:
+            raise DataError("no input images given")
+        return out
+
+    # --- model --------------------------------------------------------------------------------
+    def check_model(self, name: str) -> None:
+        from ..models.vision import resolve_arch
+
+        resolve_arch(name)
+
+    def arch(self, name: str) -> str:
+        from ..models.vision import resolve_arch
+
+        return resolve_arch(name)
+
+    def create_model(self, m: Any, spec: Any, n_out: int, out: Path, resuming: bool
+                     ) -> tuple[Any, dict[str, Any]]:
+        from ..models.vision import create_model
+
+        return create_model(m.name or "", n_out, pretrained=m.pretrained and not resuming,
+                            weights=None if resuming else m.weights, dropout=m.dropout,
+                            image_size=m.image_size), {}
+
+    def rebuild(self, path: Path, meta: dict[str, Any]) -> Any:
+        from ..data.transforms import DataConfig
+        from ..models.vision import rebuild_model
+
+        dc = DataConfig.from_dict(meta["preprocessing"])
+        return rebuild_model(meta["model"]["arch"], meta["num_outputs"],
+                             meta["model"]["dropout"], dc)
+
+    def eval_batch(self, d: Any, device: Any) -> int:
+        from ..train.device import resolve_eval_batch
+
+        return resolve_eval_batch(d.eval_batch_size, device, d.batch_size)
+
+    def model_view(self, model: Any) -> Any:
+        from ..data.transforms import eval_transform
+
+        return eval_transform(model.data_config)  # PIL -> (C, H, W)
+
+    def batch(self, model: Any, prepared: list[Any]) -> Any:
+        # NHWC is what oneDNN/cuDNN convolutions run fastest (train.device.resolve_channels_last)
+        return torch.stack(prepared).contiguous(memory_format=torch.channels_last)  # (B,C,H,W)
+
+    # --- inputs -------------------------------------------------------------------------------
+    def load(self, item: Any) -> tuple[str, Any]:
+        return load_or_fail(item)
+
+    def decode_upload(self, raw: bytes | str, max_pixels: int) -> Any:
+        if isinstance(raw, str):
+            raise BadInput("this model takes images, not texts", "bad_request")
+        return decode_image(raw, max_pixels)
+
+    def warmup_input(self, size: int) -> Any:
+        return Image.new("RGB", (size, size), (128, 128, 128))
+
+    def input_stats(self, decoded: Any) -> dict[str, float]:
+        return image_stats(decoded)
+
+    def _reference_inputs(self, items: Sequence[str]) -> list[Any]:
+        images = []
+        for item in items[::max(1, len(items) // MAX_INPUT_SAMPLES)]:
+            try:
+                images.append(load_image(item))
+            except BadImage:
+                continue  # unreadable images are left out
+        return images
+
+    # --- consumers ----------------------------------------------------------------------------
+    def robustness_names(self, spec: str | None) -> list[str]:
+        from ..robustness.corruptions import resolve_corruptions
+
+        return resolve_corruptions(spec or "all")
+
+    def robust_subset(self) -> str:
+        return ",".join(FAMILY_SUBSET)
+
+    def robustness(self, model: Any, cal: Any, items: Items, names: list[str], sevs: list[int],
+                   seed: int, batch_size: int, workers: int | None, progress: Any
+                   ) -> tuple[dict[str, Any], Any]:
+        """Images are corrupted as the model sees them (after the evaluation resize and centre
+        crop, as ImageNet-C corrupts 224 px crops), then normalised."""
+        import numpy as np
+
+        from ..data.transforms import eval_view, to_model_input
+        from ..robustness.bench import run_corruptions
+
+        view, finish = eval_view(model.data_config), to_model_input(model.data_config)
+        images = [view(load_or_fail(path)[1]) for path, _ in items]
+        targets = np.array([int(t) for _, t in items])
+
+        @torch.no_grad()
+        def predict_probs(imgs: list) -> np.ndarray:
+            return cal.probs(model(self.batch(model, [finish(im) for im in imgs]))).numpy()
+
+        results = run_corruptions(predict_probs, images, targets, names, sevs, seed=seed,
+                                  workers=workers, batch_size=max(batch_size, 16),
+                                  progress=progress)
+        return results, images[0]
+
+    def robustness_figures(self, shown: Any, names: list[str], sevs: list[int], out: Path,
+                           seed: int) -> dict[str, Any]:
+        from ..robustness.plots import plot_examples
+
+        plot_examples(shown, names, sevs, out / "examples.png", seed=seed)
+        return {}
+
+    def corrupted_sets(self, model: Any, items: Items, task: str, seed: int) -> dict[str, Any]:
+        from ..robustness.bench import corrupted_dataset
+
+        return {name: corrupted_dataset(model.data_config, [p for p, _ in items],
+                                        [t for _, t in items], task, name, 3, seed)
+                for name in FAMILY_SUBSET}
+
+    def explain_methods(self) -> list[str]:
+        from ..explain.methods import METHODS
+
+        return METHODS.names()
+
+    def explain(self, run: Any, inputs: list[str | Path], texts: list[str], method: str | None,
+                target: str | None, out_dir: Path, topk: int) -> list[dict[str, Any]]:
+        from ..explain.images import explain_images
+
+        if texts:
+            raise ConfigError(f"--text is for text runs; {str(run.path)!r} is an image run")
+        return explain_images(run, self.expand_inputs(inputs), method or "gradcam", target,
+                              out_dir, topk)
+
+    def gallery(self, examples: list[dict[str, Any]], model: Any, classes: list[str], cal: Any,
+                out: Path) -> list[dict[str, Any]]:
+        """Each image's thumbnail and, when the model has a feature map to read, its Grad-CAM
+        overlay of the predicted class (computed with ``model``, already in memory)."""
+        from ..explain.images import gradcam_overlays
+
+        cams = gradcam_overlays(model, classes, cal, [ex["item"] for ex in examples],
+                                out / "gradcam") if model is not None and examples else {}
+        return [{**ex, "thumb": _thumbnail(ex["item"]), "label": Path(ex["item"]).name,
+                 "cam": _data_uri(cams[ex["item"]]) if ex["item"] in cams else None}
+                for ex in examples]
+
+
+def _data_uri(png: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode()
+
+
+MODALITIES.register("image", "image files: class folders or a CSV manifest")(ImageModality())
+
+__all__ = ["FAMILY_SUBSET", "ImageModality", "image_stats"]
