@@ -34,8 +34,8 @@ from _common import DATA_DIR, write_result
 
 def timed_fit(data: Path, epochs: int, cache: str, out: Path) -> tuple[float, float]:
     from graftkit.config import build_config
-    from graftkit.run import prepare_out_dir
     from graftkit.launch import monitor_metric, resolve_inputs
+    from graftkit.run import prepare_out_dir
     from graftkit.session import build_session
 
     cfg = build_config(None, {"data.path": str(data), "strategy.name": "linear_probe",

@@ -99,6 +99,17 @@ def load_image(path: str | Path) -> Image.Image:
         raise BadImage(f"unreadable image: {e}") from None
 
 
+def open_image(item: str | Path | Image.Image) -> tuple[str, Image.Image]:
+    """(name, RGB image) of an image file or an already open image; :class:`BadImage`'s reason
+    then names the file."""
+    if isinstance(item, Image.Image):
+        return "<image>", item.convert("RGB")
+    try:
+        return str(item), load_image(item)
+    except BadImage as e:
+        raise BadImage(f"{item}: {e.reason}", e.code) from None
+
+
 def decode_image(data: bytes, max_pixels: int) -> Image.Image:
     """Bytes of an uploaded image file -> an RGB PIL image, decoded as :func:`load_image` decodes
     files, or :class:`BadImage`. More than ``max_pixels`` pixels is refused on the header, before

@@ -15,71 +15,23 @@ files are skipped and listed in the data report with the reason; they never cras
 from __future__ import annotations
 
 import csv
-import hashlib
-import math
 import os
-import random
-from collections import Counter
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 from ..errors import DataError
 from .images import BadImage, load_image
-
-SPLIT_ALIASES = {
-    "train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test",
-}
-
-
-@dataclass
-class DataSpec:
-    """The examples of every split, as ``(path, target)``; targets are class indices or floats."""
-
-    task: str
-    classes: list[str]
-    splits: dict[str, list[tuple[str, float]]]
-    layout: str
-    source: str
-    skipped: list[dict[str, str]] = field(default_factory=list)
-    target_stats: dict[str, float] = field(default_factory=dict)  # regression: mean/std of train
-    modality: str = "image"  # the modality registered under this name (graftkit.modalities)
-    inline: bool = False  # items are the inputs themselves (texts), not paths of files
-
-    def fingerprint(self) -> str:
-        """Content key of the data: every file's path, size and mtime (or every text), its split
-        and target."""
-        h = hashlib.sha256()
-        for split in sorted(self.splits):
-            for item, target in self.splits[split]:
-                if self.inline:
-                    h.update(f"{split}\0{item}\0{target}\n".encode())
-                    continue
-                st = os.stat(item)
-                h.update(f"{split}\0{item}\0{st.st_size}\0{st.st_mtime_ns}\0{target}\n".encode())
-        return h.hexdigest()[:16]
-
-    def report(self) -> dict:
-        counts: dict[str, dict[str, int] | int] = {}
-        for split, items in self.splits.items():
-            if self.task == "classification":
-                c = Counter(int(t) for _, t in items)
-                counts[split] = {self.classes[i]: c.get(i, 0) for i in range(len(self.classes))}
-            else:
-                counts[split] = len(items)
-        return {
-            "source": self.source,
-            "modality": self.modality,
-            "layout": self.layout,
-            "task": self.task,
-            "classes": self.classes,
-            "counts": counts,
-            "n_skipped": len(self.skipped),
-            "skipped": self.skipped,
-            "target_stats": self.target_stats,
-        }
+from .spec import (  # noqa: F401  (re-exported: the names this module always had)
+    SPLIT_ALIASES,
+    DataSpec,
+    _check_classes,
+    is_float,
+    label_map,
+    label_target,
+    stratified_split,
+    target_stats,
+)
 
 
 def _is_hidden(p: Path) -> bool:
@@ -147,34 +99,6 @@ def _scan_class_tree(root: Path, progress: Progress | None = None
             raise DataError(f"class folder {str(d)!r} has no usable images "
                             f"({len(files[d.name])} skipped)")
     return per_class, skipped
-
-
-def _check_classes(classes: list[str], where: str) -> None:
-    if not classes:
-        raise DataError(f"no class folders found in {where!r}: expected <class>/<image> folders")
-    if len(classes) < 2:
-        raise DataError(
-            f"only one class ({classes[0]!r}) found in {where!r}: classification needs at least 2"
-        )
-
-
-def stratified_split(
-    per_class: dict[str, list[Path]], val_fraction: float, test_fraction: float, seed: int
-) -> dict[str, dict[str, list[Path]]]:
-    """Per class: shuffle with ``seed``, then cut test and val; train keeps at least one item."""
-    out: dict[str, dict[str, list[Path]]] = {"train": {}, "val": {}, "test": {}}
-    for name, items in per_class.items():
-        items = list(items)
-        random.Random(f"{seed}:{name}").shuffle(items)
-        n = len(items)
-        n_test = min(n - 1, math.floor(n * test_fraction + 0.5)) if test_fraction > 0 else 0
-        n_val = min(n - 1 - n_test, math.floor(n * val_fraction + 0.5)) if val_fraction > 0 else 0
-        if val_fraction > 0 and n_val == 0 and n - n_test >= 2:
-            n_val = 1
-        out["test"][name] = items[:n_test]
-        out["val"][name] = items[n_test : n_test + n_val]
-        out["train"][name] = items[n_test + n_val :]
-    return out
 
 
 def _from_folders(
@@ -293,13 +217,6 @@ def _from_csv(
     return spec
 
 
-def target_stats(ys: list[float]) -> dict[str, float]:
-    """Mean and standard deviation of regression targets (training standardises with them)."""
-    mean = sum(ys) / len(ys)
-    std = math.sqrt(sum((y - mean) ** 2 for y in ys) / max(1, len(ys) - 1)) or 1.0
-    return {"mean": mean, "std": std}
-
-
 def _read_rows(path: Path) -> list[dict[str, str]]:
     """The CSV's rows as dicts (a BOM is tolerated); a DataError if unreadable or empty."""
     try:
@@ -310,47 +227,6 @@ def _read_rows(path: Path) -> list[dict[str, str]]:
     if not rows:
         raise DataError(f"CSV {str(path)!r} has no rows")
     return rows
-
-
-def label_map(train: list[str], others: list[str], task: str, where: str
-              ) -> tuple[list[str], Callable[[str], float]]:
-    """The classes of a labeled CSV (its training labels, sorted) and its label -> target map
-    (the class index; for regression, the number), checking every label of ``train`` and of
-    ``others`` (its val/test rows)."""
-    if task == "regression":
-        bad = next((lab for lab in [*train, *others] if not is_float(lab)), None)
-        if bad is not None:
-            raise DataError(f"task is regression but label {bad!r} in {where!r} is not a finite "
-                            "number")
-        return [], float
-    classes = sorted(set(train))
-    _check_classes(classes, where)
-    unknown = sorted(set(others) - set(classes))
-    if unknown:
-        raise DataError(f"label {unknown[0]!r} in {where!r} appears in val/test but not in the "
-                        "training data; every class needs training examples")
-    index = {c: i for i, c in enumerate(classes)}
-    return classes, lambda label: float(index[label])
-
-
-def label_target(label: str, index: dict[str, int], task: str, where: str) -> float:
-    """A CSV label as a target: its class index in ``index``, or the number (regression)."""
-    if task == "regression":
-        if not is_float(label):
-            raise DataError(f"{where}: target {label!r} is not a number")
-        return float(label)
-    if label not in index:
-        raise DataError(f"{where}: label {label!r} is not a class of this run "
-                        f"({', '.join(index)})")
-    return float(index[label])
-
-
-def is_float(s: str) -> bool:
-    """A finite number (``nan`` and ``inf`` parse as floats but cannot be regression targets)."""
-    try:
-        return math.isfinite(float(s))
-    except ValueError:
-        return False
 
 
 def discover(

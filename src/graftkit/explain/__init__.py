@@ -9,8 +9,8 @@ Text runs: ``token_attributions`` (integrated gradients on the token embeddings)
 from __future__ import annotations
 
 from .api import cli_explain, explain_run
-from .images import gradcam_overlays
 from .faithfulness import faithfulness
+from .images import gradcam_overlays
 from .methods import METHODS, explain
 from .overlay import model_view, overlay
 from .text import merge_words, text_faithfulness, token_attributions

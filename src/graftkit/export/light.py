@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ..data.images import BadImage, load_image
+from ..data.images import BadImage, open_image
 from ..errors import GraftError
 
 BUNDLE_JSON = "bundle.json"
@@ -105,12 +105,10 @@ def read_bundle(bundle_dir: str | Path) -> dict[str, Any]:
 
 
 def _as_image(item: Any) -> tuple[str, Image.Image]:
-    if isinstance(item, Image.Image):
-        return "<image>", item.convert("RGB")
     try:
-        return str(item), load_image(item)
+        return open_image(item)
     except BadImage as e:
-        raise BadInput(f"{item}: {e.reason}") from None
+        raise BadInput(e.reason) from None
 
 
 class BundlePredictor:

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from ..data.images import IMAGE_EXTENSIONS, BadImage, decode_image, load_image
+from ..data.images import IMAGE_EXTENSIONS, BadImage, decode_image, load_image, open_image
 from ..errors import BadInput, ConfigError, DataError
 from .base import MODALITIES, Items, Modality
 
@@ -46,12 +46,10 @@ def _thumbnail(item: str) -> str | None:
 
 
 def load_or_fail(item: Any) -> tuple[str, Image.Image]:
-    if isinstance(item, Image.Image):
-        return "<image>", item.convert("RGB")
     try:
-        return str(item), load_image(item)
+        return open_image(item)
     except BadImage as e:
-        raise DataError(f"{item}: {e.reason}") from None
+        raise DataError(e.reason) from None
 
 
 class ImageModality(Modality):

@@ -15,7 +15,6 @@ from typing import Any
 from ..errors import ConfigError
 
 
-
 def check(objective: str, metric: str, weight: float) -> None:
     from ..evaluate.metrics import LOWER_IS_BETTER
 

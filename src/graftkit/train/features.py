@@ -54,11 +54,14 @@ def extract(
     Inputs are image tensors or (text) dicts of token tensors, as ``collate`` makes them."""
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                         collate_fn=collate)
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
     feats, targets = [], []
     for x, y in loader:
-        x = x.to(device).contiguous(memory_format=fmt) if isinstance(x, torch.Tensor) else {
-            k: v.to(device) for k, v in x.items()}
+        if isinstance(x, torch.Tensor):  # NHWC only means something for a (B, C, H, W) batch
+            x = x.to(device)
+            x = x.contiguous(memory_format=torch.channels_last) if (
+                channels_last and x.ndim == 4) else x
+        else:  # a dict of token tensors
+            x = {k: v.to(device) for k, v in x.items()}
         feats.append(features(x).float().cpu())
         targets.append(y)
         if on_batch:
