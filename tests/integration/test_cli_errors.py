@@ -37,6 +37,15 @@ def test_mistakes_are_one_line(tmp_path: Path, hymenoptera: Path) -> None:
     assert not (tmp_path / "never").exists()  # a data mistake leaves no half-made run behind
 
 
+@pytest.mark.parametrize(("args", "says"), [
+    (["train", "--epochs", "abc"], "'--epochs'"), (["train", "--bogus"], "--bogus"),
+    (["predict"], "Missing argument"), (["nosuchcmd"], "No such command 'nosuchcmd'"),
+    (["serve", "--port", "abc"], "'--port'"), (["predict", "x", "y.jpg", "--topk", "0"], "--topk"),
+])
+def test_usage_errors_are_one_line(args: list[str], says: str) -> None:
+    assert says in _fails(*args)
+
+
 def test_existing_output_is_never_overwritten_silently(tmp_path: Path, small_csv: Path) -> None:
     mine = tmp_path / "mine"
     mine.mkdir()

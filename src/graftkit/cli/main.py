@@ -362,13 +362,14 @@ def main() -> None:
     except (typer.Exit, SystemExit) as e:
         code = getattr(e, "exit_code", getattr(e, "code", 0))
         sys.exit(code)
-    except Exception as e:  # click usage errors carry their own formatting
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
-        if isinstance(e, click.exceptions.Abort):
+    except Exception as e:
+        # Usage errors: typer bundles its own copy of click (typer._click), so the classes are
+        # recognised by name, whichever click raised them; one line, exit 2 as click's own.
+        kinds = {c.__name__ for c in type(e).__mro__}
+        if "ClickException" in kinds:
+            typer.echo(f"error: {e.format_message()}", err=True)  # type: ignore[attr-defined]
+            sys.exit(2 if "UsageError" in kinds else getattr(e, "exit_code", 1))
+        if "Abort" in kinds:
             typer.echo("aborted", err=True)
             sys.exit(130)
         raise
