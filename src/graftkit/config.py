@@ -121,7 +121,8 @@ class TrainConfig(_Section):
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     channels_last: Literal["auto", "on", "off"] = "auto"
-    threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's)")
+    threads: int | None = Field(None, ge=1, description="torch CPU threads (default: "
+                                "$GRAFT_THREADS, else the cores this process may use)")
     feature_cache: Literal["disk", "memory", "off"] = "disk"
     freeze_bn: bool = Field(
         True, description="keep BatchNorm running statistics fixed while fine-tuning"

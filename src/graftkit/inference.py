@@ -20,6 +20,7 @@ from .config import Config, build_config
 from .errors import DataError, GraftError
 from .evaluate.calibration import Calibration
 from .modalities import Modality
+from .threads import use_threads
 from .train.checkpoint import load_weights
 
 
@@ -72,6 +73,7 @@ def load_model(path: Path, meta: dict[str, Any]) -> Any:
     weights = path / rd.WEIGHTS
     if not weights.is_file():
         raise GraftError(f"run {str(path)!r} has no {rd.WEIGHTS} (did training finish an epoch?)")
+    use_threads()  # graft --threads / $GRAFT_THREADS / the cores this process may use
     model = modalities.of(meta).rebuild(path, meta)
     load_weights(model, weights)
     # NHWC is what oneDNN/cuDNN convolutions run fastest (see train.device.resolve_channels_last);

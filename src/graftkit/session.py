@@ -23,6 +23,7 @@ from .evaluate.calibration import Calibration, fit_calibration
 from .evaluate.metrics import LOWER_IS_BETTER, SUMMARY_METRICS
 from .modalities import Modality
 from .strategies import STRATEGIES, Stage, Strategy, StrategyParams
+from .threads import use_threads
 from .train import hooks as H
 from .train import wise_ft
 from .train.checkpoint import load_weights, read_state_info, save_weights
@@ -252,8 +253,7 @@ def build_session(cfg: Config, out: Path, monitor: str, quiet: bool = False,
     """``cfg`` validated and resolved (``graftkit.launch``); ``monitor`` the validation metric
     that selects the best epoch."""
     reporter = Reporter(quiet)
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
+    use_threads(cfg.train.threads)
     torch.manual_seed(cfg.train.seed)
     device = resolve_device(cfg.train.device)
     amp = resolve_precision(cfg.train.precision, device)

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[2] / "src" / "graftkit"
 # Lowest first; a module may import its own layer and those before it. First match wins, so a
 # module named on its own comes before its package's wildcard.
 LAYERS: list[tuple[str, list[str]]] = [
-    ("leaves", ["errors", "registry", "train.progress", "train.device"]),
+    ("leaves", ["errors", "registry", "threads", "train.progress", "train.device"]),
     ("config and run directory", ["config", "run"]),
     ("pure evaluation", ["evaluate.metrics", "evaluate.calibration", "evaluate.analysis",
                          "evaluate.reference", "evaluate.plots"]),

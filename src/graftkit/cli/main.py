@@ -17,6 +17,21 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="graft: fine-tune pretrained networks on your own labeled data.")
 
 
+@app.callback()
+def _everywhere(
+    threads: int | None = typer.Option(None, "--threads", min=1, help="CPU threads for every "
+                                       "model this command runs (default: $GRAFT_THREADS, else "
+                                       "the cores this process may use)"),
+) -> None:
+    """graft: fine-tune pretrained networks on your own labeled data."""
+    if threads:
+        import os
+
+        from ..threads import ENV
+
+        os.environ[ENV] = str(threads)  # read by every path that runs a model, and by workers
+
+
 def _flags(**kw: object) -> dict[str, object]:
     return {k: v for k, v in kw.items() if v is not None}
 

@@ -24,6 +24,7 @@ from PIL import Image
 
 from ..data.images import BadImage, open_image
 from ..errors import GraftError
+from ..threads import thread_count
 
 BUNDLE_JSON = "bundle.json"
 BUNDLE_FORMAT = "graftkit-bundle"
@@ -114,7 +115,8 @@ def _as_image(item: Any) -> tuple[str, Image.Image]:
 class BundlePredictor:
     """Top-k predictions from an ONNX export bundle, like ``Run.predict``, without torch.
 
-    ``threads`` sets onnxruntime's intra-op threads (default: its own choice). The model file's
+    ``threads`` sets onnxruntime's intra-op threads (default: graftkit's one thread setting,
+    :func:`graftkit.threads.thread_count`). The model file's
     sha256 is checked against bundle.json unless ``verify=False``.
     """
 
@@ -136,8 +138,7 @@ class BundlePredictor:
             raise GraftError(f"{str(model_file)!r} does not match the sha256 in {BUNDLE_JSON}: "
                              "the file was changed or damaged")
         opts = ort.SessionOptions()
-        if threads:
-            opts.intra_op_num_threads = threads
+        opts.intra_op_num_threads = thread_count(threads)
         self.session = ort.InferenceSession(str(model_file), opts,
                                             providers=["CPUExecutionProvider"])
         self.input_name = self.bundle["input"]["name"]
