@@ -234,7 +234,9 @@ def build_config(
         if not p.is_file():
             raise ConfigError(f"config file {str(p)!r} not found")
         try:
-            loaded = yaml.safe_load(p.read_text()) or {}
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError:
+            raise ConfigError(f"config file {str(p)!r} is not a text (YAML) file") from None
         except yaml.YAMLError as e:
             msg = f"config file {str(p)!r} is not valid YAML: {e}".splitlines()[0]
             raise ConfigError(msg) from None

@@ -100,17 +100,23 @@ def train(cfg: Config, out: str | Path | None = None, overwrite: bool = False,
 
     out_dir = Path(out) if out else rd.default_out(cfg.model.name, cfg.strategy.name)
     created = not out_dir.exists()
-    if resume_dir is None:
-        rd.prepare_out_dir(out_dir, overwrite)
+    # A run being replaced (--overwrite) stays as it is until the new one has passed every check
+    # of its data and model: the new one is set up in a sibling folder, then swapped in.
+    replacing = resume_dir is None and rd.check_out_dir(out_dir, overwrite)
+    build_dir = rd.sibling(out_dir, "new") if replacing else out_dir
+    build_dir.mkdir(parents=True, exist_ok=True)
     try:
-        session = build_session(cfg, out_dir, monitor_metric(cfg), quiet=quiet,
+        session = build_session(cfg, build_dir, monitor_metric(cfg), quiet=quiet,
                                 resuming=resume_dir is not None)
     except GraftError:
-        if created:  # a mistake found before training leaves no half-made run behind
+        if created or replacing:  # a mistake found before training leaves no half-made run
             import shutil
 
-            shutil.rmtree(out_dir, ignore_errors=True)
+            shutil.rmtree(build_dir, ignore_errors=True)
         raise
+    if replacing:
+        rd.replace_dir(out_dir, build_dir)
+        session.out = out_dir
     session.extra_hooks = list(hooks or [])
     t0 = time.perf_counter()
     try:

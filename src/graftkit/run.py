@@ -91,7 +91,18 @@ def versions() -> dict[str, str]:
 
 
 def prepare_out_dir(out: Path, overwrite: bool) -> None:
-    """Refuse to write into a non-empty folder unless asked; never wipe a folder we did not make."""
+    """Refuse to write into a non-empty folder unless asked; never wipe a folder we did not make.
+    (Training replaces a run only once the new one passed its checks: :func:`replace_dir`.)"""
+    if check_out_dir(out, overwrite):
+        for p in out.iterdir():
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def check_out_dir(out: Path, overwrite: bool) -> bool:
+    """Whether ``out`` holds a run that ``overwrite`` may replace (False: it is new or empty);
+    a GraftError for a file, a non-empty folder without ``overwrite``, or a folder that is not a
+    graft run directory. Nothing is changed."""
     if out.exists() and not out.is_dir():
         raise GraftError(f"--out {str(out)!r} is a file, not a folder")
     if out.is_dir() and any(out.iterdir()):
@@ -106,9 +117,25 @@ def prepare_out_dir(out: Path, overwrite: bool) -> None:
                 f"refusing to overwrite {str(out)!r}: it is not a graft run directory (it holds "
                 f"{', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''})"
             )
-        for p in out.iterdir():
-            shutil.rmtree(p) if p.is_dir() else p.unlink()
-    out.mkdir(parents=True, exist_ok=True)
+        return True
+    return False
+
+
+def sibling(out: Path, tag: str) -> Path:
+    """A new hidden folder next to ``out`` (``.<name>.<tag>-<random>``), on the same disk."""
+    import secrets
+
+    p = out.parent / f".{out.name}.{tag}-{secrets.token_hex(4)}"
+    p.mkdir(parents=True)
+    return p
+
+
+def replace_dir(old: Path, new: Path) -> None:
+    """Put folder ``new`` where ``old`` is (two renames on one disk), then delete the old one."""
+    trash = old.parent / f".{old.name}.old-{os.getpid()}"
+    os.replace(old, trash)
+    os.replace(new, old)
+    shutil.rmtree(trash, ignore_errors=True)
 
 
 def default_out(model: str, strategy: str) -> Path:
@@ -119,7 +146,8 @@ def default_out(model: str, strategy: str) -> Path:
 
 
 def safe_name(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "data"
+    # no leading dot either: ".." (or ".hidden") must not name a folder outside or hidden
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_.") or "data"
 
 
 def eval_dir(run: Path, data: str | Path, split: str, name: str | None = None) -> Path:

@@ -85,3 +85,26 @@ def test_overwrite_replaces_a_failed_run_and_resume_refuses_changed_classes(
     (out / "meta.json").write_text(json.dumps(meta))
     assert "changed since this run started" in _fails("train", "--resume", out)
     assert "drop the other options" in _fails("train", "--resume", out, "--batch-size", "8")
+
+
+def test_overwrite_with_bad_data_leaves_the_old_run_byte_identical(
+        tmp_path: Path, small_csv: Path, hymenoptera: Path) -> None:
+    out = tmp_path / "run"
+    graft("train", "--data", small_csv, "--out", out, "--epochs", "1", *TINY)
+
+    def snapshot() -> dict[str, bytes]:
+        return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*"))
+                if p.is_file()}
+
+    before = snapshot()
+    one_class = tmp_path / "one"
+    (one_class / "ants").mkdir(parents=True)
+    for f in list((hymenoptera / "train" / "ants").glob("*.jpg"))[:3]:
+        (one_class / "ants" / f.name).write_bytes(f.read_bytes())
+    assert "only one class" in _fails("train", "--data", one_class, "--out", out, "--overwrite",
+                                      *TINY)
+    assert snapshot() == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no sibling left
+    graft("train", "--data", small_csv, "--out", out, "--overwrite", "--epochs", "1", *TINY)
+    assert json.loads((out / "meta.json").read_text())["status"] == "completed"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]

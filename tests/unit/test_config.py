@@ -86,3 +86,18 @@ def test_overrides_never_write_into_the_base_tree() -> None:
     second = build_config(None, {}, base=base)
     assert first.strategy.name == "full" and first.train.augment == "strong"
     assert second.strategy.name == "linear_probe" and second.train.augment == "auto"
+
+
+def test_a_binary_config_file_is_one_line(tmp_path: Path) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_bytes(bytes(range(256)))
+    with pytest.raises(ConfigError, match="is not a text"):
+        build_config(f)
+
+
+def test_names_from_users_never_leave_their_folder(tmp_path: Path) -> None:
+    from graftkit import run as rd
+
+    assert rd.safe_name("..") == "data" and rd.safe_name("../..") == "data"
+    assert rd.safe_name(".hidden") == "hidden" and rd.safe_name("v1.2 final") == "v1.2_final"
+    assert rd.eval_dir(tmp_path, tmp_path, "val", "..").parent == tmp_path / rd.EVAL

@@ -183,6 +183,11 @@ def test_bundle_predictor_errors(tmp_path: Path, onnx_bundle: Path) -> None:
         f.write(b"\0")
     with pytest.raises(GraftError, match="does not match the sha256"):
         BundlePredictor(copy)
+    bundle = _bundle(copy)
+    for name in ("../model.onnx", "/etc/passwd", ".."):  # bundle.json names a file inside it
+        (copy / "bundle.json").write_text(json.dumps({**bundle, "model_file": name}))
+        with pytest.raises(GraftError, match="must be a file name inside the bundle"):
+            BundlePredictor(copy)
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated")

@@ -152,3 +152,26 @@ def test_hidden_folders_are_ignored(tmp_path: Path) -> None:
     _img(root / "a" / ".ipynb_checkpoints" / "copy.png")
     spec = discover(root)
     assert not any(".ipynb_checkpoints" in p for items in spec.splits.values() for p, _ in items)
+
+
+@pytest.mark.parametrize("names", [("val", "valid"), ("train", "Train")])
+def test_folders_of_one_split_or_name_are_refused_naming_both(tmp_path: Path,
+                                                             names: tuple[str, str]) -> None:
+    root = tmp_path / "d"
+    _tree(root / "train", {"a": 3, "b": 3})
+    for name in names:
+        _tree(root / name, {"a": 2, "b": 2})
+    with pytest.raises(DataError, match=f"both .*{names[0]}.* and .*{names[1]}|both .*"
+                                        f"{names[1]}.* and .*{names[0]}"):
+        discover(root)
+    with pytest.raises(DataError, match="both"):
+        discover_eval(root, ["a", "b"])
+
+
+def test_nul_byte_in_a_manifest_path_is_skipped_with_a_reason(tmp_path: Path) -> None:
+    _tree(tmp_path / "img", {"a": 4, "b": 4})
+    rows = [f"img/{c}/{i}.png,{c}" for c in "ab" for i in range(4)] + ["img/a/x\0y.png,a"]
+    (tmp_path / "m.csv").write_text("path,label\n" + "\n".join(rows) + "\n")
+    spec = discover(tmp_path / "m.csv")
+    assert [s["reason"] for s in spec.skipped] == ["cannot read: embedded null byte"]
+    assert sum(len(v) for v in spec.splits.values()) == 8

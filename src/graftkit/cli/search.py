@@ -64,6 +64,7 @@ def search(
 ) -> None:
     """Search fine-tuning strategies and hyperparameters with Optuna."""
     from ..config import parse_override
+    from ..run import safe_name
     from ..search.study import SETTINGS, SearchSettings, settings_from_study
     from ..search.study import search as run_search
 
@@ -83,7 +84,7 @@ def search(
         if not (study and storage):
             raise GraftError("give --data DIR to start a search, --resume SEARCH_DIR to go on, "
                              "or --study NAME --storage URL to join one")
-        out = out or Path(f"search-{study}")
+        out = out or Path(f"search-{safe_name(study)}")
         s, sp = settings_from_study(storage, study, out, heartbeat)
         # a joining worker runs the study's space as stored (its lr ranges already centred)
         s.workers, s.trials, s.lr_find = workers, trials or s.trials, False

@@ -72,6 +72,8 @@ def load_image(path: str | Path) -> Image.Image:
             raise BadImage("empty file (0 bytes)")
     except OSError as e:
         raise BadImage(f"cannot read: {e.strerror or e}") from None
+    except ValueError as e:  # e.g. a NUL byte in the path
+        raise BadImage(f"cannot read: {e}") from None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

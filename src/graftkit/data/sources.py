@@ -101,12 +101,36 @@ def _scan_class_tree(root: Path, progress: Progress | None = None
     return per_class, skipped
 
 
+def _children(root: Path) -> dict[str, Path]:
+    """The folders of ``root`` by lower-cased name; two that differ only by case are refused."""
+    out: dict[str, Path] = {}
+    for d in _class_dirs(root):
+        if d.name.lower() in out:
+            raise DataError(f"{str(root)!r} holds both {out[d.name.lower()].name!r} and "
+                            f"{d.name!r}; merge or rename one of them")
+        out[d.name.lower()] = d
+    return out
+
+
+def _split_dirs(root: Path, children: dict[str, Path]) -> dict[str, Path]:
+    """Split name -> folder; two folders of one split (``val`` and ``valid``) are refused."""
+    out: dict[str, Path] = {}
+    for k, d in children.items():
+        if k in SPLIT_ALIASES:
+            split = SPLIT_ALIASES[k]
+            if split in out:
+                raise DataError(f"{str(root)!r} holds both {out[split].name!r} and {d.name!r} as "
+                                f"the {split} split; keep one of them")
+            out[split] = d
+    return out
+
+
 def _from_folders(
     root: Path, val_fraction: float, test_fraction: float, seed: int,
     progress: Progress | None = None,
 ) -> DataSpec:
-    children = {d.name.lower(): d for d in _class_dirs(root)}
-    split_dirs = {SPLIT_ALIASES[k]: d for k, d in children.items() if k in SPLIT_ALIASES}
+    children = _children(root)
+    split_dirs = _split_dirs(root, children)
     if "train" in split_dirs and len(split_dirs) >= 2:
         layout = "split-folders"
         extra = sorted(set(children) - set(SPLIT_ALIASES))
@@ -276,8 +300,7 @@ def discover_eval(
     index = {c: i for i, c in enumerate(classes)}
     if p.is_file():
         return _eval_csv(p, index, task, split, path_column, label_column)
-    children = {d.name.lower(): d for d in _class_dirs(p)}
-    split_dirs = {SPLIT_ALIASES[k]: d for k, d in children.items() if k in SPLIT_ALIASES}
+    split_dirs = _split_dirs(p, _children(p))
     used = "all"
     if split_dirs:
         default = "test" if "test" in split_dirs else "val" if "val" in split_dirs else "train"

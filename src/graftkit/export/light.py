@@ -102,6 +102,9 @@ def read_bundle(bundle_dir: str | Path) -> dict[str, Any]:
     if bundle.get("format") != BUNDLE_FORMAT or bundle.get("format_version") != BUNDLE_VERSION:
         raise GraftError(f"{str(f)!r} is not a graftkit bundle of format version "
                          f"{BUNDLE_VERSION}")
+    name = bundle.get("model_file")
+    if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
+        raise GraftError(f"{str(f)!r}: model_file {name!r} must be a file name inside the bundle")
     return bundle
 
 
