@@ -24,7 +24,7 @@ def test_every_preset_is_tested() -> None:
 
 
 def test_augmix_jsd_gives_a_clean_and_two_augmented_views() -> None:
-    from graftkit.train.loop import jensen_shannon
+    from graftkit.train.step import jensen_shannon
 
     torch.manual_seed(0)
     x = train_transform(DC, "augmix_jsd")(_photo())

@@ -8,8 +8,10 @@ its own perturbation family, explains decisions with the methods it supports, an
 the exporters take its models. Session, loop, inference, report, serve, export and search ask
 the run's modality and never compare modality names.
 
-Every method of :class:`Modality` that a modality cannot do raises :class:`GraftError` with a
-one-line reason, so a consumer needs no capability flags of its own.
+A new modality must implement ``discover``, ``create_model``, ``rebuild``, ``load`` and ``batch``
+(and ``decode_upload`` and ``warmup_input`` to be served); every other method has a default, and
+those a modality cannot do (robustness, explain, evaluate --data) refuse with a one-line
+:class:`GraftError`, so a consumer needs no capability flags of its own.
 """
 
 from __future__ import annotations

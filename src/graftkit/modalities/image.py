@@ -60,11 +60,8 @@ class ImageModality(Modality):
     stat_keys = ("brightness", "width", "height")
     robustness_kind = "corruptions"
 
-    def detect(self, path: str | None, d: Any) -> bool:
-        return True  # the fallback: any folder or manifest of files
-
-    def check_config(self, cfg: Any) -> None:
-        pass  # every augmentation, MixUp/CutMix and WiSE-FT objective applies to images
+    # detect: none needed, image is the default modality (any folder or manifest of files);
+    # check_config: none needed, every augmentation, MixUp/CutMix and WiSE-FT objective applies
 
     def discover(self, d: Any, task: str, progress: Any = None) -> Any:
         from ..data.sources import discover

@@ -5,7 +5,7 @@ blows up is too far.
 
 It runs the strategy's last stage (the one whose learning rate ``optim.lr`` sets) on a throwaway
 copy of the model, through the same batches, optimizer, parameter groups and training step
-(``train.loop.train_step``: autocast, MixUp/CutMix, AugMix's JSD) as training, one optimizer
+(``train.step.train_step``: autocast, MixUp/CutMix, AugMix's JSD) as training, one optimizer
 step per batch; a head-only stage runs on cached features, so a linear probe's test takes
 seconds. For LP-FT the fine-tuning stage is tested from the new (untrained) head, so its
 suggestion errs high.
@@ -51,7 +51,8 @@ def lr_find(cfg: Any, start: float = 1e-7, end: float = 1.0, steps: int = 100,
 
     from ..launch import monitor_metric, resolve_inputs, validate
     from ..session import build_session
-    from ..train.loop import Batches, set_trainable, train_mode, train_step
+    from ..train.loop import Batches, set_trainable, train_mode
+    from ..train.step import train_step
     from ..train.optim import build_optimizer
 
     if not (0 < start < end):

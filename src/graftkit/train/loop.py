@@ -9,7 +9,8 @@
 
 Determinism: every epoch reseeds torch from ``(seed, stage, epoch)`` and the DataLoader gets its
 own generator from the same numbers, so a run resumed after epoch k reaches the same weights as an
-uninterrupted one on CPU. Nothing here reads the config: ``LoopSettings`` holds plain values.
+uninterrupted one on CPU. Nothing here reads the config: ``LoopSettings`` (``settings.py``)
+holds plain values. One batch is ``train_step`` (``step.py``), which ``graft lr-find`` runs too.
 """
 
 from __future__ import annotations
@@ -20,13 +21,11 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.data import DataLoader, Dataset, TensorDataset
@@ -41,46 +40,8 @@ from .hooks import Hook, LoopState
 from .losses import LossFn
 from .optim import build_optimizer, build_scheduler
 from .progress import Reporter
-
-
-@dataclass(frozen=True)
-class LoopSettings:
-    task: str
-    classes: Sequence[str]
-    batch_size: int = 32
-    eval_batch_size: int = 8
-    num_workers: int = 0
-    augment: str = "auto"
-    optimizer: str = "adamw"
-    weight_decay: float = 1e-4
-    momentum: float = 0.9
-    nesterov: bool = True
-    layer_decay: float = 1.0
-    schedule: str = "cosine"
-    warmup_epochs: float = 0.0
-    step_size: int = 5
-    gamma: float = 0.1
-    grad_clip: float | None = None
-    accumulate: int = 1
-    mixup: float = 0.0
-    cutmix: float = 0.0
-    monitor: str = "accuracy"
-    seed: int = 0
-    device: torch.device = torch.device("cpu")
-    amp_dtype: torch.dtype | None = None
-    channels_last: bool = False
-    feature_cache: str = "disk"
-    freeze_bn: bool = True
-    topk: int = 5
-    target_mean: float = 0.0  # regression targets are standardised for training
-    target_std: float = 1.0
-
-
-@dataclass
-class LoopData:
-    train: Sequence[tuple[str, float]]
-    val: Sequence[tuple[str, float]]
-    fingerprint: str
+from .settings import LoopData, LoopSettings
+from .step import loss_target, to_device, train_step
 
 
 def augment_for(stage: Stage, augment: str) -> str:
@@ -207,20 +168,6 @@ def features_for(model: nn.Module, items: Sequence[tuple[str, float]], split: st
     return TensorDataset(x.to(s.device), y)
 
 
-def to_device(x: Any, s: LoopSettings) -> Any:
-    """A batch of inputs on the device: an image tensor (NHWC when channels_last), or a dict of
-    token tensors (text)."""
-    if isinstance(x, torch.Tensor):
-        x = x.to(s.device, non_blocking=True)
-        return x.contiguous(memory_format=torch.channels_last) if (
-            s.channels_last and x.ndim == 4) else x
-    return {k: v.to(s.device, non_blocking=True) for k, v in x.items()}
-
-
-def loss_target(y: torch.Tensor, s: LoopSettings) -> torch.Tensor:
-    return (y.float() - s.target_mean) / s.target_std if s.task == "regression" else y
-
-
 @torch.no_grad()
 def predict_batches(forward: Callable, loader: DataLoader, s: LoopSettings
                     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -263,51 +210,6 @@ def _stage_optimizer(model: nn.Module, stage: Stage, s: LoopSettings, steps: int
     sched = build_scheduler(opt, s.schedule, per_epoch * stage.epochs,
                             int(s.warmup_epochs * per_epoch), per_epoch, s.step_size, s.gamma)
     return opt, sched
-
-
-JSD_WEIGHT = 12.0  # lambda of AugMix's consistency loss (Hendrycks et al. 2020)
-
-
-def jensen_shannon(*logits: torch.Tensor) -> torch.Tensor:
-    """Jensen-Shannon divergence among the softmaxes of several views (AugMix's consistency
-    loss): the mean KL of each view's distribution from their average."""
-    probs = [F.softmax(z, dim=-1) for z in logits]
-    log_m = torch.clamp(sum(probs) / len(probs), 1e-7, 1).log()
-    return sum(F.kl_div(log_m, p, reduction="batchmean") for p in probs) / len(probs)
-
-
-def train_step(model: nn.Module, forward: Callable, x: Any, y: torch.Tensor, loss_fn: LossFn,
-               s: LoopSettings, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-               mix: Callable | None = None, accumulate: int = 1, update: bool = True
-               ) -> tuple[float, int]:
-    """One training batch: AugMix's views apart, MixUp/CutMix, the forward pass under autocast,
-    the loss (+ JSD), the backward of 1/``accumulate`` of it and, when ``update``, the optimizer
-    step (gradient clipping, GradScaler). Returns (loss, batch size); a non-finite loss comes
-    back before any backward, for the caller to report."""
-    views = isinstance(x, torch.Tensor) and x.ndim == 5  # AugMix + JSD: (B, 3, C, H, W)
-    if views:
-        x = x.transpose(0, 1).reshape(-1, *x.shape[2:])  # clean, aug1, aug2 blocks of B
-    x, y = to_device(x, s), y.to(s.device, non_blocking=True)
-    if mix is not None:
-        x, y = mix(x, y)
-    with torch.autocast(s.device.type, s.amp_dtype, enabled=s.amp_dtype is not None):
-        out = forward(x)
-    if views:
-        out, *augs = out.float().split(len(y))
-        loss = loss_fn(out, loss_target(y, s)) + JSD_WEIGHT * jensen_shannon(out, *augs)
-    else:
-        loss = loss_fn(out.float(), loss_target(y, s))
-    if not torch.isfinite(loss):
-        return loss.item(), len(y)
-    scaler.scale(loss / accumulate).backward()
-    if update:
-        if s.grad_clip:
-            scaler.unscale_(opt)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip)
-        scaler.step(opt)
-        scaler.update()
-        opt.zero_grad(set_to_none=True)
-    return loss.item(), len(y)
 
 
 def train_epoch(model: nn.Module, batches: Batches, loader: DataLoader, state: LoopState,

@@ -1,0 +1,49 @@
+"""The plain values the training loop runs on (``LoopSettings``) and the data it trains on
+(``LoopData``): the session fills them from the config; nothing in ``train/`` reads the config."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    task: str
+    classes: Sequence[str]
+    batch_size: int = 32
+    eval_batch_size: int = 8
+    num_workers: int = 0
+    augment: str = "auto"
+    optimizer: str = "adamw"
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+    nesterov: bool = True
+    layer_decay: float = 1.0
+    schedule: str = "cosine"
+    warmup_epochs: float = 0.0
+    step_size: int = 5
+    gamma: float = 0.1
+    grad_clip: float | None = None
+    accumulate: int = 1
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    monitor: str = "accuracy"
+    seed: int = 0
+    device: torch.device = torch.device("cpu")
+    amp_dtype: torch.dtype | None = None
+    channels_last: bool = False
+    feature_cache: str = "disk"
+    freeze_bn: bool = True
+    topk: int = 5
+    target_mean: float = 0.0  # regression targets are standardised for training
+    target_std: float = 1.0
+
+
+@dataclass
+class LoopData:
+    train: Sequence[tuple[str, float]]
+    val: Sequence[tuple[str, float]]
+    fingerprint: str

@@ -1,0 +1,74 @@
+"""One training step, shared by the loop and ``graft lr-find``: AugMix's views apart, MixUp/CutMix,
+the forward pass under autocast, the loss (+ AugMix's Jensen-Shannon consistency), the backward
+pass and the optimizer update."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .losses import LossFn
+from .settings import LoopSettings
+
+
+def to_device(x: Any, s: LoopSettings) -> Any:
+    """A batch of inputs on the device: an image tensor (NHWC when channels_last), or a dict of
+    token tensors (text)."""
+    if isinstance(x, torch.Tensor):
+        x = x.to(s.device, non_blocking=True)
+        return x.contiguous(memory_format=torch.channels_last) if (
+            s.channels_last and x.ndim == 4) else x
+    return {k: v.to(s.device, non_blocking=True) for k, v in x.items()}
+
+
+def loss_target(y: torch.Tensor, s: LoopSettings) -> torch.Tensor:
+    return (y.float() - s.target_mean) / s.target_std if s.task == "regression" else y
+
+
+JSD_WEIGHT = 12.0  # lambda of AugMix's consistency loss (Hendrycks et al. 2020)
+
+
+def jensen_shannon(*logits: torch.Tensor) -> torch.Tensor:
+    """Jensen-Shannon divergence among the softmaxes of several views (AugMix's consistency
+    loss): the mean KL of each view's distribution from their average."""
+    probs = [F.softmax(z, dim=-1) for z in logits]
+    log_m = torch.clamp(sum(probs) / len(probs), 1e-7, 1).log()
+    return sum(F.kl_div(log_m, p, reduction="batchmean") for p in probs) / len(probs)
+
+
+def train_step(model: nn.Module, forward: Callable, x: Any, y: torch.Tensor, loss_fn: LossFn,
+               s: LoopSettings, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+               mix: Callable | None = None, accumulate: int = 1, update: bool = True
+               ) -> tuple[float, int]:
+    """One training batch: AugMix's views apart, MixUp/CutMix, the forward pass under autocast,
+    the loss (+ JSD), the backward of 1/``accumulate`` of it and, when ``update``, the optimizer
+    step (gradient clipping, GradScaler). Returns (loss, batch size); a non-finite loss comes
+    back before any backward, for the caller to report."""
+    views = isinstance(x, torch.Tensor) and x.ndim == 5  # AugMix + JSD: (B, 3, C, H, W)
+    if views:
+        x = x.transpose(0, 1).reshape(-1, *x.shape[2:])  # clean, aug1, aug2 blocks of B
+    x, y = to_device(x, s), y.to(s.device, non_blocking=True)
+    if mix is not None:
+        x, y = mix(x, y)
+    with torch.autocast(s.device.type, s.amp_dtype, enabled=s.amp_dtype is not None):
+        out = forward(x)
+    if views:
+        out, *augs = out.float().split(len(y))
+        loss = loss_fn(out, loss_target(y, s)) + JSD_WEIGHT * jensen_shannon(out, *augs)
+    else:
+        loss = loss_fn(out.float(), loss_target(y, s))
+    if not torch.isfinite(loss):
+        return loss.item(), len(y)
+    scaler.scale(loss / accumulate).backward()
+    if update:
+        if s.grad_clip:
+            scaler.unscale_(opt)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip)
+        scaler.step(opt)
+        scaler.update()
+        opt.zero_grad(set_to_none=True)
+    return loss.item(), len(y)
