@@ -52,8 +52,8 @@ def lr_find(cfg: Any, start: float = 1e-7, end: float = 1.0, steps: int = 100,
     from ..launch import monitor_metric, resolve_inputs, validate
     from ..session import build_session
     from ..train.loop import Batches, set_trainable, train_mode
-    from ..train.step import train_step
     from ..train.optim import build_optimizer
+    from ..train.step import train_step
 
     if not (0 < start < end):
         from ..errors import ConfigError
