@@ -55,7 +55,12 @@ def validate(cfg: Config, resuming: bool = False) -> None:
                               f"{', '.join(reg.names())}")
     modality = modalities.get(cfg.data.modality)
     modality.check_model(cfg.model.name or "")
-    STRATEGIES.get(cfg.strategy.name).check_modality(cfg.strategy.name, modality.name)
+    strategy = STRATEGIES.get(cfg.strategy.name)
+    strategy.check_modality(cfg.strategy.name, modality.name)
+    if cfg.train.wise_ft is not None:
+        from .session import plan_stages
+
+        plan_stages(cfg, strategy)
     modality.check_config(cfg)
     if not resuming and cfg.model.weights and not Path(cfg.model.weights).expanduser().is_file():
         raise ConfigError(f"config key 'model.weights': file {cfg.model.weights!r} not found")
@@ -130,5 +135,24 @@ def train(cfg: Config, out: str | Path | None = None, overwrite: bool = False,
     except TrainingDiverged:
         session.mark("diverged", time.perf_counter() - t0)
         raise
-    session.finish(time.perf_counter() - t0)
+    except OSError as e:  # disk full, the run folder made read-only or removed, ...
+        raise _failed(session, out_dir, e, time.perf_counter() - t0) from None
+    try:
+        session.finish(time.perf_counter() - t0)
+    except OSError as e:
+        raise _failed(session, out_dir, e, time.perf_counter() - t0) from None
     return LoadedRun(out_dir)
+
+
+def _failed(session: Any, out_dir: Path, e: OSError, seconds: float) -> GraftError:
+    """Record in ``meta.json`` that the run failed, and why (when the disk still lets us), and
+    the one-line error that says how to go on."""
+    reason = f"{e.strerror or type(e).__name__}" + (f": {e.filename}" if e.filename else "")
+    try:
+        session.mark("failed", seconds, reason)
+    except OSError:
+        pass  # nothing more can be written there; the error below still says what happened
+    if (out_dir / rd.STATE).is_file():
+        return GraftError(f"training stopped: {reason}; the last finished epoch is kept; fix "
+                          f"this, then continue with: graft train --resume {out_dir}")
+    return GraftError(f"training stopped before its first epoch finished: {reason}")

@@ -20,6 +20,7 @@ Every one of these names is defined here, once.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import platform
@@ -55,14 +56,25 @@ def usual_mode(path: str | Path) -> None:
 
 
 def write_json(path: Path, obj: Any) -> None:
-    """Atomic JSON write (temp file + rename), so readers never see half a file."""
+    """Atomic JSON write (temp file + rename), so readers never see half a file.
+
+    On a full disk there may be no room for the temporary copy: then an existing file is
+    rewritten in place (over its own blocks), so a run can still record that it failed."""
+    text = json.dumps(obj, indent=2, default=_json_default) + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2, default=_json_default)
-        f.write("\n")
-    usual_mode(tmp)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        usual_mode(tmp)
+        os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        if e.errno != errno.ENOSPC or not path.is_file():
+            raise
+        with path.open("r+") as f:
+            f.write(text)
+            f.truncate()
 
 
 def _json_default(o: Any) -> Any:

@@ -79,9 +79,11 @@ class Session:
         self.best_value, self.best_epoch, self.stop_reason = (
             state.best, state.best_epoch, state.stop_reason)
 
-    def mark(self, status: str, seconds: float) -> None:
+    def mark(self, status: str, seconds: float, reason: str | None = None) -> None:
         meta = rd.read_json(self.out / rd.META)
         meta["status"] = status
+        if reason:
+            meta["failure"] = reason
         meta["train_time_s"] = meta.get("train_time_s", 0.0) + seconds
         rd.write_json(self.out / rd.META, meta)
 
@@ -227,9 +229,15 @@ def _strategy_params(cfg: Config) -> StrategyParams:
                           tuple(st.lora_targets) if st.lora_targets else None)
 
 
-def _stages(cfg: Config, strat: Strategy) -> list[Stage]:
-    return strat.plan(cfg.train.epochs or strat.epochs_for(cfg.data.modality),
-                      cfg.optim.lr or strat.default_lr, _strategy_params(cfg))
+def plan_stages(cfg: Config, strat: Strategy) -> list[Stage]:
+    """The strategy's stages for this config; WiSE-FT needs a probe stage and a fine-tuned one."""
+    stages = strat.plan(cfg.train.epochs or strat.epochs_for(cfg.data.modality),
+                        cfg.optim.lr or strat.default_lr, _strategy_params(cfg))
+    if cfg.train.wise_ft is not None and not (
+            len(stages) > 1 and stages[0].head_only and not stages[-1].head_only):
+        raise ConfigError("config key 'train.wise_ft': WiSE-FT mixes a linear probe with its "
+                          f"fine-tuned continuation; use --strategy lp_ft, not {cfg.strategy.name}")
+    return stages
 
 
 def _loss(cfg: Config, spec: DataSpec) -> LossFn:
@@ -269,6 +277,7 @@ def build_session(cfg: Config, out: Path, monitor: str, quiet: bool = False,
                                                 or len(spec.classes) != 2):
         raise ConfigError("config key 'calibration.threshold': a decision threshold is for binary "
                           f"classification; this data has {len(spec.classes)} classes")
+    loss_fn = _loss(cfg, spec)  # checks loss.class_weights against the classes, before the model
     n_out = 1 if cfg.task == "regression" else len(spec.classes)
     m = cfg.model
     reporter.line(f"[bold]model[/] {m.name}  [bold]strategy[/] {cfg.strategy.name}")
@@ -277,11 +286,7 @@ def build_session(cfg: Config, out: Path, monitor: str, quiet: bool = False,
     if strat.prepare is not None:  # e.g. LoRA wraps the model with its adapters
         strat.prepare(model, _strategy_params(cfg))
     rd.write_json(out / rd.DATA_REPORT, {**spec.report(), **about_model})
-    stages = _stages(cfg, strat)
-    if cfg.train.wise_ft is not None and not (
-            len(stages) > 1 and stages[0].head_only and not stages[-1].head_only):
-        raise ConfigError("config key 'train.wise_ft': WiSE-FT mixes a linear probe with its "
-                          "fine-tuned continuation; use --strategy lp_ft")
+    stages = plan_stages(cfg, strat)
     ts = spec.target_stats
     settings = LoopSettings(
         task=cfg.task, classes=spec.classes, batch_size=d.batch_size, num_workers=d.num_workers,
@@ -309,11 +314,14 @@ def build_session(cfg: Config, out: Path, monitor: str, quiet: bool = False,
                             "; start a new run instead of resuming")
         if meta["data"]["fingerprint"] != data.fingerprint:
             reporter.warn("the data changed since this run started; resuming on the new data")
+        meta["status"] = "running"
+        meta.pop("failure", None)
+        rd.write_json(out / rd.META, meta)
     else:
         (out / rd.CONFIG).write_text(to_yaml(cfg))
         rd.write_json(out / rd.META, _meta(cfg, spec, modality, model, stages, data.fingerprint,
                                            settings))
-    return Session(cfg, out, spec, modality, strat, model, stages, _loss(cfg, spec), settings,
+    return Session(cfg, out, spec, modality, strat, model, stages, loss_fn, settings,
                    data, reporter, resume_info)
 
 

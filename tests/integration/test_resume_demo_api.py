@@ -8,6 +8,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -28,9 +30,36 @@ def _same_weights(a: Path, b: Path) -> None:
         assert (wa[k] == wb[k]).all(), f"{k} differs"
 
 
-def test_killed_run_resumes_to_the_same_weights(small_csv: Path, tmp_path: Path) -> None:
-    full, cut = tmp_path / "full", tmp_path / "cut"
-    graft("train", "--data", small_csv, "--out", full, *ARGS)
+@pytest.fixture(scope="module")
+def full(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The uninterrupted run that the interrupted ones must reproduce bit for bit."""
+    from tests.conftest import shared_dataset
+
+    d = tmp_path_factory.mktemp("full")
+    rows = ["path,label,split"]
+    for split, n in (("train", 12), ("val", 6)):  # the same photos as the small_csv fixture
+        for cls in ("ants", "bees"):
+            files = sorted((shared_dataset("hymenoptera_256") / split / cls).glob("*.jpg"))[:n]
+            rows += [f"{f},{cls},{split}" for f in files]
+    (d / "small.csv").write_text("\n".join(rows) + "\n")
+    graft("train", "--data", d / "small.csv", "--out", d / "run", *ARGS)
+    return d / "run"
+
+
+def _same_run(full: Path, cut: Path) -> None:
+    assert [h["epoch"] for h in read_history(cut)] == [1, 2, 3, 4]
+    last = Path("checkpoints") / "last.safetensors"
+    _same_weights(full / last, cut / last)
+    _same_weights(full / "model.safetensors", cut / "model.safetensors")
+    a = [h["val_loss"] for h in read_history(full)]
+    b = [h["val_loss"] for h in read_history(cut)]
+    assert a == b
+    assert json.loads((cut / "meta.json").read_text())["status"] == "completed"
+
+
+def test_killed_run_resumes_to_the_same_weights(small_csv: Path, full: Path, tmp_path: Path
+                                                ) -> None:
+    cut = tmp_path / "cut"
     # Start the same run and kill it (SIGKILL: no chance to clean up) once epoch 2 is on disk.
     proc = subprocess.Popen([sys.executable, "-m", "graftkit.cli.main", "train", "--data",
                              str(small_csv), "--out", str(cut), *ARGS],
@@ -47,15 +76,44 @@ def test_killed_run_resumes_to_the_same_weights(small_csv: Path, tmp_path: Path)
     assert json.loads((cut / "meta.json").read_text())["status"] == "running"
     assert len(read_history(cut)) < 4
     graft("train", "--resume", cut)
-    assert [h["epoch"] for h in read_history(cut)] == [1, 2, 3, 4]
-    last = Path("checkpoints") / "last.safetensors"
-    _same_weights(full / last, cut / last)
-    _same_weights(full / "model.safetensors", cut / "model.safetensors")
-    a = [h["val_loss"] for h in read_history(full)]
-    b = [h["val_loss"] for h in read_history(cut)]
-    assert a == b
-    assert json.loads((cut / "meta.json").read_text())["status"] == "completed"
+    _same_run(full, cut)
     assert "already completed" in graft("train", "--resume", cut, check=False).stderr
+
+
+@contextmanager
+def small_disk(where: Path, size: str, options: str = "") -> Iterator[Path]:
+    """A tmpfs of ``size`` mounted at ``where`` (root with CAP_SYS_ADMIN), else a skip."""
+    where.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}{options}",
+                                            "tmpfs", str(where)], capture_output=True
+                                           ).returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (needs root and CAP_SYS_ADMIN)")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], capture_output=True)
+
+
+def test_disk_full_marks_the_run_failed_and_resume_finishes_it(small_csv: Path, full: Path,
+                                                                 tmp_path: Path) -> None:
+    # 1.2 MB holds the first epoch's weights and checkpoint (about 0.4 MB each) but not the
+    # second epoch's new checkpoint beside the old one: the disk fills up mid-run.
+    with small_disk(tmp_path / "disk", "1200k") as disk:
+        cut = disk / "run"
+        proc = graft("train", "--data", small_csv, "--out", cut, *ARGS, check=False)
+        assert proc.returncode == 2, (proc.stdout, proc.stderr)
+        assert "Traceback" not in proc.stderr
+        line = proc.stderr.strip().splitlines()[-1]
+        assert "No space left on device" in line and f"graft train --resume {cut}" in line
+        meta = json.loads((cut / "meta.json").read_text())
+        assert meta["status"] == "failed" and "No space left" in meta["failure"]
+        assert 1 <= len(read_history(cut)) < 4
+        assert not [p for p in cut.rglob(".*.tmp")], "a partial temporary file was left"
+        # space is freed: the run resumes and ends exactly where the uninterrupted one did
+        subprocess.run(["mount", "-o", "remount,size=64m", str(disk)], check=True)
+        graft("train", "--resume", cut)
+        _same_run(full, cut)
+        assert "failure" not in json.loads((cut / "meta.json").read_text())
 
 
 def test_python_api_mirrors_the_cli(small_csv: Path, tmp_path: Path) -> None:
@@ -126,3 +184,10 @@ def test_ctrl_c_leaves_a_resumable_run(small_csv: Path, tmp_path: Path) -> None:
         (out / "config.yaml").read_text().replace("epochs: 1000", f"epochs: {done + 1}"))
     graft("train", "--resume", out)
     assert len(read_history(out)) == done + 1
+
+
+def test_a_read_only_out_is_one_line(small_csv: Path, tmp_path: Path) -> None:
+    with small_disk(tmp_path / "ro", "1m", ",ro") as ro:
+        proc = graft("train", "--data", small_csv, "--out", ro / "run", *TINY, check=False)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr
+        assert proc.stderr.strip() == f"error: Read-only file system: {ro / 'run'}"

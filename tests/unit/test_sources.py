@@ -100,8 +100,12 @@ def test_csv_manifest_relative_paths_and_split_column(tmp_path: Path) -> None:
 
 def test_csv_missing_column_names_it(tmp_path: Path) -> None:
     (tmp_path / "m.csv").write_text("file,label\na.png,x\n")
-    with pytest.raises(DataError, match="no column 'path'"):
+    with pytest.raises(DataError, match=r"no image path column 'path' and no text column "
+                       r"\(columns: file, label\).*--text-column"):
         discover(tmp_path / "m.csv")
+    (tmp_path / "n.csv").write_text("path,class\na.png,x\n")
+    with pytest.raises(DataError, match="no column 'label' .*data.label_column"):
+        discover(tmp_path / "n.csv")
 
 
 def test_regression_csv(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ A user mistake (``GraftError``) prints one line, ``error: ...``, and exits with 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -377,6 +378,12 @@ def main() -> None:
     except (typer.Exit, SystemExit) as e:
         code = getattr(e, "exit_code", getattr(e, "code", 0))
         sys.exit(code)
+    except OSError as e:  # a full disk, a read-only or vanished folder: one line, not a traceback
+        if os.environ.get("GRAFT_DEBUG"):
+            raise
+        where = f": {e.filename}" if e.filename else ""
+        typer.echo(f"error: {e.strerror or type(e).__name__}{where}", err=True)
+        sys.exit(2)
     except Exception as e:
         # Usage errors: typer bundles its own copy of click (typer._click), so the classes are
         # recognised by name, whichever click raised them; one line, exit 2 as click's own.

@@ -15,7 +15,9 @@ files are skipped and listed in the data report with the reason; they never cras
 from __future__ import annotations
 
 import csv
+import errno
 import os
+import stat
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Protocol
@@ -23,14 +25,17 @@ from typing import Protocol
 from ..errors import DataError
 from .images import BadImage, load_image
 from .spec import (  # noqa: F401  (re-exported: the names this module always had)
+    MAX_FIELD,
     SPLIT_ALIASES,
     DataSpec,
     _check_classes,
     is_float,
     label_map,
     label_target,
+    oversized,
     stratified_split,
     target_stats,
+    wide_csv_fields,
 )
 
 
@@ -76,19 +81,45 @@ def _class_dirs(root: Path) -> list[Path]:
     return sorted(d for d in root.iterdir() if d.is_dir() and not _is_hidden(d))
 
 
-def _files(d: Path) -> list[Path]:
-    """Files below ``d``, skipping hidden ones and anything inside hidden folders
-    (``.ipynb_checkpoints``, ``.git``, ...)."""
-    return sorted(p for p in d.rglob("*") if p.is_file()
-                  and not any(part.startswith(".") for part in p.relative_to(d).parts))
+def _not_a_file(p: Path) -> str | None:
+    """Why ``p`` (not a folder) cannot be read as a file: a dangling or looping symlink, a FIFO,
+    a socket or a device; None for a regular file."""
+    try:
+        st = p.stat()
+    except OSError as e:
+        if p.is_symlink():
+            return "symlink loop" if e.errno == errno.ELOOP else "broken symlink"
+        return f"unreadable ({e.strerror or e})"
+    if stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode):
+        return None
+    return "a FIFO" if stat.S_ISFIFO(st.st_mode) else "not a regular file (socket or device)"
+
+
+def _files(d: Path, skipped: list[dict[str, str]]) -> list[Path]:
+    """Regular files below ``d``, skipping hidden ones and anything inside hidden folders
+    (``.ipynb_checkpoints``, ``.git``, ...); anything else found (a broken symlink, a FIFO) is
+    added to ``skipped`` with the reason."""
+    files = []
+    for p in sorted(d.rglob("*")):
+        if any(part.startswith(".") for part in p.relative_to(d).parts):
+            continue
+        why = _not_a_file(p)
+        if why:
+            skipped.append({"path": str(p), "reason": why})
+        elif p.is_file():
+            files.append(p)
+    return files
 
 
 def _scan_class_tree(root: Path, progress: Progress | None = None
                      ) -> tuple[dict[str, list[Path]], list[dict[str, str]]]:
     dirs = _class_dirs(root)
-    stray = [p for p in root.iterdir() if p.is_file() and not _is_hidden(p)]
-    skipped = [{"path": str(p), "reason": "file outside any class folder"} for p in stray]
-    files = {d.name: _files(d) for d in dirs}
+    skipped: list[dict[str, str]] = []
+    for p in sorted(root.iterdir()):
+        if not _is_hidden(p) and not p.is_dir():
+            why = _not_a_file(p)
+            skipped.append({"path": str(p), "reason": why or "file outside any class folder"})
+    files = {d.name: _files(d, skipped) for d in dirs}
     good, bad = _audit([p for d in dirs for p in files[d.name]], progress)
     skipped += bad
     usable = set(good)
@@ -184,16 +215,23 @@ def _from_csv(
     progress: Progress | None = None,
 ) -> DataSpec:
     rows = _read_rows(csv_path)
-    for col in (path_column, label_column):
-        if col not in rows[0]:
-            raise DataError(
-                f"CSV {str(csv_path)!r} has no column {col!r} (columns: {', '.join(rows[0])}); "
-                f"set data.path_column / data.label_column"
-            )
+    columns = ", ".join(rows[0])
+    if path_column not in rows[0]:  # neither an image manifest nor (detection said) a text CSV
+        raise DataError(
+            f"CSV {str(csv_path)!r} has no image path column {path_column!r} and no text column "
+            f"(columns: {columns}); name yours with data.path_column for images, or "
+            "--text-column (data.text_column) for texts")
+    if label_column not in rows[0]:
+        raise DataError(f"CSV {str(csv_path)!r} has no column {label_column!r} (columns: "
+                        f"{columns}); set data.label_column")
     base = csv_path.parent
     skipped: list[dict[str, str]] = []
     entries: list[tuple[Path, str, str | None]] = []
     for i, row in enumerate(rows, start=2):
+        if oversized(v for v in row.values() if isinstance(v, str)):
+            skipped.append({"path": f"{csv_path}:{i}", "reason": f"a field over {MAX_FIELD} "
+                            "characters"})
+            continue
         raw_path = (row.get(path_column) or "").strip()
         label = (row.get(label_column) or "").strip()
         if not raw_path or not label:
@@ -212,6 +250,10 @@ def _from_csv(
     skipped += bad
     good_set = {str(p) for p in good}
     entries = [e for e in entries if str(e[0]) in good_set]
+    if not entries:
+        why = f" (first: {skipped[0]['path']}: {skipped[0]['reason']})" if skipped else ""
+        raise DataError(f"CSV {str(csv_path)!r}: none of its {len(rows)} rows is a usable image"
+                        f"{why}")
     classes, target = label_map([lab for _, lab, s in entries if s in (None, "train")],
                                 [lab for _, lab, s in entries if s in ("val", "test")], task,
                                 str(csv_path))
@@ -244,7 +286,7 @@ def _from_csv(
 def _read_rows(path: Path) -> list[dict[str, str]]:
     """The CSV's rows as dicts (a BOM is tolerated); a DataError if unreadable or empty."""
     try:
-        with path.open(newline="", encoding="utf-8-sig") as f:
+        with path.open(newline="", encoding="utf-8-sig") as f, wide_csv_fields():
             rows = list(csv.DictReader(f))
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise DataError(f"cannot read CSV {str(path)!r}: {e}") from None

@@ -3,16 +3,38 @@ stratified split, and the one label -> target map every labeled source uses."""
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import math
 import os
 import random
+import sys
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import DataError
+
+# csv's default field limit: a longer field is a row skipped (and reported), not a refused file
+MAX_FIELD = 131_072
+
+
+@contextmanager
+def wide_csv_fields() -> Iterator[None]:
+    """Let the csv module read fields of any length for a while (the limit is process-wide), so
+    one oversized field is a row to skip rather than a ``csv.Error`` for the whole file."""
+    old = csv.field_size_limit(sys.maxsize)
+    try:
+        yield
+    finally:
+        csv.field_size_limit(old)
+
+
+def oversized(fields: Iterable[str]) -> bool:
+    return any(len(f) > MAX_FIELD for f in fields)
+
 
 SPLIT_ALIASES = {
     "train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test",

@@ -8,6 +8,7 @@
   a :class:`DataError` says to re-save it as UTF-8, rather than silently dropping most of it;
 * an empty or whitespace-only text, a missing or empty label: skipped;
 * blank lines are ignored; a UTF-8 byte-order mark is tolerated;
+* a field over 131,072 characters (csv's usual limit): the row is skipped;
 * a CSV without the named columns: a :class:`DataError` naming the columns it has.
 """
 
@@ -25,6 +26,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import DataError
+from .spec import MAX_FIELD, oversized, wide_csv_fields
 
 _NOT_UTF8 = re.compile("[\udc80-\udcff]")  # undecodable bytes, as surrogateescape keeps them
 
@@ -41,6 +43,12 @@ def read_text_csv(
         raise DataError(f"cannot read CSV {str(p)!r}: {e.strerror or e}") from None
     reader = csv.reader(io.StringIO(raw.decode("utf-8", "surrogateescape").removeprefix("\ufeff"),
                                     newline=""))
+    with wide_csv_fields():
+        return _read_records(p, reader, text_column, label_column)
+
+
+def _read_records(p: Path, reader: Any, text_column: str, label_column: str
+                  ) -> tuple[list[tuple[str, str]], list[dict[str, Any]]]:
     try:
         header = next(reader, None)
         if not header:
@@ -62,7 +70,9 @@ def read_text_csv(
             text = record[ti].strip() if ti < len(record) else ""
             label = record[li].strip() if li < len(record) else ""
             reason = None
-            if _NOT_UTF8.search(text) or _NOT_UTF8.search(label):
+            if oversized(record):
+                reason = f"a field over {MAX_FIELD} characters"
+            elif _NOT_UTF8.search(text) or _NOT_UTF8.search(label):
                 n_bad_bytes += 1
                 reason = "bytes that are not UTF-8"
             elif not text:

@@ -22,8 +22,11 @@ from .sources import (
 from .text import read_text_csv
 
 
-def is_text_csv(path: str | Path, text_column: str = "text", path_column: str = "path") -> bool:
-    """A CSV whose header has the text column and no image-path column."""
+def is_text_csv(path: str | Path, text_column: str = "text", path_column: str = "path",
+                named: bool = False) -> bool:
+    """A CSV whose header has the text column and no image-path column; with ``named`` (the user
+    chose the text column), any CSV without an image-path column, so that a misspelt text
+    column is reported as such."""
     p = Path(path).expanduser()
     if not p.is_file() or p.suffix.lower() != ".csv":
         return False
@@ -32,7 +35,7 @@ def is_text_csv(path: str | Path, text_column: str = "text", path_column: str = 
             header = [h.strip() for h in next(csv.reader(f), [])]
     except (OSError, csv.Error):
         return False
-    return text_column in header and path_column not in header
+    return (named or text_column in header) and path_column not in header
 
 
 def _read(path: Path, text_column: str, label_column: str, skipped: list[dict]

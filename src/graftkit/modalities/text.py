@@ -34,7 +34,8 @@ class TextModality(Modality):
     def detect(self, path: str | None, d: Any) -> bool:
         from ..data.text_sources import is_text_csv
 
-        return bool(path) and is_text_csv(path or "", d.text_column, d.path_column)
+        named = d.text_column != type(d).model_fields["text_column"].default
+        return bool(path) and is_text_csv(path or "", d.text_column, d.path_column, named)
 
     def check_config(self, cfg: Any) -> None:
         if cfg.train.augment not in ("auto", "none"):

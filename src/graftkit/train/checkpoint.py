@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
 from ..run import usual_mode
@@ -29,7 +31,14 @@ def atomic_save(
     os.close(fd)
     try:
         plain = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-        save_file(plain, tmp, metadata=meta)
+        try:
+            save_file(plain, tmp, metadata=meta)
+        except SafetensorError as e:  # its I/O errors (a full disk) as the OSError they are
+            found = re.search(r"os error (\d+)", str(e))
+            if not found:
+                raise
+            code = int(found.group(1))
+            raise OSError(code, os.strerror(code), str(path)) from None
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         usual_mode(tmp)

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 from .checkpoint import atomic_save
 
 _MEMORY: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+_DISK_OFF: str | None = None  # why the disk cache was turned off (full or unwritable), if it was
 
 
 def cache_dir() -> Path:
@@ -73,8 +74,15 @@ def cached_extract(
     key: str,
     mode: str,
     compute: Callable[[], tuple[torch.Tensor, torch.Tensor]],
+    warn: Callable[[str], None] | None = None,
 ) -> tuple[tuple[torch.Tensor, torch.Tensor], str]:
-    """Return the features for ``key`` and where they came from: memory, disk or computed."""
+    """Return the features for ``key`` and where they came from: memory, disk or computed.
+
+    A cache disk that is full or not writable only turns the disk cache off for this process
+    (``warn`` says so once): the features are kept in memory and training goes on."""
+    global _DISK_OFF
+    if mode == "disk" and _DISK_OFF:
+        mode = "memory"
     if mode != "off" and key in _MEMORY:
         return _MEMORY[key], "memory"
     path = cache_dir() / f"{key}.safetensors"
@@ -89,5 +97,11 @@ def cached_extract(
     if mode != "off":
         _MEMORY[key] = result
     if mode == "disk":
-        atomic_save({"features": result[0], "targets": result[1]}, path)
+        try:
+            atomic_save({"features": result[0], "targets": result[1]}, path)
+        except OSError as e:
+            _DISK_OFF = f"{e.strerror or e} ({cache_dir()})"
+            if warn is not None:
+                warn(f"feature cache: cannot write to disk: {_DISK_OFF}; the disk cache is off "
+                     "for this run (features stay in memory)")
     return result, "computed"

@@ -161,7 +161,8 @@ def features_for(model: nn.Module, items: Sequence[tuple[str, float]], split: st
         finally:
             reporter.stop()
 
-    (x, y), origin = feature_cache.cached_extract(key, mode or s.feature_cache, compute)
+    (x, y), origin = feature_cache.cached_extract(key, mode or s.feature_cache, compute,
+                                                   reporter.warn)
     model.train(was_training)
     if origin != "computed":
         reporter.line(f"  features {split}: {len(y)} from the {origin} cache")
