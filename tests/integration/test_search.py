@@ -156,8 +156,14 @@ def test_two_local_workers_share_a_journal_file(data: Path, tmp_path: Path) -> N
     statuses = {json.loads((Path(r["run_dir"]) / "meta.json").read_text())["status"]
                 for r in counted if r["state"] == "complete"}
     assert statuses == {"completed"}
-    pids = {t.user_attrs["worker"] for t in _optuna_trials(_journal(out), out.name)}
+    trials = _optuna_trials(_journal(out), out.name)
+    pids = {t.user_attrs["worker"] for t in trials}
     assert len(pids) == 2  # both processes ran trials
+    # the workers share the study's seed, yet never draw the same parameters (each trial's
+    # draw is seeded by its number), and none was skipped as a duplicate
+    draws = [json.dumps(t.params, sort_keys=True) for t in trials]
+    assert len(set(draws)) == len(draws), draws
+    assert all(r["state"] != "duplicate" for r in rows)
 
 
 def _journal(out: Path):

@@ -159,7 +159,8 @@ def test_out_of_memory_retries_once_at_half_the_batch(monkeypatch, tmp_path) -> 
     assert "batch size 16" in trial.user_attrs["note"]
     calls.clear()
     fail_twice = True
-    trial = study.ask()
+    trial = optuna.create_study(direction="maximize").ask()  # the same config in the same
+    # study would not be trained again (a duplicate)
     with pytest.raises(TrialFailed, match="out of memory"):
         objective(trial)
     assert calls == [32, 16] and "out of memory" in trial.user_attrs["error"]

@@ -46,7 +46,8 @@ def search(
     workers: int = typer.Option(1, "--workers", min=1, help="worker processes on this machine"),
     sampler: str = typer.Option("tpe", "--sampler", help="tpe | random | grid"),
     pruner: str = typer.Option("median", "--pruner", help="median | hyperband | none"),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(0, "--seed", help="the study's seed: trial N draws from (seed, "
+                             "N), so workers draw apart and a serial search repeats"),
     lr_find: bool = typer.Option(False, "--lr-find", help="centre each strategy's lr range on "
                                  "a learning-rate range test first"),
     no_default_trial: bool = typer.Option(False, "--no-default-trial", help="don't run graft's "

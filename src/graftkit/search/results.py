@@ -19,7 +19,9 @@ WEIGHT_FILES = (rd.WEIGHTS, rd.STATE, rd.PROBE, rd.FINETUNED)
 
 
 def leaderboard(study: Any, space: Space) -> list[dict[str, Any]]:
-    """One row per trial, best first (finished trials by metric, then pruned, failed, running)."""
+    """One row per trial, best first (finished trials by metric, then pruned, failed, running).
+    A trial that drew another's config was not trained: its state is ``duplicate`` and its note
+    names that trial (see ``study.Duplicate``)."""
     keys = space.keys()
     trials = study.get_trials(deepcopy=False)
     robust = any("mca" in t.user_attrs for t in trials)  # the robust objective's two parts
@@ -32,14 +34,17 @@ def leaderboard(study: Any, space: Space) -> list[dict[str, Any]]:
         retry_of = t.user_attrs.get("retry_of", t.system_attrs.get("failed_trial"))
         if retry_of is not None:
             note = (f"retry of trial {retry_of}; " + note).rstrip("; ")
-        if t.state.name == "FAIL" and not note:
+        state = t.state.name.lower()
+        if t.user_attrs.get("duplicate_of") is not None and state == "fail":
+            state = "duplicate"
+        elif state == "fail" and not note:
             note = "its worker stopped (no heartbeat); re-queued"
         parts = {k: t.user_attrs.get(k, "") for k in ("clean", "mca")} if robust else {}
-        rows.append({"trial": t.number, "state": t.state.name.lower(), "value": t.value,
+        rows.append({"trial": t.number, "state": state, "value": t.value,
                      "seconds": round(float(t.user_attrs.get("seconds", 0.0)), 1), **parts,
                      **{k: config.get(k, "") for k in keys}, "note": note,
                      "run_dir": t.user_attrs.get("run_dir", "")})
-    order = {"complete": 0, "pruned": 1, "fail": 2}
+    order = {"complete": 0, "pruned": 1, "fail": 2, "duplicate": 4}
     sign = -1 if study.direction.name == "MAXIMIZE" else 1
     rows.sort(key=lambda r: (order.get(r["state"], 3),
                              sign * r["value"] if r["value"] is not None else 0, r["trial"]))
@@ -142,7 +147,8 @@ def summary_html(study: Any, rows: list[dict[str, Any]], s: SearchSettings, made
     env = jinja2.Environment(loader=jinja2.PackageLoader("graftkit.search", "templates"),
                              autoescape=True)
     images = {k: base64.b64encode(p.read_bytes()).decode() for k, p in made.items()}
-    states = {st: sum(r["state"] == st for r in rows) for st in ("complete", "pruned", "fail")}
+    states = {st: sum(r["state"] == st for r in rows)
+              for st in ("complete", "pruned", "fail", "duplicate")}
     html = env.get_template("summary.html.j2").render(
         s=s, study=study.study_name, rows=rows, images=images, states=states,
         label=s.metric if s.objective == "clean" else "objective",
@@ -167,7 +173,8 @@ def finish(study: Any, space: Space, s: SearchSettings, out: Path, quiet: bool =
     html = summary_html(study, rows, s, made, best_dir, out)
     result = {"study": study.study_name, "objective": label, "trials": len(rows),
               "states": {st: sum(r["state"] == st for r in rows)
-                         for st in ("complete", "pruned", "fail", "running", "waiting")},
+                         for st in ("complete", "pruned", "fail", "duplicate", "running",
+                                    "waiting")},
               "best_trial": best.number if best else None,
               "best_value": best.value if best else None,
               "best_params": best.user_attrs.get("config") if best else None,
@@ -200,8 +207,9 @@ def _print(rows: list[dict[str, Any]], metric: str, result: dict[str, Any],
                         for k in keys], r["note"][:60])
     console.print(table)
     st = result["states"]
+    dup = f", {st['duplicate']} duplicate (not trained)" if st["duplicate"] else ""
     console.print(f"{result['trials']} trials: {st['complete']} complete, {st['pruned']} pruned, "
-                  f"{st['fail']} failed", highlight=False)
+                  f"{st['fail']} failed{dup}", highlight=False)
     if best is not None:
         where = best_dir or f"{best.user_attrs.get('run_dir')} on {best.user_attrs.get('worker')}"
         console.print(f"best: trial {best.number}, {metric} {best.value:.4f} -> {where}",

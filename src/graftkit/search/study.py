@@ -15,12 +15,21 @@ its backbone and data, so it costs the head alone. A trial that raises is record
 with its reason and the study goes on; CUDA out-of-memory retries once at half the batch size.
 The first trial of a new study is graft's default configuration, so the search can only be
 as good as or better than not searching (``--no-default-trial`` turns that off).
+
+Workers share the study's seed, and the sampler is seeded again before each trial from (seed,
+trial number), so a serial search is reproducible and parallel workers draw apart (see
+``sampling.py``). A trial that draws the config of a trial already trained (or training) is not
+trained: it ends at once as failed with ``duplicate_of`` and a note, is not counted towards
+``--trials``, and shows as ``duplicate`` on the leaderboard. Copying the other trial's value
+instead would hand the sampler and ``best/`` a result this trial did not produce.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -48,6 +57,34 @@ class Pruned(Exception):
 
 class TrialFailed(Exception):
     """A trial that could not finish (its reason is in the trial's user attributes)."""
+
+
+class Duplicate(TrialFailed):
+    """A trial that drew the config of another trial: ended untrained, not counted."""
+
+
+class _NoDuplicateWarnings(logging.Filter):
+    """Optuna warns twice for every failed trial, with a traceback; a duplicate is not an error
+    (the trial line and the leaderboard say what it was)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.numbers: set[int] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        m = re.match(r"Trial (\d+) failed", str(record.msg))
+        if m is None:
+            return True
+        if record.exc_info and isinstance(record.exc_info[1], Duplicate):
+            self.numbers.add(int(m[1]))  # "... failed with parameters ... because of ..."
+            return False
+        if int(m[1]) in self.numbers:  # "... failed with value None."
+            self.numbers.discard(int(m[1]))
+            return False
+        return True
+
+
+_QUIET_DUPLICATES = _NoDuplicateWarnings()
 
 
 class PruneHook:
@@ -115,6 +152,8 @@ def make_objective(s: SearchSettings, space: Space, out: Path, threads: int | No
     from ..launch import train
 
     optuna = optuna_module()
+    from .sampling import duplicate_of
+
     base = base_config(s)
     base_tree = base.model_dump()
     base_flat = flat(base_tree)
@@ -122,14 +161,22 @@ def make_objective(s: SearchSettings, space: Space, out: Path, threads: int | No
     def objective(trial: Any) -> float:
         t0 = time.perf_counter()
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
-        for stale in ("note", "error", "seconds"):  # a retried trial inherits its original's
+        # a retried trial inherits its original's attributes
+        for stale, empty in (("note", ""), ("error", ""), ("seconds", 0.0), ("duplicate_of", None)):
             if stale in trial.user_attrs:
-                trial.set_user_attr(stale, "" if stale != "seconds" else 0.0)
+                trial.set_user_attr(stale, empty)
         default = bool(trial.user_attrs.get("graft_default"))
         params = {} if default else space.sample(trial, base_flat)
         run_dir = out / "trials" / f"{trial.number:04d}"
         trial.set_user_attr("run_dir", str(run_dir))
         trial.set_user_attr("config", params)
+        twin = None if default else duplicate_of(trial.study.get_trials(deepcopy=False),
+                                                 trial.number, params)
+        if twin is not None:
+            trial.set_user_attr("duplicate_of", twin)
+            trial.set_user_attr("note", f"same parameters as trial {twin}: not trained")
+            trial.set_user_attr("seconds", time.perf_counter() - t0)
+            raise Duplicate(f"same parameters as trial {twin}")
         overrides = {**params, "train.early_stop.metric": s.metric, "report.enabled": False}
         if threads:
             overrides["train.threads"] = threads
@@ -183,15 +230,21 @@ def _is_oom(e: BaseException) -> bool:
 # --- the study ---------------------------------------------------------------------------------
 
 def make_sampler(name: str, seed: int, space: Space) -> Any:
+    """The study's sampler, as every worker builds it: from the study's seed (the grid sampler
+    shuffles its grid with it, alike in every worker), then seeded per trial (``TrialSeeded``)."""
     optuna = optuna_module()
+    from .sampling import TrialSeeded
+
     if name == "tpe":  # constant_liar: parallel workers do not all pick the same point
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True,
-                                          constant_liar=True, n_startup_trials=6)
-    if name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    if name == "grid":
-        return optuna.samplers.GridSampler(space.grid(), seed=seed)
-    raise ConfigError(f"--sampler {name!r}: choose tpe, random or grid")
+        inner = optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True,
+                                           constant_liar=True, n_startup_trials=6)
+    elif name == "random":
+        inner = optuna.samplers.RandomSampler(seed=seed)
+    elif name == "grid":  # trial N takes grid point N: workers take distinct points
+        inner = optuna.samplers.GridSampler(space.grid(), seed=seed)
+    else:
+        raise ConfigError(f"--sampler {name!r}: choose tpe, random or grid")
+    return TrialSeeded(inner, seed)
 
 
 def make_pruner(name: str) -> Any:
@@ -227,7 +280,8 @@ def open_study(s: SearchSettings, storage: Any, space: Space, create: bool) -> A
 
 def counted(study: Any) -> int:
     """Trials that count towards the budget: finished or pruned, and those that failed by
-    themselves (a bad combination). A trial failed by a lost heartbeat is re-queued instead."""
+    themselves (a bad combination). A trial failed by a lost heartbeat is re-queued instead; a
+    duplicate (no ``error``, see ``Duplicate``) cost nothing."""
     return sum(t.state.name in COUNTED or (t.state.name == "FAIL" and bool(
         t.user_attrs.get("error"))) for t in study.get_trials(deepcopy=False))
 
@@ -235,16 +289,30 @@ def counted(study: Any) -> int:
 def optimize(s: SearchSettings, out: Path, storage_url: str | None, threads: int | None,
              quiet: bool = False) -> None:
     """One worker: run trials until the study has ``s.trials`` counted or the budget is spent."""
+    from .sampling import duplicates
+
     space = parse_space(_yaml((out / SPACE).read_text()), str(out / SPACE))
     storage = open_storage(storage_url, out, s.heartbeat_s)
     study = open_study(s, storage, space, create=False)
     objective = make_objective(s, space, out, threads)
+    optuna_log = logging.getLogger("optuna.study._optimize")
+    if _QUIET_DUPLICATES not in optuna_log.filters:
+        optuna_log.addFilter(_QUIET_DUPLICATES)
     deadline = None if s.time_budget_s is None else time.time() + s.time_budget_s
 
     def enough(st: Any, trial: Any) -> None:
         if not quiet:
             _trial_line(st, trial, s.metric)
         if counted(st) >= s.trials or (deadline and time.time() > deadline):
+            st.stop()
+        elif s.sampler != "grid" and duplicates(st.get_trials(deepcopy=False)) >= max(
+                10, s.trials):  # duplicates are not counted: on a space smaller than the
+            # budget they would go on for ever (the grid sampler stops when its grid is done)
+            if not quiet:
+                from ..train.progress import console
+
+                console.print("stopping: the sampler keeps drawing configs already tried "
+                              "(is the space smaller than --trials?)", highlight=False)
             st.stop()
 
     if counted(study) >= s.trials:
@@ -270,8 +338,9 @@ def _trial_line(study: Any, t: Any, metric: str) -> None:
         best = f"  best {study.best_value:.4f} (trial {study.best_trial.number})"
     except ValueError:
         best = ""
-    colour = {"COMPLETE": "green", "PRUNED": "yellow", "FAIL": "red"}.get(t.state.name, "white")
-    console.print(f"trial {t.number:>3} [{colour}]{t.state.name.lower():<8}[/] {value}  "
+    state = "duplicate" if t.user_attrs.get("duplicate_of") is not None else t.state.name
+    colour = {"COMPLETE": "green", "PRUNED": "yellow", "FAIL": "red"}.get(state, "white")
+    console.print(f"trial {t.number:>3} [{colour}]{state.lower():<8}[/] {value}  "
                   f"{t.user_attrs.get('seconds', 0):.0f} s  "
                   f"{params or '(graft default)'}{best}", highlight=False)
 
