@@ -82,8 +82,21 @@ def test_truncated_jpeg_is_refused(tmp_path: Path) -> None:
 
 
 def test_decompression_bomb_is_refused(tmp_path: Path) -> None:
-    # 10000 x 10000 = 1e8 pixels > Pillow's 89.5 Mpx limit; as 1-bit PNG it is only a few KB.
-    p = _save(Image.new("1", (10000, 10000)), tmp_path / "bomb.png", optimize=True)
+    # 20000 x 20000 = 4e8 pixels > graft's 180 Mpx limit; as 1-bit PNG it is only a few KB.
+    p = _save(Image.new("1", (20000, 20000)), tmp_path / "bomb.png", optimize=True)
     assert p.stat().st_size < 1_000_000
     with pytest.raises(BadImage, match="decompression-bomb|decompression bomb"):
+        load_image(p)
+
+
+def test_a_100_megapixel_photo_is_a_photo_not_a_bomb(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import graftkit.data.images as images
+
+    p = _save(Image.new("L", (10000, 10000), 128), tmp_path / "big.png", optimize=True)
+    img = load_image(p)  # over Pillow's own 89.5 Mpx limit, under graft's 180 Mpx
+    assert img.size == (10000, 10000) and img.mode == "RGB"
+    del img
+    monkeypatch.setattr(images, "MAX_PIXELS", 50_000_000)  # the setting, made smaller
+    with pytest.raises(BadImage, match="limit of 50000000 pixels"):
         load_image(p)

@@ -47,6 +47,13 @@ class ColourModel:
         self.release = threading.Event()
         self.release.set()
         self.fail_load = False
+        self.gate: threading.Event | None = None  # when set up, prepare/explain wait for it
+        self.entered = threading.Event()
+
+    def _wait_at_gate(self) -> None:
+        if self.gate is not None:
+            self.entered.set()
+            assert self.gate.wait(10)
 
     def load(self) -> None:
         self.release.wait(10)
@@ -55,6 +62,7 @@ class ColourModel:
         self.loaded.set()
 
     def prepare(self, item: Any) -> np.ndarray:
+        self._wait_at_gate()
         if self.modality.name == "text":
             return np.array([10.0 - len(item), len(item) - 10.0])
         return np.asarray(item, np.float32).mean((0, 1)) / 20  # (3,) logits
@@ -87,7 +95,11 @@ class ColourModel:
                                self.modality.input_reference([]), pred, probs, pred)
 
     def explain(self, image: Any, topk: int) -> dict[str, Any]:
-        raise GraftError("no")
+        if not self.explainable:
+            raise GraftError("no")
+        self._wait_at_gate()
+        row = self.prepare(image)
+        return {**self.describe(row, topk), "method": "colour", "overlay": "data:,"}
 
 
 def png(colour: str = "red", size: tuple[int, int] = (24, 16)) -> bytes:
@@ -225,6 +237,100 @@ def test_pixel_limit_413() -> None:
                                                    "image/png"))])
         assert r.status_code == 413 and r.json()["error"]["code"] == "too_many_pixels"
         assert "200x100" in r.json()["error"]["message"]
+
+
+def test_request_pixel_limit_413_from_the_headers() -> None:
+    model = ColourModel()
+    with serving(model, max_request_pixels=3 * 24 * 16) as c:
+        assert c.post("/v1/predict", files=files("red", "green", "blue")).status_code == 200
+        model.gate = threading.Event()  # a decode would hang: none may start
+        r = c.post("/v1/predict", files=files("red", "green", "blue", "red"))
+        assert r.status_code == 413 and not model.entered.is_set()
+        err = r.json()["error"]
+        assert err["code"] == "too_many_request_pixels", err
+        assert "4 images of 1536 pixels" in err["message"] and "1152" in err["message"]
+        # a corrupt header is found before anything is decoded too
+        bad = ("file", ("x.png", png()[:30], "image/png"))
+        r = c.post("/v1/predict", files=[*files("red"), bad])
+        assert r.status_code == 400 and r.json()["error"]["code"] == "bad_image"
+        assert not model.entered.is_set()
+        info = c.get("/v1/info").json()
+        assert info["max_request_pixels"] == 1152 and info["max_decode_pixels"] == 50_000_000
+
+
+def _until(cond: Any) -> None:
+    for _ in range(500):
+        if cond():
+            return
+        time.sleep(0.01)
+    raise AssertionError("timed out waiting")
+
+
+def test_decode_budget_full_is_503_with_retry_after() -> None:
+    """One image's pixels decoded at once: a second request waits for it, a third is refused
+    at once; the two served answer 200, and the budget is free after."""
+    model = ColourModel()
+    model.gate = threading.Event()
+    with serving(model, max_decode_pixels=24 * 16) as c, ThreadPoolExecutor(2) as pool:
+        budget = c.app.state.graft.budget
+        first = pool.submit(c.post, "/v1/predict", files=files("red"))
+        assert model.entered.wait(5) and budget.used == 24 * 16
+        second = pool.submit(c.post, "/v1/predict", files=files("blue"))
+        _until(lambda: budget.queued == 24 * 16)
+        r = c.post("/v1/predict", files=files("green"))
+        assert r.status_code == 503 and r.headers["retry-after"] == "1"
+        assert r.json()["error"]["code"] == "overloaded", r.json()
+        model.gate.set()
+        assert [f.result().json()["predictions"][0]["label"] for f in (first, second)] == [
+            "red", "blue"]
+        _until(lambda: budget.used == 0)
+        assert budget.queued == 0
+        assert 'graft_errors_total{kind="overloaded"} 1.0' in c.get("/metrics").text
+
+
+def test_timed_out_waiting_for_the_budget_is_503_and_the_budget_recovers() -> None:
+    model = ColourModel()
+    model.gate = threading.Event()
+    with serving(model, max_decode_pixels=24 * 16, timeout_s=0.5) as c, \
+            ThreadPoolExecutor(1) as pool:
+        budget = c.app.state.graft.budget
+        decoding = pool.submit(c.post, "/v1/predict", files=files("red"))
+        assert model.entered.wait(5)
+        r = c.post("/v1/predict", files=files("blue"))  # waits, never gets the pixels
+        assert r.status_code == 503 and r.json()["error"]["code"] == "overloaded"
+        assert r.headers["retry-after"]
+        assert decoding.result().status_code == 504  # it was decoding: a plain timeout
+        assert budget.used == 24 * 16  # its worker still holds the pixels ...
+        model.gate.set()
+        _until(lambda: budget.used == 0)  # ... until it stops
+        assert budget.queued == 0
+        model.gate = None
+        assert c.post("/v1/predict", files=files("green")).json()["predictions"][0][
+            "label"] == "green"
+
+
+def test_texts_cost_no_pixels() -> None:
+    with serving(ColourModel("text"), max_request_pixels=1, max_decode_pixels=1) as c:
+        r = c.post("/v1/predict", json={"texts": ["tiny", "a considerably longer text"] * 8})
+        assert r.status_code == 200 and len(r.json()["predictions"]) == 16
+        assert c.app.state.graft.budget.used == 0
+
+
+def test_explain_holds_its_pixels_until_it_is_done() -> None:
+    model = ColourModel()
+    model.explainable = True
+    with serving(model) as c, ThreadPoolExecutor(1) as pool:
+        budget = c.app.state.graft.budget
+        model.gate = threading.Event()
+        answer = pool.submit(c.post, "/v1/explain", files=files("blue"))
+        assert model.entered.wait(5)
+        assert budget.used == 24 * 16  # the decoded image is alive, and counted
+        model.gate.set()
+        r = answer.result()
+        assert r.status_code == 200 and r.json()["label"] == "blue", r.text
+        _until(lambda: budget.used == 0)
+        r = c.post("/v1/explain", files=files("red", "blue"))
+        assert r.status_code == 400 and r.json()["error"]["code"] == "one_image"
 
 
 def test_token_protects_everything_but_the_page_and_probes() -> None:

@@ -194,8 +194,8 @@ def test_decompression_bomb_is_refused_with_bounded_memory(tmp_path) -> None:  #
 
 
 def test_pillows_own_bomb_limit_is_a_413_too() -> None:
-    with pytest.raises(RequestRejected) as e:  # over twice Pillow's MAX_IMAGE_PIXELS
-        decode_image(bomb_png(20_000, 10_000), max_pixels=10**12)
+    with pytest.raises(RequestRejected) as e:  # over twice Pillow's MAX_IMAGE_PIXELS (180 MP)
+        decode_image(bomb_png(40_000, 10_000), max_pixels=10**12)
     assert e.value.status == 413
 
 
@@ -230,3 +230,167 @@ def test_bearer_auth() -> None:
     assert rejected == ["unauthorized"] * 5
     r = client.post("/v1/predict", content=b"abc", headers={"Authorization": f"Bearer {token}"})
     assert r.status_code == 200 and r.text == "3"
+
+
+def _run(coro):  # noqa: ANN001, ANN202
+    return asyncio.run(coro)
+
+
+def test_decode_budget_serves_in_arrival_order_and_sheds_beyond_its_waiting_room() -> None:
+    from graftkit.serve.limits import DecodeBudget
+
+    async def scenario() -> list[str]:
+        budget, order = DecodeBudget(100), []
+        a, b, c, d = (budget.grant() for _ in range(4))
+        await a.acquire(60)
+        wait_b = asyncio.ensure_future(b.acquire(70))  # does not fit: waits
+        await asyncio.sleep(0)
+        assert b.waiting and budget.queued == 70
+        wait_c = asyncio.ensure_future(c.acquire(10))  # would fit, but b came first
+        await asyncio.sleep(0)
+        assert c.waiting and budget.used == 60
+        with pytest.raises(RequestRejected) as e:  # 70 + 10 waiting, 30 more is over 100
+            await d.acquire(30)
+        assert (e.value.status, e.value.code) == (503, "overloaded")
+        wait_b.add_done_callback(lambda _: order.append("b"))
+        wait_c.add_done_callback(lambda _: order.append("c"))
+        a.close()
+        await asyncio.gather(wait_b, wait_c)
+        assert budget.used == 80 and budget.queued == 0 and not b.waiting
+        b.close()
+        c.close()
+        c.close()  # released once
+        assert budget.used == 0
+        return order
+
+    assert _run(scenario()) == ["b", "c"]
+
+
+def test_decode_budget_cancelled_waiter_leaves_the_queue() -> None:
+    from graftkit.serve.limits import DecodeBudget
+
+    async def scenario() -> None:
+        budget = DecodeBudget(100)
+        a, b, c = budget.grant(), budget.grant(), budget.grant()
+        await a.acquire(100)
+        wait_b = asyncio.ensure_future(b.acquire(80))
+        wait_c = asyncio.ensure_future(c.acquire(10))
+        await asyncio.sleep(0)
+        wait_b.cancel()  # a timeout while waiting: b.waiting stays true (the app says 503)
+        with pytest.raises(asyncio.CancelledError):
+            await wait_b
+        assert b.waiting and budget.queued == 10
+        a.close()
+        await wait_c
+        assert budget.used == 10 and c.pixels == 10
+        huge = budget.grant()  # more than the whole budget: waits for all of it
+        wait_huge = asyncio.ensure_future(huge.acquire(10**9))
+        await asyncio.sleep(0)
+        assert huge.waiting
+        c.close()
+        await wait_huge
+        assert budget.used == 100
+        huge.close()
+        assert budget.used == 0
+
+    _run(scenario())
+
+
+def test_grant_is_held_until_tracked_work_is_done() -> None:
+    from graftkit.serve.limits import DecodeBudget
+
+    async def scenario() -> None:
+        budget = DecodeBudget(10)
+        g = budget.grant()
+        await g.acquire(5)
+        work = g.track(asyncio.get_running_loop().create_future())
+        g.close()
+        assert budget.used == 5  # the worker still runs
+        work.set_result(None)
+        await asyncio.sleep(0)
+        assert budget.used == 0
+        free = budget.grant()
+        await free.acquire(0)  # a text: no pixels, no wait
+        assert not free.waiting and budget.used == 0
+
+    _run(scenario())
+
+
+def _jpeg(size: tuple[int, int], exif_orientation: int | None = None) -> bytes:
+    rng = np.random.default_rng(0)
+    small = Image.fromarray(rng.integers(0, 255, (size[1] // 50, size[0] // 50, 3), np.uint8))
+    img = small.resize(size, Image.Resampling.BILINEAR)  # smooth: a photo, not noise
+    buf = io.BytesIO()
+    exif = Image.Exif()
+    if exif_orientation:
+        exif[0x0112] = exif_orientation
+    img.save(buf, format="JPEG", quality=90, exif=exif.tobytes())
+    return buf.getvalue()
+
+
+def test_large_jpegs_decode_at_reduced_scale_small_ones_exactly(tmp_path) -> None:  # noqa: ANN001
+    from graftkit.data.images import decode_image as decode
+    from graftkit.data.images import load_image, upload_pixels
+
+    big = _jpeg((4000, 3000))
+    assert upload_pixels(big, 25_000_000) == 12_000_000
+    img = decode(big, 25_000_000, min_side=146)  # 2 x a 73-px resize: 1/8 scale keeps 375
+    assert img.size == (500, 375) and img.mode == "RGB"
+    img = decode(big, 25_000_000, min_side=512)
+    assert img.size == (1000, 750)
+    full = decode(big, 25_000_000)
+    assert full.size == (4000, 3000)
+    # the reduced decode is the full one, downscaled: the same picture
+    ref = np.asarray(full.resize((500, 375), Image.Resampling.BOX), np.float32)
+    assert np.abs(np.asarray(decode(big, 25_000_000, 146), np.float32) - ref).mean() < 2
+    # under twice the side needed: decoded at full size, pixel for pixel as graft predict
+    small = _jpeg((600, 400))
+    (tmp_path / "s.jpg").write_bytes(small)
+    exact = decode(small, 25_000_000, min_side=201)
+    assert exact.size == (600, 400)
+    assert np.array_equal(np.asarray(exact), np.asarray(load_image(tmp_path / "s.jpg")))
+    # EXIF rotation still applies (in place now), after the reduced decode too
+    rotated = _jpeg((800, 400), exif_orientation=6)
+    (tmp_path / "r.jpg").write_bytes(rotated)
+    assert decode(rotated, 25_000_000).size == (400, 800)
+    assert np.array_equal(np.asarray(decode(rotated, 25_000_000)),
+                          np.asarray(load_image(tmp_path / "r.jpg")))
+    assert decode(rotated, 25_000_000, min_side=100).size == (100, 200)  # 1/4, rotated
+    png = _png(Image.new("RGB", (4000, 3000), (1, 2, 3)))  # only JPEGs decode reduced
+    assert decode(png, 25_000_000, min_side=100).size == (4000, 3000)
+
+
+def test_upload_pixels_reads_the_header_only() -> None:
+    from graftkit.data.images import BadImage, upload_pixels
+
+    assert upload_pixels(bomb_png(6000, 6000), 36_000_000) == 36_000_000
+    for data, code in ((bomb_png(6001, 6000), "too_many_pixels"), (b"", "bad_image"),
+                       (b"hello", "unsupported_type"), (b"\x89PNG\r\n\x1a\nxx", "bad_image")):
+        with pytest.raises(BadImage) as e:
+            upload_pixels(data, 36_000_000)
+        assert e.value.code == code
+
+
+@pytest.mark.parametrize("size", [(5000, 5000), (5000, 37), (37, 5000), (64, 64), (65, 64),
+                                  (640, 480), (20, 10), (333, 1000)])
+def test_image_stats_match_a_thumbnail_of_a_copy(size: tuple[int, int]) -> None:
+    """The drift statistics no longer copy the full image, and give the same numbers."""
+    from graftkit.modalities.image import STATS_THUMB, image_stats
+
+    rng = np.random.default_rng(1)
+    img = Image.fromarray(rng.integers(0, 255, (8, 8, 3), np.uint8)).resize(size)
+    small = img.copy()
+    small.thumbnail((STATS_THUMB, STATS_THUMB))
+    want = float(np.asarray(small.convert("L"), np.float32).mean() / 255)
+    assert image_stats(img) == {"brightness": want, "width": size[0], "height": size[1]}
+
+
+def test_serve_refuses_pixel_limits_below_one_image() -> None:
+    from graftkit.serve.cli import _check_limits
+
+    args = (8000, 16, 5.0, 10.0, None, 30.0, 5)
+    _check_limits(*args, max_request_pixels=25_000_000, max_decode_pixels=25_000_000)
+    for key in ("max_request_pixels", "max_decode_pixels"):
+        with pytest.raises(GraftError, match=f"--{key.replace('_', '-')} 1000: use at least "
+                           "--max-pixels"):
+            _check_limits(*args, **{key: 1000})

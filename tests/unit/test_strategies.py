@@ -104,12 +104,12 @@ def test_lora_trains_the_adapters_and_the_head_only() -> None:
 
 def test_full_defaults_to_fewer_epochs_on_text_models() -> None:
     from graftkit.config import Config
-    from graftkit.session import _stages
+    from graftkit.session import plan_stages
 
     def epochs(modality: str, **train) -> int:
         cfg = Config.model_validate({"data": {"modality": modality}, "strategy": {"name": "full"},
                                      "train": train})
-        return sum(s.epochs for s in _stages(cfg, STRATEGIES.get(cfg.strategy.name)))
+        return sum(s.epochs for s in plan_stages(cfg, STRATEGIES.get(cfg.strategy.name)))
 
     assert (epochs("image"), epochs("text"), epochs("text", epochs=7)) == (10, 3, 7)
     assert STRATEGIES.get("lora").epochs_for("text") == 5

@@ -292,6 +292,12 @@ def serve(
     max_body_mb: float = typer.Option(10.0, "--max-body-mb", help="request body limit (413)"),
     max_pixels: int | None = typer.Option(None, "--max-pixels", help="image pixel limit (413; "
                                           "default 25 million)"),
+    max_request_pixels: int | None = typer.Option(
+        None, "--max-request-pixels", help="pixels of all images of one request (413; default "
+        "200 million)"),
+    max_decode_pixels: int | None = typer.Option(
+        None, "--max-decode-pixels", help="pixels decoded at once across the server; requests "
+        "beyond it wait, or get 503 when as many again are waiting (default 50 million)"),
     timeout_s: float = typer.Option(30.0, "--timeout-s", help="per-request time limit (504)"),
     topk: int = typer.Option(5, "--topk", help="classes returned per input"),
 ) -> None:
@@ -299,7 +305,8 @@ def serve(
     from ..serve.cli import cli_serve
 
     cli_serve(path, host, port, token, insecure, max_batch, max_wait_ms, max_body_mb,
-              max_pixels, timeout_s, topk)
+              max_pixels, timeout_s, topk, max_request_pixels=max_request_pixels,
+              max_decode_pixels=max_decode_pixels)
 
 
 @app.command()

@@ -1,14 +1,18 @@
 """Decode any image file into an RGB PIL image, or say precisely why not.
 
 Handles grayscale, palette, RGBA/LA (composited on white), CMYK, 16-bit and float modes, and EXIF
-orientation. Refuses decompression bombs (Pillow's limit, raised to an error rather than a
-warning) and truncated files (Pillow's default, kept: a half image is not a training example).
+orientation. Refuses decompression bombs (more than ``MAX_PIXELS``, 180 million by default, or
+``$GRAFT_MAX_IMAGE_PIXELS``: an error, not Pillow's warning) and truncated files (Pillow's
+default, kept: a half image is not a training example).
 """
 
 from __future__ import annotations
 
 import io
+import os
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -19,9 +23,24 @@ from ..errors import BadInput
 IMAGE_EXTENSIONS = {
     ".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm",
 }
-# Pillow's own default (about 89.5 megapixels); twice this raises DecompressionBombError. We make
-# anything over the limit an error, not a warning.
-MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
+# The most pixels an image file may have (header checked before decoding): a 100-megapixel photo
+# is a photo, a PNG of 400 million blank pixels is a decompression bomb. Pillow's own limit
+# (89.5 MP, an error at twice that) is replaced by this one; $GRAFT_MAX_IMAGE_PIXELS sets it.
+DEFAULT_MAX_PIXELS = 180_000_000
+
+
+def _max_pixels() -> int:
+    raw = os.environ.get("GRAFT_MAX_IMAGE_PIXELS", "")
+    try:
+        return int(raw) if raw.strip() else DEFAULT_MAX_PIXELS
+    except ValueError:
+        warnings.warn(f"GRAFT_MAX_IMAGE_PIXELS={raw!r} is not a number of pixels; using "
+                      f"{DEFAULT_MAX_PIXELS}", stacklevel=1)
+        return DEFAULT_MAX_PIXELS
+
+
+MAX_PIXELS = _max_pixels()
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS  # Pillow warns above it (an error below) and raises at 2x
 
 
 # Formats an upload may be in (graft serve); everything else is "unsupported image type".
@@ -81,7 +100,7 @@ def load_image(path: str | Path) -> Image.Image:
                 if img.width * img.height > MAX_PIXELS:
                     raise BadImage(
                         f"refused: {img.width}x{img.height} pixels exceeds the decompression-bomb "
-                        f"limit of {MAX_PIXELS} pixels"
+                        f"limit of {MAX_PIXELS} pixels (GRAFT_MAX_IMAGE_PIXELS)"
                     )
                 img.load()  # decode now: truncated files fail here, not in a worker later
                 img = ImageOps.exif_transpose(img) or img
@@ -112,25 +131,14 @@ def open_image(item: str | Path | Image.Image) -> tuple[str, Image.Image]:
         raise BadImage(f"{item}: {e.reason}", e.code) from None
 
 
-def decode_image(data: bytes, max_pixels: int) -> Image.Image:
-    """Bytes of an uploaded image file -> an RGB PIL image, decoded as :func:`load_image` decodes
-    files, or :class:`BadImage`. More than ``max_pixels`` pixels is refused on the header, before
-    Pillow decodes anything (a decompression bomb: a small PNG of a huge blank image). Only common
-    raster formats are opened: no PostScript (Ghostscript), no plugins beyond them."""
-    if not data:
-        raise BadImage("empty file (0 bytes)")
+@contextmanager
+def _reading_upload(data: bytes) -> Iterator[None]:
+    """Every way reading an upload fails, as a :class:`BadImage` with its code."""
     try:
         with warnings.catch_warnings():
             # Pillow warns above its own limit and raises above twice it; ours is checked first.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data), formats=FORMATS) as img:  # reads the header only
-                w, h = img.size
-                if w * h > max_pixels:
-                    raise BadImage(f"image of {w}x{h} = {w * h} pixels is over the limit of "
-                                   f"{max_pixels} pixels", "too_many_pixels")
-                img.load()
-                img = ImageOps.exif_transpose(img) or img
-                return to_rgb(img)
+            yield
     except BadImage:
         raise
     except Image.DecompressionBombError as e:
@@ -143,3 +151,45 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
     except (OSError, ValueError, SyntaxError, TypeError, EOFError, MemoryError) as e:
         reason = "truncated image" if "truncated" in str(e).lower() else f"corrupt image: {e}"
         raise BadImage(reason) from None
+
+
+def _open_upload(data: bytes, max_pixels: int) -> Image.Image:
+    """The upload opened, its header read (nothing decoded yet) and its pixels checked."""
+    if not data:
+        raise BadImage("empty file (0 bytes)")
+    img = Image.open(io.BytesIO(data), formats=FORMATS)  # reads the header only
+    w, h = img.size
+    if w * h > max_pixels:
+        raise BadImage(f"image of {w}x{h} = {w * h} pixels is over the limit of {max_pixels} "
+                       "pixels", "too_many_pixels")
+    return img
+
+
+def upload_pixels(data: bytes, max_pixels: int) -> int:
+    """The pixels an uploaded image file declares in its header (width x height), read without
+    decoding anything; :class:`BadImage` as :func:`decode_image` raises it for an unreadable
+    header or more than ``max_pixels``."""
+    with _reading_upload(data):
+        w, h = _open_upload(data, max_pixels).size
+    return w * h
+
+
+def decode_image(data: bytes, max_pixels: int, min_side: int = 0) -> Image.Image:
+    """Bytes of an uploaded image file -> an RGB PIL image, decoded as :func:`load_image` decodes
+    files, or :class:`BadImage`. More than ``max_pixels`` pixels is refused on the header, before
+    Pillow decodes anything (a decompression bomb: a small PNG of a huge blank image). Only common
+    raster formats are opened: no PostScript (Ghostscript), no plugins beyond them.
+
+    ``min_side``: the caller needs no more than this many pixels on the shorter side. A JPEG at
+    least twice that in both sides is decoded at 1/2, 1/4 or 1/8 scale (Pillow's ``draft``: the
+    JPEG decoder scales its DCT, the full-size image is never held), both sides staying at least
+    ``min_side``; every other image decodes at full size, pixel for pixel as ``load_image``.
+    """
+    with _reading_upload(data):
+        img = _open_upload(data, max_pixels)
+        if min_side > 0 and img.format == "JPEG" and min(img.size) >= 2 * min_side:
+            img.draft(img.mode, (min_side, min_side))
+        img.load()
+        # in place: no full-size copy when there is nothing to rotate (exif_transpose copies)
+        ImageOps.exif_transpose(img, in_place=True)
+        return to_rgb(img)

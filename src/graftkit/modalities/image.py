@@ -12,7 +12,14 @@ from typing import Any
 import torch
 from PIL import Image
 
-from ..data.images import IMAGE_EXTENSIONS, BadImage, decode_image, load_image, open_image
+from ..data.images import (
+    IMAGE_EXTENSIONS,
+    BadImage,
+    decode_image,
+    load_image,
+    open_image,
+    upload_pixels,
+)
 from ..errors import BadInput, ConfigError, DataError
 from .base import MODALITIES, Items, Modality
 
@@ -27,11 +34,31 @@ def image_stats(img: Image.Image) -> dict[str, float]:
     """Mean brightness (0..1, of the grayscale image) and size of one RGB image."""
     import numpy as np
 
-    small = img.copy()
-    small.thumbnail((STATS_THUMB, STATS_THUMB))
+    # what img.copy().thumbnail(...) makes, without the full-size copy (a served image may be
+    # 25 megapixels): the same size and the same reducing resize
+    size = _thumb_size(img.size, STATS_THUMB)
+    small = img if size == img.size else img.resize(size, Image.Resampling.BICUBIC,
+                                                    reducing_gap=2.0)
     gray = np.asarray(small.convert("L"), dtype=np.float32)
     return {"brightness": float(gray.mean() / 255.0), "width": float(img.width),
             "height": float(img.height)}
+
+
+def _thumb_size(size: tuple[int, int], side: int) -> tuple[int, int]:
+    """The size ``Image.thumbnail((side, side))`` gives an image of ``size`` (its rounding)."""
+    import math
+
+    w, h = size
+    if side >= w and side >= h:
+        return size
+    aspect, x, y = w / h, side, side
+
+    def nearest(number: float, error: Any) -> int:
+        return max(min(math.floor(number), math.ceil(number), key=error), 1)
+
+    if x / y >= aspect:
+        return nearest(y * aspect, lambda n: abs(aspect - n / y)), y
+    return x, nearest(x / aspect, lambda n: 0 if n == 0 else abs(aspect - x / n))
 
 
 def _thumbnail(item: str) -> str | None:
@@ -142,6 +169,19 @@ class ImageModality(Modality):
         if isinstance(raw, str):
             raise BadInput("this model takes images, not texts", "bad_request")
         return decode_image(raw, max_pixels)
+
+    def upload_cost(self, raw: bytes | str, max_pixels: int) -> int:
+        if isinstance(raw, str):
+            raise BadInput("this model takes images, not texts", "bad_request")
+        return upload_pixels(raw, max_pixels)  # the header's width x height
+
+    def decode_for_model(self, raw: bytes | str, max_pixels: int, model_side: int) -> Any:
+        if isinstance(raw, str):
+            raise BadInput("this model takes images, not texts", "bad_request")
+        # A JPEG may decode at 1/2..1/8 scale, keeping twice the short side the preprocessing
+        # resizes to: its antialiased resize still does the downscaling, so the model input is
+        # all but the same as from the full-size image (only JPEGs >= 4x that side qualify)
+        return decode_image(raw, max_pixels, min_side=2 * model_side if model_side > 0 else 0)
 
     def warmup_input(self, size: int) -> Any:
         return Image.new("RGB", (size, size), (128, 128, 128))

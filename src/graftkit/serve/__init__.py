@@ -4,7 +4,8 @@
                   /readyz, /metrics, / (the web page in static/)
     backends.py   what runs the model: a run directory (torch) or an ONNX bundle (onnxruntime)
     batching.py   dynamic micro-batching of concurrent requests
-    limits.py     body limit (counted on the stream) and image pixel limit
+    decode.py     a request's inputs -> model inputs with bounded memory (drop as you go)
+    limits.py     body limit (counted on the stream), pixel limits, the decode budget
     security.py   loopback by default; bearer token for anything wider
     monitor.py    drift of live traffic against the run's reference.json
     metrics.py    Prometheus metrics, one registry per app

@@ -2,10 +2,12 @@
 
 Requests flow: ``RequestMetrics`` (count, time) -> ``BearerAuth`` (when a token is set) ->
 ``BodyLimit`` (413 over the limit, counted on the stream) -> the route. ``/v1/predict`` reads the
-inputs (multipart ``file`` fields or JSON), decodes and preprocesses them in a worker thread
-(pixel limit checked on the header), queues them on the micro-batcher, and answers with the
-calibrated top-k of each. Every client mistake is a 4xx with ``{"error": {"code", "message"}}``;
-the whole request is bounded by ``timeout_s`` (504), a full queue answers 503.
+inputs (multipart ``file`` fields or JSON), decodes and preprocesses them in a worker thread with
+bounded memory (:mod:`.decode`: pixel limits per input and per request checked on the headers,
+a server-wide budget of pixels decoded at once, each decoded image dropped once preprocessed),
+queues them on the micro-batcher, and answers with the calibrated top-k of each. Every client
+mistake is a 4xx with ``{"error": {"code", "message"}}``; the whole request is bounded by
+``timeout_s`` (504), a full queue or decode budget answers 503 (with ``Retry-After``).
 
 The model loads in the background: ``/healthz`` answers at once, ``/readyz`` once the model is
 loaded and has run one warm-up batch. Then the drift reference is read (or, for a run made
@@ -33,11 +35,20 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..errors import BadInput, GraftError
+from ..errors import GraftError
 from ..modalities import MODALITIES, Modality
 from .backends import Backend
 from .batching import MicroBatcher, Overloaded
-from .limits import DEFAULT_MAX_PIXELS, BodyLimit, RequestRejected
+from .decode import Decoder
+from .limits import (
+    DEFAULT_MAX_DECODE_PIXELS,
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_MAX_REQUEST_PIXELS,
+    BodyLimit,
+    DecodeBudget,
+    Grant,
+    RequestRejected,
+)
 from .metrics import Metrics, RequestMetrics
 from .monitor import Monitor
 from .schemas import (
@@ -62,7 +73,9 @@ class Settings:
     max_batch: int = 16
     max_wait_ms: float = 5.0
     max_body_bytes: int = 10_000_000
-    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_pixels: int = DEFAULT_MAX_PIXELS  # one input (413)
+    max_request_pixels: int = DEFAULT_MAX_REQUEST_PIXELS  # all inputs of a request (413)
+    max_decode_pixels: int = DEFAULT_MAX_DECODE_PIXELS  # decoded at once, server-wide (503)
     timeout_s: float = 30.0
     topk: int = 5
     max_queue: int = 1024
@@ -82,10 +95,14 @@ class State:
                                window=settings.monitor_window)
         self.status, self.error = "loading", None
         self.explain_waiting = 0
+        self.budget = DecodeBudget(settings.max_decode_pixels)
+        self.decode = Decoder(backend.modality, backend.prepare,
+                              lambda: getattr(backend, "decode_side", 0), settings.max_pixels,
+                              settings.max_request_pixels)
 
-    async def model_call(self, fn: Any, *args: Any) -> Any:
+    def model_call(self, fn: Any, *args: Any) -> asyncio.Future[Any]:
         """Run ``fn`` in the model thread (shared with the batcher: one user at a time)."""
-        return await asyncio.get_running_loop().run_in_executor(self.batcher.executor, fn, *args)
+        return asyncio.get_running_loop().run_in_executor(self.batcher.executor, fn, *args)
 
     async def load(self) -> None:
         b = self.backend
@@ -210,23 +227,6 @@ async def read_inputs(request: Request, modality: Modality) -> list[tuple[str, b
     return items
 
 
-def _prepare(state: State, items: list[tuple[str, bytes | str]]
-             ) -> list[tuple[str, Any, dict[str, float], Any]]:
-    """Decode and preprocess (worker thread): (name, decoded, input stats, model input)."""
-    modality, out = state.backend.modality, []
-    for name, raw in items:
-        try:
-            x = modality.decode_upload(raw, state.settings.max_pixels)
-            out.append((name, x, modality.input_stats(x), state.backend.prepare(x)))
-        except BadInput as e:
-            status = 413 if e.code == "too_many_pixels" else 400
-            raise RequestRejected(status, e.code, e.reason) from None
-        except MemoryError:
-            raise RequestRejected(413, "too_many_pixels", f"{name}: too large to process"
-                                  ) from None
-    return out
-
-
 def _routes(app: FastAPI, state: State) -> None:  # noqa: C901 - one small function per route
     s, backend = state.settings, state.backend
     page = resources.files("graftkit.serve").joinpath("static/index.html").read_text("utf-8")
@@ -258,7 +258,8 @@ def _routes(app: FastAPI, state: State) -> None:  # noqa: C901 - one small funct
                 "task": backend.task, "modality": backend.modality.name, "classes": backend.classes,
                 "explain": backend.explainable, "auth": s.token is not None, "topk": s.topk,
                 "max_batch": s.max_batch, "max_body_bytes": s.max_body_bytes,
-                "max_pixels": s.max_pixels}
+                "max_pixels": s.max_pixels, "max_request_pixels": s.max_request_pixels,
+                "max_decode_pixels": s.max_decode_pixels}
 
     @app.post("/v1/predict", response_model=PredictResponse, openapi_extra=inputs_doc,
               response_model_exclude_none=True,
@@ -269,19 +270,21 @@ def _routes(app: FastAPI, state: State) -> None:  # noqa: C901 - one small funct
         state.require_ready()
         k = topk or s.topk
 
-        async def work() -> list[dict[str, Any]]:
+        async def work(grant: Grant) -> list[dict[str, Any]]:
             items = await read_inputs(request, backend.modality)
-            prepared = await run_in_threadpool(_prepare, state, items)
-            rows = await asyncio.gather(*state.batcher.submit_nowait([p[3] for p in prepared]))
+            prepared = await state.decode(items, grant)
+            rows = await asyncio.gather(*state.batcher.submit_nowait(
+                [p.model_input for p in prepared]))
             preds = []
-            for (name, _, stats, _), row in zip(prepared, rows):
-                p = {"input": name, **backend.describe(row, k)}
+            for x, row in zip(prepared, rows):
+                p = {"input": x.name, **backend.describe(row, k)}
                 state.metrics.record_prediction(p)
-                state.monitor.record(p, stats)
+                state.monitor.record(p, x.stats)
                 preds.append(p)
             return preds
 
-        preds = await _bounded(work(), s.timeout_s)
+        async with state.budget.grant() as grant:
+            preds = await _bounded(work(grant), s.timeout_s, grant)
         return {"model": backend.name, "predictions": preds}
 
     @app.post("/v1/explain", response_model=ExplainResponse, openapi_extra=inputs_doc,
@@ -293,20 +296,22 @@ def _routes(app: FastAPI, state: State) -> None:  # noqa: C901 - one small funct
                                   "classification models served from a run directory")
         state.require_ready()
 
-        async def work() -> dict[str, Any]:
+        async def work(grant: Grant) -> dict[str, Any]:
             items = await read_inputs(request, backend.modality)
             if len(items) != 1:
                 raise RequestRejected(400, "one_image", "explain takes exactly one image")
-            name, img, _, _ = (await run_in_threadpool(_prepare, state, items))[0]
+            (x,) = await state.decode(items, grant, keep=True)  # its pixels held until done
             if state.explain_waiting >= MAX_EXPLAIN_WAITING:
                 raise Overloaded("too many explanations waiting")
             state.explain_waiting += 1
             try:
-                return {"input": name, **await state.model_call(backend.explain, img, topk or 3)}
+                call = grant.track(state.model_call(backend.explain, x.decoded, topk or 3))
+                return {"input": x.name, **await asyncio.shield(call)}
             finally:
                 state.explain_waiting -= 1
 
-        return await _bounded(work(), s.timeout_s)
+        async with state.budget.grant() as grant:
+            return await _bounded(work(grant), s.timeout_s, grant)  # type: ignore[no-any-return]
 
     @app.get("/v1/monitor", responses=error_responses(401))
     async def monitor() -> dict[str, Any]:
@@ -321,10 +326,13 @@ def _routes(app: FastAPI, state: State) -> None:  # noqa: C901 - one small funct
         return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
-async def _bounded(coro: Any, timeout_s: float) -> Any:
+async def _bounded(coro: Any, timeout_s: float, grant: Grant | None = None) -> Any:
     try:
         return await asyncio.wait_for(coro, timeout_s)
     except asyncio.TimeoutError:
+        if grant is not None and grant.waiting:  # never started: the server was busy
+            raise RequestRejected(503, "overloaded", f"server busy: no room to decode the "
+                                  f"inputs within {timeout_s:g} s; retry shortly") from None
         raise RequestRejected(504, "timeout", f"no answer within {timeout_s:g} s; retry later or "
                               "send fewer inputs") from None
     except Overloaded as e:

@@ -7,6 +7,9 @@ A backend splits prediction in the three steps the server schedules separately:
 - ``forward(list of prepared)``: one batched model call, in the model thread (the micro-batcher);
 - ``describe(row, topk)``: the calibrated top-k, as ``graft predict`` reports it.
 
+``decode_side`` is the shorter side the preprocessing resizes an image to (0: not known, or not
+an image model): an upload much larger than that may be decoded at reduced scale.
+
 Opening a backend (``open_backend``) only reads and checks files; ``load()`` does the heavy part
 (weights, session) and runs in the background while ``/readyz`` says "loading".
 """
@@ -48,6 +51,7 @@ class RunBackend:
         self.name: str = meta["model"]["name"]
         self.explainable = self.modality.explainable and self.task == "classification"
         self.model: Any = None
+        self.decode_side = 0
 
     def load(self) -> None:
         if self.model is not None:
@@ -55,6 +59,9 @@ class RunBackend:
         self.model = self.run.model
         self.cal = self.run.calibration
         self.view = self.modality.model_view(self.model)
+        dc = self.model.data_config  # an image model's says how it resizes (timm's eval recipe)
+        if getattr(dc, "input_size", 0) and getattr(dc, "crop_pct", 0):
+            self.decode_side = int(round(dc.input_size / dc.crop_pct))
 
     def prepare(self, item: Any) -> Any:
         return self.view(item)  # an image: (C, H, W)
@@ -111,7 +118,7 @@ class BundleBackend:
     explainable = False
 
     def __init__(self, path: Path) -> None:
-        from ..export.light import read_bundle
+        from ..export.light import read_bundle, resize_size
 
         bundle = read_bundle(path)
         if bundle["model_format"] != "onnx":
@@ -126,6 +133,9 @@ class BundleBackend:
         self.classes: list[str] = list(bundle.get("classes") or [])
         self.name: str = bundle["model"]["name"]
         self.predictor: Any = None
+        pre = bundle.get("preprocessing") or {}
+        self.decode_side = resize_size(pre) if pre.get("input_size") and pre.get("crop_pct") \
+            else 0
 
     def load(self) -> None:
         from ..export.light import BundlePredictor

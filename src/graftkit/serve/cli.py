@@ -29,7 +29,12 @@ def require_serve_deps() -> None:
 
 
 def _check_limits(port: int, max_batch: int, max_wait_ms: float, max_body_mb: float,
-                  max_pixels: int | None, timeout_s: float, topk: int) -> None:
+                  max_pixels: int | None, timeout_s: float, topk: int,
+                  max_request_pixels: int | None = None, max_decode_pixels: int | None = None
+                  ) -> None:
+    from .limits import DEFAULT_MAX_PIXELS
+
+    image = max_pixels or DEFAULT_MAX_PIXELS
     checks = [
         (0 <= port <= 65535, f"--port {port}: use 0 (any free port) to 65535"),
         (1 <= max_batch <= 256, f"--max-batch {max_batch}: use 1 (no batching) to 256"),
@@ -37,6 +42,12 @@ def _check_limits(port: int, max_batch: int, max_wait_ms: float, max_body_mb: fl
         (0 < max_body_mb <= 1024, f"--max-body-mb {max_body_mb:g}: use more than 0, at most "
          "1024"),
         (max_pixels is None or max_pixels >= 1, f"--max-pixels {max_pixels}: must be positive"),
+        (max_request_pixels is None or max_request_pixels >= image,
+         f"--max-request-pixels {max_request_pixels}: use at least --max-pixels ({image}), or "
+         "a request of one image at the limit is refused"),
+        (max_decode_pixels is None or max_decode_pixels >= image,
+         f"--max-decode-pixels {max_decode_pixels}: use at least --max-pixels ({image}), or "
+         "an image at the limit cannot be decoded"),
         (0 < timeout_s <= 3600, f"--timeout-s {timeout_s:g}: use more than 0, at most 3600"),
         (1 <= topk <= 1000, f"--topk {topk}: use 1 to 1000"),
     ]
@@ -68,14 +79,20 @@ def cli_serve(path: str | Path, host: str = "127.0.0.1", port: int = 8000,
               token: str | None = None, insecure: bool = False, max_batch: int = 16,
               max_wait_ms: float = 5.0, max_body_mb: float = 10.0,
               max_pixels: int | None = None, timeout_s: float = 30.0, topk: int = 5,
-              log_level: str = "info") -> None:
-    """Serve a run directory or an ONNX bundle until interrupted."""
-    from .limits import DEFAULT_MAX_PIXELS
+              log_level: str = "info", *, max_request_pixels: int | None = None,
+              max_decode_pixels: int | None = None) -> None:
+    """Serve a run directory or an ONNX bundle until interrupted.
+
+    ``max_pixels`` bounds one image, ``max_request_pixels`` all images of a request (both 413,
+    from the headers), ``max_decode_pixels`` the pixels decoded at once across the server (503
+    beyond it and its waiting room); None: the defaults in :mod:`.limits`."""
+    from .limits import DEFAULT_MAX_DECODE_PIXELS, DEFAULT_MAX_PIXELS, DEFAULT_MAX_REQUEST_PIXELS
     from .security import check_bind, is_loopback
 
     require_serve_deps()
     token = token if token is not None else (os.environ.get(TOKEN_ENV) or None)
-    _check_limits(port, max_batch, max_wait_ms, max_body_mb, max_pixels, timeout_s, topk)
+    _check_limits(port, max_batch, max_wait_ms, max_body_mb, max_pixels, timeout_s, topk,
+                  max_request_pixels, max_decode_pixels)
     check_bind(host, token, insecure)
     from .backends import open_backend
 
@@ -87,8 +104,10 @@ def cli_serve(path: str | Path, host: str = "127.0.0.1", port: int = 8000,
 
     settings = Settings(token=token, max_batch=max_batch, max_wait_ms=max_wait_ms,
                         max_body_bytes=int(max_body_mb * 1_000_000),
-                        max_pixels=max_pixels or DEFAULT_MAX_PIXELS, timeout_s=timeout_s,
-                        topk=topk)
+                        max_pixels=max_pixels or DEFAULT_MAX_PIXELS,
+                        max_request_pixels=max_request_pixels or DEFAULT_MAX_REQUEST_PIXELS,
+                        max_decode_pixels=max_decode_pixels or DEFAULT_MAX_DECODE_PIXELS,
+                        timeout_s=timeout_s, topk=topk)
     app = create_app(backend, settings)
     bound = sock.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host

@@ -87,7 +87,10 @@ class Info(BaseModel):
     topk: int
     max_batch: int
     max_body_bytes: int
-    max_pixels: int
+    max_pixels: int = Field(description="pixels of one image (413 over it)")
+    max_request_pixels: int = Field(description="pixels of all images of one request (413)")
+    max_decode_pixels: int = Field(description="pixels decoded at once across the server; "
+                                   "requests beyond it wait, or get 503 when too many wait")
 
 
 def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
