@@ -4,7 +4,7 @@ Two workloads, each a real ``graft`` command in its own process:
 
 * ``demo``: ``graft demo`` (LP-FT of efficientnet_lite0 on the digits, evaluation, report);
 * ``probe``: ``graft train`` the default linear probe on hymenoptera_256 with the feature cache
-  off (feature extraction of every photo, then the head).
+  in memory only (every photo's features extracted once, as on a first run, then the head).
 
 Each is timed in three conditions, one after the other in this one run:
 
@@ -17,7 +17,9 @@ Each is timed in three conditions, one after the other in this one run:
   the neighbour's ``torch.set_num_threads``), as the README tells users to run two jobs.
 
 The ratio ``unset / set`` is the figure quoted in the README. Load average is recorded before
-each timing; run it on an otherwise idle machine (it takes about 10 minutes on 2 cores).
+each timing; run it on an otherwise idle machine (about 25 minutes on 2 cores: the demo beside
+the neighbour with threads unset alone takes about 11). Each workload is saved as it finishes;
+``--workloads probe`` reruns one and keeps the others' figures.
 
     python benchmarks/threads.py [--workloads demo,probe]
 """
@@ -25,6 +27,7 @@ each timing; run it on an otherwise idle machine (it takes about 10 minutes on 2
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -32,7 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import DATA_DIR, write_result
+from _common import DATA_DIR, ROOT, write_result
 
 NEIGHBOUR = """
 import sys, torch
@@ -48,7 +51,7 @@ def graft_cmd(workload: str, out: Path) -> list[str]:
     if workload == "demo":
         return [*exe, "demo", "--out", str(out), "-q"]
     return [*exe, "train", "--data", str(DATA_DIR / "hymenoptera_256"), "--strategy",
-            "linear_probe", "train.feature_cache=off", "--out", str(out), "-q"]
+            "linear_probe", "train.feature_cache=memory", "--out", str(out), "-q"]
 
 
 def timed(workload: str, threads: int | None, neighbour: str | None, tmp: Path) -> dict:
@@ -80,7 +83,8 @@ def main() -> None:
     args = ap.parse_args()
     cores = len(os.sched_getaffinity(0))
     half = max(1, cores // 2)
-    results = {}
+    saved = ROOT / "benchmarks" / "results" / "threads.json"  # workloads run earlier are kept
+    results = json.loads(saved.read_text())["workloads"] if saved.is_file() else {}
     with tempfile.TemporaryDirectory() as d:
         for w in args.workloads.split(","):
             r = {"alone": timed(w, None, None, Path(d)),
@@ -90,13 +94,13 @@ def main() -> None:
                                                / r["beside_set"]["seconds"], 2)
             r["beside_set_vs_alone"] = round(r["beside_set"]["seconds"]
                                              / r["alone"]["seconds"], 2)
-            results[w] = r
+            results[w] = {**r, "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+            write_result("threads", {"cores": cores, "workloads": results})
             print(f"{w:6} alone {r['alone']['seconds']:7.1f}s  beside a CPU-heavy job: "
                   f"threads unset ({cores}) {r['beside_unset']['seconds']:7.1f}s, set ({half}) "
                   f"{r['beside_set']['seconds']:7.1f}s  -> unset/set "
                   f"{r['slowdown_unset_vs_set']:.2f}x", flush=True)
-    path = write_result("threads", {"cores": cores, "workloads": results})
-    print(f"wrote {path}")
+    print(f"wrote {saved}")
 
 
 if __name__ == "__main__":

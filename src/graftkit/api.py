@@ -15,8 +15,8 @@ from .config import Config, build_config, parse_override
 from .inference import LoadedRun
 from .launch import monitor_metric, resolve_inputs, validate
 
-__all__ = ["Run", "build_config", "finetune", "load_run", "monitor_metric", "resolve_inputs",
-           "resume", "train", "validate"]
+__all__ = ["Run", "audit", "build_config", "finetune", "load_run", "monitor_metric",
+           "resolve_inputs", "resume", "train", "validate"]
 
 
 def finetune(
@@ -45,6 +45,22 @@ def _compose(data: Any, model: Any, strategy: Any, epochs: Any, config: Any, ove
     extra = dict(map(parse_override, overrides)) if isinstance(overrides, list) else dict(
         overrides or {})
     return build_config(cfg_file, {**flags, **extra}, base=base)
+
+
+def audit(data: str | Path, model: str | None = None, *, out: str | Path | None = None,
+          config: str | Path | Config | None = None,
+          overrides: list[str] | dict[str, Any] | None = None, label_issues: bool = True,
+          quiet: bool = False) -> dict[str, Any]:
+    """Audit ``data`` as ``graft audit`` does; returns what it wrote to ``OUT/audit.json``
+    (default ``OUT``: ``audits/<data name>``)."""
+    from . import run as rd
+    from .audit.run import AUDIT, audit_data
+
+    cfg = resolve_inputs(_compose(data, model, None, None, config, overrides))
+    validate(cfg)
+    target = Path(out) if out else Path("audits") / rd.safe_name(Path(str(data)).stem or "data")
+    audit_data(cfg, target, quiet=quiet, label_issues=label_issues)
+    return {"out": str(target), **rd.read_json(target / AUDIT)}
 
 
 def resume(run_dir: str | Path, quiet: bool = False) -> Run:

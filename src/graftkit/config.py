@@ -14,7 +14,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .errors import ConfigError
 
@@ -44,6 +51,11 @@ class DataSection(_Section):
         None, ge=1, description="feature extraction, validation, prediction (default: by device)"
     )
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes (0 = main process)")
+    audit: bool = Field(True, description="check for exact duplicates, leaks across splits, label "
+                        "conflicts and imbalance before training (graft audit does more)")
+    drop_duplicates: bool = Field(False, description="drop all but one exact copy in each split")
+    drop_leaks: bool = Field(False, description="drop the copies of training inputs found in val "
+                             "or test (and of val inputs in test)")
 
     @model_validator(mode="after")
     def _fractions(self) -> DataSection:
@@ -139,6 +151,11 @@ class TrainConfig(_Section):
         " or the mean of clean accuracy and accuracy under 4 corruptions at severity 3"
     )
 
+    @field_validator("feature_cache", "channels_last", mode="before")
+    @classmethod
+    def _on_off(cls, v: Any) -> Any:  # YAML reads `feature_cache: off` as False
+        return ("on" if v else "off") if isinstance(v, bool) else v
+
     @model_validator(mode="after")
     def _alpha(self) -> TrainConfig:
         if isinstance(self.wise_ft, float) and not 0.0 <= self.wise_ft <= 1.0:
@@ -192,6 +209,9 @@ def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+_YAML11_WORDS = {"on", "off", "yes", "no", "y", "n"}  # booleans to YAML 1.1, words to users
+
+
 def parse_override(item: str) -> tuple[str, Any]:
     """``"optim.lr=1e-3"`` -> ``("optim.lr", 0.001)``; values are parsed as YAML scalars."""
     if "=" not in item:
@@ -200,6 +220,8 @@ def parse_override(item: str) -> tuple[str, Any]:
     key = key.strip()
     if not key:
         raise ConfigError(f"override {item!r} has no key")
+    if raw.strip().lower() in _YAML11_WORDS:  # train.feature_cache=off is the word, not False
+        return key, raw.strip()  # (a boolean key takes "off"/"no" as False all the same)
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError:

@@ -207,8 +207,10 @@ class Session:
         for split in ("val", "test"):
             if split in analyses and len(analyses[split].targets):
                 out = rd.eval_dir(self.out, data, split)
+                audit = rd.read_json(self.out / rd.DATA_REPORT).get("audit")
                 write_eval(out, analyses[split], self.out, meta,
-                           {"data": data, "split": split, "n_skipped": len(self.spec.skipped)},
+                           {"data": data, "split": split, "n_skipped": len(self.spec.skipped),
+                            "audit": audit},
                            top_losses=self.cfg.report.top_losses, gallery=gallery)
                 self.reporter.line(f"  report: {out / rd.REPORT}")
 
@@ -273,6 +275,7 @@ def build_session(cfg: Config, out: Path, monitor: str, quiet: bool = False,
         reporter.warn(f"skipped {item['path']}: {item['reason']}")
     if len(spec.skipped) > 5:
         reporter.warn(f"... {len(spec.skipped) - 5} more skipped; see {out / rd.DATA_REPORT}")
+    checked = _quick_audit(cfg, spec, modality, reporter) if d.audit else None
     if cfg.calibration.threshold != "none" and (cfg.task != "classification"
                                                 or len(spec.classes) != 2):
         raise ConfigError("config key 'calibration.threshold': a decision threshold is for binary "
@@ -285,7 +288,8 @@ def build_session(cfg: Config, out: Path, monitor: str, quiet: bool = False,
     strat = STRATEGIES.get(cfg.strategy.name)
     if strat.prepare is not None:  # e.g. LoRA wraps the model with its adapters
         strat.prepare(model, _strategy_params(cfg))
-    rd.write_json(out / rd.DATA_REPORT, {**spec.report(), **about_model})
+    rd.write_json(out / rd.DATA_REPORT, {**spec.report(), **about_model,
+                                         **({"audit": checked} if checked else {})})
     stages = plan_stages(cfg, strat)
     ts = spec.target_stats
     settings = LoopSettings(
@@ -323,6 +327,37 @@ def build_session(cfg: Config, out: Path, monitor: str, quiet: bool = False,
                                            settings))
     return Session(cfg, out, spec, modality, strat, model, stages, loss_fn, settings,
                    data, reporter, resume_info)
+
+
+def _quick_audit(cfg: Config, spec: DataSpec, modality: Modality, reporter: Reporter
+                 ) -> dict[str, Any]:
+    """Exact duplicates, leaks across splits and label conflicts (by content digest) and the
+    class balance: warned about in the terminal, kept in the data report (and so in the
+    evaluation report); with data.drop_duplicates / drop_leaks the copies are dropped and listed
+    as skipped. ``graft audit`` does the rest (near duplicates, label errors, outliers)."""
+    from .audit.findings import drop, quick
+
+    d = cfg.data
+    found = quick(spec, modality.content_key)
+    dropped = drop(spec, found, d.drop_duplicates, d.drop_leaks)
+    spec.skipped += dropped
+    for kind, what in (("leak", "inputs of one split are also in another"),
+                       ("label_conflict", "identical inputs carry different labels"),
+                       ("exact_duplicate", "inputs appear more than once in a split")):
+        rows = found.of(kind)
+        if rows:
+            first = rows[0]
+            where = " / ".join(f"{s}: {i}" for s, i in zip(first.splits, first.items))
+            done = [r for r in dropped if r["reason"].startswith(
+                "dropped (--drop-leaks)" if kind == "leak" else "dropped (--drop-duplicates)")]
+            tail = f"; {len(done)} copies dropped" if done and kind != "label_conflict" else (
+                "; --drop-leaks drops them" if kind == "leak" else
+                "; --drop-duplicates keeps one" if kind == "exact_duplicate" else "")
+            reporter.warn(f"audit: {len(rows)} {kind.replace('_', ' ')}s: {what} (e.g. {where})"
+                          f"{tail}; details: graft audit {d.path}")
+    return {**found.summary(), "dropped": len(dropped),
+            "details": [f.to_dict() for f in found.findings
+                        if f.kind in ("leak", "label_conflict", "exact_duplicate")][:200]}
 
 
 def _data_line(spec: DataSpec) -> str:

@@ -62,6 +62,12 @@ def train(
     device: str | None = typer.Option(None, "--device", help="auto | cpu | cuda | mps"),
     wise_ft: bool = typer.Option(False, "--wise-ft", help="lp_ft: keep the WiSE-FT mix of the "
                                  "probe and fine-tuned weights; alpha picked on validation"),
+    no_audit: bool = typer.Option(False, "--no-audit", help="skip the check for duplicates, "
+                                  "leaks and label conflicts"),
+    drop_duplicates: bool = typer.Option(False, "--drop-duplicates", help="drop all but one "
+                                         "exact copy in each split (recorded in the report)"),
+    drop_leaks: bool = typer.Option(False, "--drop-leaks", help="drop val/test copies of "
+                                    "training inputs (recorded in the report)"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing run in --out"),
     resume: Path | None = typer.Option(None, "--resume", help="continue a stopped run"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
@@ -77,7 +83,8 @@ def train(
                        config=config,
                        out=out, lr=lr, augment=augment, weights=weights, batch_size=batch_size,
                        task=task, val_fraction=val_fraction, test_fraction=test_fraction,
-                       device=device) or overrides or overwrite or wise_ft
+                       device=device) or overrides or overwrite or wise_ft or no_audit or \
+            drop_duplicates or drop_leaks
         if given:
             raise GraftError("--resume continues a run with its saved config; drop the other "
                              "options (edit RUN_DIR/config.yaml to change it)")
@@ -94,11 +101,49 @@ def train(
             "data.batch_size": batch_size, "train.augment": augment, "task": task,
             "data.val_fraction": val_fraction, "data.test_fraction": test_fraction,
             "train.device": device, "train.wise_ft": "auto" if wise_ft else None,
+            "data.audit": False if no_audit else None,
+            "data.drop_duplicates": True if drop_duplicates else None,
+            "data.drop_leaks": True if drop_leaks else None,
         })
         extra = dict(parse_override(o) for o in overrides or [])
         cfg = api.build_config(config, {**flags, **extra})
         run = api.train(cfg, out=out, overwrite=overwrite, quiet=quiet)
     typer.echo(str(run.path))
+
+
+@app.command()
+def audit(
+    data: str = typer.Argument(..., help="image folder, CSV manifest, or CSV of labeled texts"),
+    model: str | None = typer.Option(None, "--model", help="backbone whose features compare the "
+                                     "inputs (default: the modality's default model)"),
+    out: Path | None = typer.Option(None, "--out", help="folder for audit.json, findings.csv, "
+                                    "audit.html (default: audits/<data name>)"),
+    config: Path | None = typer.Option(None, "-c", "--config", help="YAML config file (its data "
+                                       "and model sections)"),
+    val: str | None = typer.Option(None, "--val", help="text: validation CSV"),
+    test: str | None = typer.Option(None, "--test", help="text: test CSV"),
+    text_column: str | None = typer.Option(None, "--text-column", help="text: column name"),
+    label_column: str | None = typer.Option(None, "--label-column", help="label column name"),
+    no_label_issues: bool = typer.Option(False, "--no-label-issues", help="skip the "
+                                         "cross-validated label check"),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    overrides: list[str] | None = typer.Argument(None, help="config overrides key=value"),
+) -> None:
+    """What is wrong with the data: duplicates, leaks across splits, label errors, imbalance,
+    outliers."""
+    from .. import api
+    from ..audit.run import PAGE
+    from ..config import parse_override
+
+    flags = _flags(**{"data.text_column": text_column, "data.label_column": label_column,
+                      "data.val": val, "data.test": test})
+    found = api.audit(data, model, out=out, config=config, overrides={
+        **flags, **dict(parse_override(o) for o in overrides or [])},
+        label_issues=not no_label_issues, quiet=quiet)
+    summary = found["summary"]["findings"]
+    typer.echo(", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in summary.items())
+               or "no findings")
+    typer.echo(f"open the audit: {Path(found['out']) / PAGE}")
 
 
 @app.command()

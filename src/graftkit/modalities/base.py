@@ -16,6 +16,7 @@ those a modality cannot do (robustness, explain, evaluate --data) refuse with a 
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -129,6 +130,25 @@ class Modality:
 
     def _reference_inputs(self, items: Sequence[str]) -> list[Any]:
         return list(items)
+
+    # --- data audit (graft audit; graft train's quick check) ----------------------------------
+    def content_key(self, item: str) -> str:
+        """A digest of the input's content: two inputs with the same one are exact duplicates.
+        (The input itself, hashed: right for a text; file modalities hash the file's bytes.)"""
+        return hashlib.sha256(str(item).encode("utf-8", "surrogatepass")).hexdigest()
+
+    def near_key(self, item: str) -> Any:
+        """A key near-duplicates share or nearly share (``near_match`` compares two), e.g. a
+        perceptual hash; None where the modality has none (backbone features alone decide)."""
+        return None
+
+    def near_match(self, a: Any, b: Any) -> bool:
+        return a is not None and a == b
+
+    def item_stats(self, item: str) -> dict[str, float]:
+        """Cheap statistics of one input (sizes, lengths, durations): the audit lists their
+        distribution and the odd ones out."""
+        return {}
 
     # --- consumers ----------------------------------------------------------------------------
     def robustness_names(self, spec: str | None) -> list[str]:

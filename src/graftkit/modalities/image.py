@@ -4,6 +4,7 @@ ImageNet-C corruptions, Grad-CAM."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,6 +27,9 @@ from .base import MODALITIES, Items, Modality
 # One corruption per ImageNet-C family at severity 3: WiSE-FT's clean+corruption objective and
 # graft search's robust objective (noise, blur, weather, digital).
 FAMILY_SUBSET = ("gaussian_noise", "motion_blur", "fog", "jpeg_compression")
+# Perceptual hashes this many bits apart (of 64) or fewer are the same picture: a copy re-saved at
+# another JPEG quality or resized stays within about 4; unrelated photos are about 32 apart
+PHASH_BITS = 8
 MAX_INPUT_SAMPLES = 200  # images decoded for the drift reference (spread over the split)
 THUMB, STATS_THUMB = 176, 64  # px: a report thumbnail; brightness is measured on a smaller one
 
@@ -197,6 +201,38 @@ class ImageModality(Modality):
             except BadImage:
                 continue  # unreadable images are left out
         return images
+
+    # --- data audit -----------------------------------------------------------------------------
+    def content_key(self, item: str) -> str:
+        h = hashlib.sha256()
+        try:
+            with open(item, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+        except OSError as e:
+            return f"unreadable: {e.strerror}: {item}"  # unique: never a duplicate of another
+        return h.hexdigest()
+
+    def near_key(self, item: str) -> Any:
+        """The 64-bit perceptual hash (DCT, imagehash.phash) of the image: re-encoded, resized
+        and lightly edited copies stay within a few bits of each other."""
+        import imagehash
+
+        try:
+            return int(str(imagehash.phash(load_image(item))), 16)
+        except BadImage:
+            return None
+
+    def near_match(self, a: Any, b: Any) -> bool:
+        return a is not None and b is not None and bin(a ^ b).count("1") <= PHASH_BITS
+
+    def item_stats(self, item: str) -> dict[str, float]:
+        try:
+            with Image.open(item) as img:  # the header only
+                w, h = img.size
+        except (OSError, ValueError, SyntaxError):
+            return {}
+        return {"width": float(w), "height": float(h), "aspect": w / h if h else 0.0}
 
     # --- consumers ----------------------------------------------------------------------------
     def robustness_names(self, spec: str | None) -> list[str]:

@@ -140,6 +140,20 @@ class TextModality(Modality):
     def input_stats(self, decoded: Any) -> dict[str, float]:
         return text_stats(str(decoded))
 
+    # --- data audit -----------------------------------------------------------------------------
+    # content_key: the text itself, hashed (the default)
+    def near_key(self, item: str) -> Any:
+        """The text with case, accents, punctuation and spacing taken out: "Free entry!!" and
+        "free  entry" are one message."""
+        import unicodedata
+
+        folded = unicodedata.normalize("NFKD", str(item)).casefold()
+        kept = "".join(c if c.isalnum() else " " for c in folded if not unicodedata.combining(c))
+        return " ".join(kept.split()) or None
+
+    def item_stats(self, item: str) -> dict[str, float]:
+        return text_stats(str(item))
+
     # --- consumers ----------------------------------------------------------------------------
     def robustness_names(self, spec: str | None) -> list[str]:
         from ..robustness.perturbations import resolve_perturbations

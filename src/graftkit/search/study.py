@@ -178,6 +178,8 @@ def make_objective(s: SearchSettings, space: Space, out: Path, threads: int | No
             trial.set_user_attr("seconds", time.perf_counter() - t0)
             raise Duplicate(f"same parameters as trial {twin}")
         overrides = {**params, "train.early_stop.metric": s.metric, "report.enabled": False}
+        if trial.number > 0 and not (base.data.drop_duplicates or base.data.drop_leaks):
+            overrides["data.audit"] = False  # the data is the same in every trial: trial 0 warns
         if threads:
             overrides["train.threads"] = threads
         for attempt in (0, 1):
