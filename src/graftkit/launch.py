@@ -105,6 +105,11 @@ def train(cfg: Config, out: str | Path | None = None, overwrite: bool = False,
 
     out_dir = Path(out) if out else rd.default_out(cfg.model.name, cfg.strategy.name)
     created = not out_dir.exists()
+    # the highest folder this run creates (e.g. runs/ for the default --out), removed again with
+    # the run when a mistake is found before training
+    top = out_dir
+    while not top.parent.exists():
+        top = top.parent
     # A run being replaced (--overwrite) stays as it is until the new one has passed every check
     # of its data and model: the new one is set up in a sibling folder, then swapped in.
     replacing = resume_dir is None and rd.check_out_dir(out_dir, overwrite)
@@ -117,7 +122,7 @@ def train(cfg: Config, out: str | Path | None = None, overwrite: bool = False,
         if created or replacing:  # a mistake found before training leaves no half-made run
             import shutil
 
-            shutil.rmtree(build_dir, ignore_errors=True)
+            shutil.rmtree(top if created else build_dir, ignore_errors=True)
         raise
     if replacing:
         rd.replace_dir(out_dir, build_dir)

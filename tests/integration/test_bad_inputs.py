@@ -54,7 +54,7 @@ def run_graft(args: list[str], cwd: Path) -> tuple[int, str, str]:
 
 
 def snapshot(*roots: Path) -> dict[str, str]:
-    """Every file under ``roots`` -> its SHA-256 (symlinks by their target)."""
+    """Every file and folder under ``roots`` -> its SHA-256 (symlinks: their target)."""
     out = {}
     for root in roots:
         for p in sorted(root.rglob("*")):
@@ -62,6 +62,8 @@ def snapshot(*roots: Path) -> dict[str, str]:
                 out[str(p)] = "-> " + os.readlink(p)
             elif p.is_file():
                 out[str(p)] = hashlib.sha256(p.read_bytes()).hexdigest()
+            elif p.is_dir():
+                out[str(p)] = "folder"
     return out
 
 
@@ -109,6 +111,11 @@ def ws(tmp_path_factory: pytest.TempPathFactory, probe_run: Path) -> Path:
     (root / "syntax.yaml").write_text("optim: {lr: [1,\n")
     (root / "unknown.yaml").write_text("optim:\n  lrr: 0.1\n")
     (root / "space.yaml").write_text("lr: {type: float, low: 1, high: 0}\n")
+    for name, text in {"badkey": "optim.lrr: {low: 1.0e-4, high: 1.0e-2}\n",
+                       "lowhigh": "optim.lr: {low: 1.0e-2, high: 1.0e-4, log: true}\n",
+                       "lora": "strategy.name: {choices: [linear_probe, lora]}\n",
+                       "yaml": "optim.lr: [\n"}.items():
+        (root / f"space_{name}.yaml").write_text(text)
     (root / "full").mkdir()
     (root / "full" / "precious.txt").write_text("mine")
     (root / "a_file").write_text("I am a file")
@@ -169,7 +176,8 @@ def _corpus() -> list[tuple[str, list[str], str]]:
         # --- data ---------------------------------------------------------------------------
         ("data missing", ["train", "--data", "{ws}/nope"], "does not exist"),
         ("data empty folder", ["train", "--data", "{ws}/empty", *TINY], "empty"),
-        ("one class", ["train", "--data", "{ws}/one", *TINY], "only one class"),
+        ("one class", ["train", "--data", "{ws}/one", *TINY, "--out", "{ws}/never"],
+         "only one class"),
         ("class of corrupt files", ["train", "--data", "{ws}/brokenclass", *TINY],
          "no usable images"),
         ("val and valid", ["train", "--data", "{ws}/twoval", *TINY], "'val' and 'valid'"),
@@ -214,6 +222,16 @@ def _corpus() -> list[tuple[str, list[str], str]]:
         # --- search -------------------------------------------------------------------------
         ("search bad space", ["search", "--data", D, "--space", "{ws}/space.yaml", "--out",
                               "{ws}/s1"], "space.yaml"),
+        ("search space unknown key", ["search", "--data", D, "--space", "{ws}/space_badkey.yaml",
+                                      "--out", "{ws}/s5", *TINY], "not a config key"),
+        ("search space low > high", ["search", "--data", D, "--space",
+                                     "{ws}/space_lowhigh.yaml", "--out", "{ws}/s6", *TINY],
+         "low < high"),
+        ("search space lora on images", ["search", "--data", D, "--space",
+                                         "{ws}/space_lora.yaml", "--out", "{ws}/s7", *TINY],
+         "lora"),
+        ("search space bad yaml", ["search", "--data", D, "--space", "{ws}/space_yaml.yaml",
+                                   "--out", "{ws}/s8", *TINY], "not valid YAML"),
         ("search missing space", ["search", "--data", D, "--space", "{ws}/nope.yaml", "--out",
                                   "{ws}/s2"], "nope.yaml"),
         ("search bad budget", ["search", "--data", D, "--time-budget", "soon", "--out",
@@ -242,6 +260,7 @@ def test_a_mistake_is_one_line_exit_2_and_touches_nothing(ws: Path, args: list[s
     after = snapshot(ws)
     assert {k: v for k, v in after.items() if k in before} == before, "a user file changed"
     assert not set(before) - set(after), "a user file went missing"
+    assert not set(after) - set(before), "a mistake left something behind"
 
 
 def test_the_corpus_is_large_enough() -> None:

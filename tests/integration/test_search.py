@@ -119,26 +119,7 @@ def test_a_failing_trial_is_recorded_with_its_reason_and_the_study_goes_on(
     assert any(r["state"] == "complete" for r in rows)
 
 
-def test_search_mistakes_are_one_line_errors(data: Path, space: Path, tmp_path: Path) -> None:
-    bad = tmp_path / "bad.yaml"
-    cases = [
-        ("optim.lrr: {low: 1.0e-4, high: 1.0e-2}\n", "not a config key"),
-        ("optim.lr: {low: 1.0e-2, high: 1.0e-4, log: true}\n", "low < high"),
-        ("strategy.name: {choices: [linear_probe, lora]}\n", "lora"),
-        ("optim.lr: [\n", "not valid YAML"),
-    ]
-    for text, expected in cases:
-        bad.write_text(text)
-        proc = graft("search", "--data", data, "--space", bad, "--out", tmp_path / "o",
-                     *TINY, check=False)
-        assert proc.returncode == 2 and expected in proc.stderr, proc.stderr
-        assert "Traceback" not in proc.stderr
-        assert not (tmp_path / "o").exists()  # nothing half-made left behind
-    proc = graft("search", "--data", data, "--space", space, "--time-budget", "soon",
-                 "--out", tmp_path / "o", check=False)
-    assert proc.returncode == 2 and "--time-budget" in proc.stderr
-    proc = graft("search", "--resume", tmp_path / "nothing", check=False)
-    assert proc.returncode == 2 and "not a search folder" in proc.stderr
+# Mistakes (bad spaces, budgets, --resume of nothing): tests/integration/test_bad_inputs.py
 
 
 def test_two_local_workers_share_a_journal_file(data: Path, tmp_path: Path) -> None:
