@@ -96,7 +96,7 @@ class Audit:
         kinds: dict[str, int] = defaultdict(int)
         for f in self.findings:
             kinds[f.kind] += 1
-        train = self.counts.get("train", {})
+        train = self.counts.get("train", {}) if self.classes else {}  # none for regression
         ratio = (max(train.values()) / max(1, min(train.values()))) if train else None
         return {"checks": self.checks, "findings": dict(sorted(kinds.items())),
                 "imbalance_ratio": None if ratio is None else round(ratio, 2)}
