@@ -66,7 +66,8 @@ class DataSection(_Section):
 
 class ModelConfig(_Section):
     name: str | None = Field(
-        None, description="default: efficientnet_lite0 for images, all-MiniLM-L6-v2 for text"
+        None, description="default: efficientnet_lite0 for images, all-MiniLM-L6-v2 for text, "
+        "whisper-tiny.en for audio"
     )
     pretrained: bool = True
     weights: str | None = Field(None, description="local .safetensors or .pth backbone weights")
@@ -76,6 +77,10 @@ class ModelConfig(_Section):
         None, ge=8, description="text: tokens kept per text (default: from the training data)"
     )
     pooling: Literal["mean", "cls"] = Field("mean", description="text: how tokens are pooled")
+    clip_seconds: float | None = Field(
+        None, gt=0.0, le=30.0,
+        description="audio: the clip window in seconds (default: from the training clips)",
+    )
 
 
 class StrategyConfig(_Section):

@@ -39,11 +39,12 @@ CONFIG, META, WEIGHTS, METRICS, HISTORY, DATA_REPORT = (
 STATE = "checkpoints/last.safetensors"
 PROBE, FINETUNED = "checkpoints/probe.safetensors", "checkpoints/finetuned.safetensors"
 REFERENCE, TEXT_ASSETS, EVAL, REPORT = "reference.json", "text_model", "eval", "report.html"
+AUDIO_ASSETS = "audio_model"  # the encoder's config.json (audio runs)
 ROBUSTNESS, ROBUSTNESS_RESULTS = "robustness", "results.json"  # robustness/results.json
 # Everything a run writes at its top level; a folder holding only these is a graft run (perhaps
 # one that failed before writing meta.json) and may be replaced with --overwrite.
 OWN = {CONFIG, META, WEIGHTS, METRICS, HISTORY, DATA_REPORT, "checkpoints", EVAL, ROBUSTNESS,
-       TEXT_ASSETS, REFERENCE}
+       TEXT_ASSETS, AUDIO_ASSETS, REFERENCE}
 
 
 _UMASK = os.umask(0)

@@ -1,7 +1,9 @@
 """graft export: bundles in every format, their checks, and the torch-free ONNX predictor.
 
-One tiny run (timm's test_efficientnet, random init, 64 px, one linear-probe epoch on generated
-images) is trained once for the module; the ONNX bundle is exported once and shared.
+One tiny image run (timm's test_efficientnet, random init, 64 px, one linear-probe epoch on
+generated images) is trained once for the module; the ONNX bundle is exported once and shared.
+So is one tiny text run (the built-in paraphrase-MiniLM-L3-v2, one linear-probe epoch on 40 real
+sms_spam messages) and its ONNX bundle.
 """
 
 from __future__ import annotations
@@ -19,12 +21,14 @@ import pytest
 import torch
 from PIL import Image
 
+from graftkit import modalities
 from graftkit.errors import GraftError
 from graftkit.export import EXPORTERS, BundlePredictor, cli_export, export_run
 from graftkit.export.formats import rebuild_from_bundle
-from graftkit.export.light import BadInput, preprocess, sha256
+from graftkit.export.light import PREPROCESSORS, BadInput, preprocess, sha256
+from tests.conftest import shared_dataset
 
-N_VAL = 8  # validation images of the tiny run (4 per class)
+N_VAL = 8  # validation images of the tiny run (4 per class); validation texts of the text run
 
 
 def _images(root: Path, split: str, n: int, seed: int) -> None:
@@ -77,14 +81,16 @@ def test_onnx_bundle_contents(tiny_run: Path, onnx_bundle: Path) -> None:
     assert sorted(p.name for p in onnx_bundle.iterdir()) == ["MODEL_CARD.md", "bundle.json",
                                                              "model.onnx", "reference.json"]
     b, meta = _bundle(onnx_bundle), json.loads((tiny_run / "meta.json").read_text())
-    assert (b["format"], b["format_version"], b["model_format"]) == ("graftkit-bundle", 1, "onnx")
+    assert (b["format"], b["format_version"], b["model_format"]) == ("graftkit-bundle", 2, "onnx")
     assert b["task"] == "classification" and b["classes"] == ["blue", "red"]
+    assert b["modality"] == "image" and b["preprocessing"]["kind"] == "image"
     assert b["model"]["arch"] == "test_efficientnet" and b["model"]["strategy"] == "linear_probe"
     assert {k: b["preprocessing"][k] for k in meta["preprocessing"]} == meta["preprocessing"]
     assert b["preprocessing"]["resize_short_side"] == round(64 / meta["preprocessing"]["crop_pct"])
     assert "center-crop 64x64" in b["preprocessing"]["recipe"].lower()
     assert b["calibration"]["temperature"] == meta["calibration"]["temperature"]
-    assert b["input"] == {**b["input"], "name": "image", "shape": ["batch", 3, 64, 64]}
+    (inp,) = b["inputs"]
+    assert inp == {**inp, "name": "image", "shape": ["batch", 3, 64, 64], "dtype": "float32"}
     assert b["output"] == {**b["output"], "name": "logits", "shape": ["batch", 2]}
     assert b["opset"] >= 18 and "onnxruntime" in b["versions"]
     assert b["source_run"]["path"] == str(tiny_run.resolve())
@@ -136,7 +142,7 @@ def test_bundle_predictor_decides_like_graftkit(tiny_run: Path, onnx_bundle: Pat
     pred = BundlePredictor(onnx_bundle)
     x = np.stack([preprocess(Image.open(f).convert("RGB"), pred.preprocessing)
                   for f in _val_images(tiny_run)])
-    logits = pred.logits(x)
+    logits = pred.logits({"image": x})
     meta = json.loads((tiny_run / "meta.json").read_text())
     for t, thr in ((0.7, None), (1.3, 0.3), (1.0, 0.999)):
         pred.temperature, pred.threshold = t, thr
@@ -271,7 +277,8 @@ def test_bad_requests(tiny_run: Path, tmp_path: Path, monkeypatch: pytest.Monkey
         export_run(stopped, "onnx", tmp_path / "x")
     meta["preprocessing"] = {"kind": "text", "tokenizer": "bert", "max_length": 64}
     meta["modality"] = "text"
-    (stopped / "meta.json").write_text(json.dumps(meta))
+    (stopped / "meta.json").write_text(json.dumps({**meta, "status": "completed"}))
+    monkeypatch.setattr(modalities.get("text"), "exportable", False)  # a modality it cannot take
     with pytest.raises(GraftError, match="writes image models; .* has a text model"):
         export_run(stopped, "onnx", tmp_path / "x")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["stopped"]  # nothing half-written
@@ -296,7 +303,8 @@ def test_parity_failure_leaves_nothing(tiny_run: Path, onnx_bundle: Path, tmp_pa
 
     real = EXPORTERS.get("onnx")
 
-    def corrupt(model: torch.nn.Module, path: Path, opset: int | None) -> dict[str, Any]:
+    def corrupt(model: torch.nn.Module, sig: Any, path: Path, opset: int | None
+                ) -> dict[str, Any]:
         shutil.copy(onnx_bundle / "model.onnx", path)  # this run's export, as written
         proto = onnx.load(str(path))
         head = next(t for t in proto.graph.initializer if "head" in t.name and t.dims == [2, 256])
@@ -380,3 +388,184 @@ def test_regression_run(tiny_run: Path, tmp_path: Path) -> None:
     val = run.metrics["val"]
     assert "An image regressor" in card and f"{val['rmse']:.4f}" in card
     assert "| val | " in card and "## Calibration" not in card
+
+
+def test_version_1_bundle_still_predicts(tiny_run: Path, onnx_bundle: Path,
+                                         tmp_path: Path) -> None:
+    old = tmp_path / "old"
+    shutil.copytree(onnx_bundle, old)
+    b = _bundle(old)
+    pre = {k: v for k, v in b["preprocessing"].items() if k != "kind"}
+    v1 = {k: v for k, v in b.items() if k not in ("inputs", "modality")}
+    (old / "bundle.json").write_text(json.dumps({**v1, "format_version": 1,
+                                                 "input": b["inputs"][0], "preprocessing": pre}))
+    images = _val_images(tiny_run)
+    want = BundlePredictor(onnx_bundle).predict(images, topk=2)
+    assert BundlePredictor(old).predict(images, topk=2) == want
+
+
+# --- a text run -------------------------------------------------------------------------------
+L3 = "paraphrase-MiniLM-L3-v2"
+TEXTS = ["WINNER!! Claim your free prize now, call 0800 123", "see you at lunch tomorrow?",
+         "Café au lait, s'il vous plaît 😀", "ok", "Please call me back when you get this " * 30]
+
+
+@pytest.fixture(scope="module")
+def text_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import csv
+
+    import graftkit
+
+    rows = list(csv.reader((shared_dataset("sms_spam") / "train.csv").open(encoding="utf-8")))
+    take = [r[:2] for c in ("ham", "spam") for r in [x for x in rows[1:] if x[1] == c][:20]]
+    root = tmp_path_factory.mktemp("text")
+    with (root / "sms.csv").open("w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows([["text", "label"], *take])
+    run = graftkit.finetune(root / "sms.csv", L3, "linear_probe", epochs=1, out=root / "run",
+                            quiet=True, overrides={"report.enabled": False})
+    return run.path
+
+
+@pytest.fixture(scope="module")
+def text_bundle(text_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("text-bundles") / "onnx"
+    export_run(text_run, "onnx", out)
+    return out
+
+
+def _val_texts(run: Path) -> list[str]:
+    from graftkit.inference import LoadedRun, run_split
+
+    return [t for t, _ in run_split(LoadedRun(run), "val")[0]]
+
+
+def test_preprocessors_registered() -> None:
+    assert PREPROCESSORS.names() == ["image", "text"]
+
+
+def test_text_onnx_bundle_contents(text_run: Path, text_bundle: Path) -> None:
+    import onnxruntime as ort
+
+    b, meta = _bundle(text_bundle), json.loads((text_run / "meta.json").read_text())
+    assert (b["modality"], b["model"]["name"], b["classes"]) == ("text", L3, ["ham", "spam"])
+    assert set(b["files"]) == {"model.onnx", "MODEL_CARD.md", "reference.json",
+                               "text_model/config.json", "text_model/tokenizer.json",
+                               "text_model/tokenizer_config.json"}
+    assert (text_bundle / "text_model" / "tokenizer.json").read_bytes() == (
+        text_run / "text_model" / "tokenizer.json").read_bytes()
+    pre = b["preprocessing"]
+    assert {k: pre[k] for k in meta["preprocessing"]} == meta["preprocessing"]
+    assert pre["kind"] == "text" and pre["tokenizer_file"] == "text_model/tokenizer.json"
+    names = ["input_ids", "attention_mask", "token_type_ids"]
+    assert pre["input_names"] == [i["name"] for i in b["inputs"]] == names
+    assert all(i["shape"] == ["batch", "sequence"] and i["dtype"] == "int64" for i in b["inputs"])
+    assert f"Truncate to {pre['max_length']} tokens" in pre["recipe"]
+    p = b["parity"]
+    assert p["passed"] and p["max_abs_diff"] <= 1e-4 and p["n"] == N_VAL
+    assert p["inputs"] == f"{N_VAL} val texts of the run's data" and p["labels_agree"] == N_VAL
+    assert p["preprocessing_max_abs_diff"] == 0.0 and "tokenizers" in p["preprocessing_compared"]
+    sess = ort.InferenceSession(str(text_bundle / "model.onnx"))
+    assert [i.name for i in sess.get_inputs()] == names
+    assert all(isinstance(d, str) for i in sess.get_inputs() for d in i.shape)  # both dynamic
+    card = (text_bundle / "MODEL_CARD.md").read_text()
+    for text in ("A text classifier for 2 classes", "Texts per split", "| train | 16 | 16 | 32 |",
+                 f"Texts are cut after {pre['max_length']} tokens", "Hugging Face encoder",
+                 "Robustness to text perturbations", "numpy, onnxruntime, tokenizers",
+                 "`input_ids` (batch, sequence, int64)", "text_model/tokenizer.json"):
+        assert text in card, text
+    assert "image" not in card.lower() and "photo" not in card.lower()
+
+
+def test_text_bundle_predictor_matches_run_predict(text_run: Path, text_bundle: Path) -> None:
+    from graftkit import Run
+
+    run, pred = Run(text_run), BundlePredictor(text_bundle)
+    texts = _val_texts(text_run) + TEXTS
+    want = run.predict(texts, topk=2)
+    got = pred.predict(texts, topk=2, batch_size=3)  # batches padded to other lengths
+    assert [g["input"] for g in got] == texts
+    assert [g["label"] for g in got] == [w["label"] for w in want]
+    for g, w in zip(got, want):
+        assert abs(g["prob"] - w["prob"]) <= 1e-4
+        assert [t["label"] for t in g["top"]] == [t["label"] for t in w["top"]]
+        assert all(abs(a["prob"] - b["prob"]) <= 1e-4 for a, b in zip(g["top"], w["top"]))
+    # The raw logits too: the run's 1-epoch calibration flattens the probabilities.
+    with torch.no_grad():
+        eager = run.model(run.model.tokenize(texts)).numpy()
+    assert np.abs(pred.logits(pred.preprocessor(texts)) - eager).max() <= 1e-4
+    assert pred.predict("see you at lunch tomorrow?")[0]["label"] == want[TEXTS.index(
+        "see you at lunch tomorrow?") + N_VAL]["label"]
+
+
+def test_text_light_predictor_imports_no_torch(text_bundle: Path) -> None:
+    code = (
+        "import sys\n"
+        "sys.modules['torch'] = None  # any import of torch now fails\n"
+        "from graftkit.export.light import BundlePredictor\n"
+        f"r = BundlePredictor({str(text_bundle)!r}).predict({TEXTS!r})\n"
+        "assert [x['label'] in ('ham', 'spam') for x in r] == [True] * 5, r\n"
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('transformers', 'timm', 'sklearn')]\n"
+        "assert not bad, bad\n"
+        "print('ok')\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
+
+
+def test_text_bundle_errors(text_bundle: Path, tmp_path: Path) -> None:
+    pred = BundlePredictor(text_bundle)
+    for bad in ("", "   \n"):
+        with pytest.raises(BadInput, match="^empty text: every input needs some words$"):
+            pred.predict(["fine", bad])
+    copy = tmp_path / "copy"
+    shutil.copytree(text_bundle, copy)
+    with open(copy / "text_model" / "tokenizer.json", "ab") as f:
+        f.write(b" ")
+    with pytest.raises(GraftError, match="tokenizer.json' does not match the sha256"):
+        BundlePredictor(copy)
+    b = _bundle(copy)
+    b["preprocessing"]["tokenizer_file"] = "../tokenizer.json"
+    (copy / "bundle.json").write_text(json.dumps(b))
+    with pytest.raises(GraftError, match="tokenizer_file '../tokenizer.json' must be a file name "
+                                         "inside the bundle"):
+        BundlePredictor(copy)
+
+
+def test_text_bundle_is_served_like_bundle_predictor(text_bundle: Path) -> None:
+    from graftkit.serve import open_backend
+
+    backend = open_backend(text_bundle)
+    assert backend.modality.name == "text"
+    backend.load()
+    backend.warmup()
+    rows = backend.forward([backend.prepare(t) for t in TEXTS])
+    want = BundlePredictor(text_bundle).predict(TEXTS, topk=2)
+    assert [backend.describe(r, 2) for r in rows] == [
+        {k: v for k, v in w.items() if k != "input"} for w in want]
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated")
+def test_text_torchscript_and_safetensors_bundles(text_run: Path, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    from graftkit import Run
+    from graftkit.models.text import HFTextAdapter
+
+    model = Run(text_run).model
+    enc = model.tokenize(TEXTS)
+    with torch.no_grad():
+        want = model(enc)
+    cli_export(text_run, "torchscript", tmp_path / "ts")
+    printed = capsys.readouterr().out
+    for text in ("text_model/tokenizer.json", "parity: max |dp|", "labels agree 8/8",
+                 "on 8 val texts of the run's data", "max |dx| = 0 (token ids"):
+        assert text in printed, text
+    ts = torch.jit.load(str(tmp_path / "ts" / "model.torchscript.pt"))
+    with torch.no_grad():
+        got = ts(enc["input_ids"], enc["attention_mask"], enc["token_type_ids"])
+    assert torch.allclose(got, want, atol=1e-5)
+    b = export_run(text_run, "safetensors", tmp_path / "st")
+    assert b["parity"]["passed"] and (tmp_path / "st" / "text_model" / "config.json").is_file()
+    rebuilt = rebuild_from_bundle(tmp_path / "st")
+    assert isinstance(rebuilt, HFTextAdapter)
+    with torch.no_grad():
+        assert torch.allclose(rebuilt(enc), want, atol=1e-5)

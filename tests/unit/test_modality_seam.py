@@ -19,6 +19,8 @@ from torch.utils.data import TensorDataset
 from graftkit import run as rd
 from graftkit.config import build_config
 from graftkit.data.spec import DataSpec, label_map, stratified_split
+from graftkit.errors import GraftError
+from graftkit.export import export_run
 from graftkit.inference import LoadedRun, evaluate, predict
 from graftkit.launch import train
 from graftkit.modalities import MODALITIES
@@ -133,3 +135,9 @@ def test_a_new_modality_needs_only_its_module(points: Path, tmp_path: Path) -> N
     assert all(r["prob"] > 0.9 for r in got), got
     ev = evaluate(LoadedRun(run.path), None, split="val")
     assert ev["accuracy"] == pytest.approx(run.metrics["val"]["accuracy"])
+    # What it does not implement, it refuses in one line: here, export.
+    with pytest.raises(GraftError, match="^graft export writes image, text.* models; run .* has "
+                                         "a points model$"):
+        export_run(run.path, "safetensors", tmp_path / "bundle")
+    with pytest.raises(GraftError, match="^graft export does not take points models yet$"):
+        PointsModality().export_signature(PointsAdapter(2))

@@ -4,6 +4,9 @@ Handles grayscale, palette, RGBA/LA (composited on white), CMYK, 16-bit and floa
 orientation. Refuses decompression bombs (more than ``MAX_PIXELS``, 180 million by default, or
 ``$GRAFT_MAX_IMAGE_PIXELS``: an error, not Pillow's warning) and truncated files (Pillow's
 default, kept: a half image is not a training example).
+
+Also, without torch, two rules of the evaluation transform (its interpolation, the side it resizes
+to) that the export bundle and its torch-free predictor state.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -129,6 +133,17 @@ def open_image(item: str | Path | Image.Image) -> tuple[str, Image.Image]:
         return str(item), load_image(item)
     except BadImage as e:
         raise BadImage(f"{item}: {e.reason}", e.code) from None
+
+
+def interpolation(name: str) -> str:
+    """The interpolation graftkit's evaluation transform really applies for a data config's name
+    (anything but bicubic/nearest is bilinear, as in ``graftkit.data.transforms``)."""
+    return name if name in ("bicubic", "nearest") else "bilinear"
+
+
+def resize_size(pre: dict[str, Any]) -> int:
+    """The short side an image is resized to before the evaluation transform's centre crop."""
+    return int(round(pre["input_size"] / pre["crop_pct"]))
 
 
 @contextmanager

@@ -18,7 +18,9 @@ import csv
 import errno
 import os
 import stat
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -39,6 +41,26 @@ from .spec import (  # noqa: F401  (re-exported: the names this module always ha
 )
 
 
+def _check_image(p: Path) -> str | None:
+    try:
+        load_image(p)
+        return None
+    except BadImage as e:
+        return e.reason
+
+
+@dataclass(frozen=True)
+class FileKind:
+    """What the files of a data source are: the noun of messages and the check that decodes one
+    (None: usable; else the reason it is skipped). A file modality passes its own."""
+
+    noun: str
+    check: Callable[[Path], str | None]
+
+
+IMAGES = FileKind("image", _check_image)
+
+
 def _is_hidden(p: Path) -> bool:
     return p.name.startswith(".")
 
@@ -49,19 +71,12 @@ class Progress(Protocol):
     def stop(self) -> None: ...
 
 
-def _audit(paths: list[Path], progress: Progress | None = None
+def _audit(paths: list[Path], progress: Progress | None = None, kind: FileKind = IMAGES
            ) -> tuple[list[Path], list[dict[str, str]]]:
     """Decode every file; return the good ones (order kept) and the skipped ones with reasons."""
-
-    def check(p: Path) -> str | None:
-        try:
-            load_image(p)
-            return None
-        except BadImage as e:
-            return e.reason
-
+    check = kind.check
     if progress:
-        progress.start("checking images", len(paths))
+        progress.start(f"checking {kind.noun}s", len(paths))
     try:
         with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 2) * 2)) as pool:
             reasons = []
@@ -111,7 +126,7 @@ def _files(d: Path, skipped: list[dict[str, str]]) -> list[Path]:
     return files
 
 
-def _scan_class_tree(root: Path, progress: Progress | None = None
+def _scan_class_tree(root: Path, progress: Progress | None = None, kind: FileKind = IMAGES
                      ) -> tuple[dict[str, list[Path]], list[dict[str, str]]]:
     dirs = _class_dirs(root)
     skipped: list[dict[str, str]] = []
@@ -120,14 +135,14 @@ def _scan_class_tree(root: Path, progress: Progress | None = None
             why = _not_a_file(p)
             skipped.append({"path": str(p), "reason": why or "file outside any class folder"})
     files = {d.name: _files(d, skipped) for d in dirs}
-    good, bad = _audit([p for d in dirs for p in files[d.name]], progress)
+    good, bad = _audit([p for d in dirs for p in files[d.name]], progress, kind)
     skipped += bad
     usable = set(good)
     per_class: dict[str, list[Path]] = {}
     for d in dirs:
         per_class[d.name] = [p for p in files[d.name] if p in usable]
         if not per_class[d.name]:
-            raise DataError(f"class folder {str(d)!r} has no usable images "
+            raise DataError(f"class folder {str(d)!r} has no usable {kind.noun}s "
                             f"({len(files[d.name])} skipped)")
     return per_class, skipped
 
@@ -158,7 +173,7 @@ def _split_dirs(root: Path, children: dict[str, Path]) -> dict[str, Path]:
 
 def _from_folders(
     root: Path, val_fraction: float, test_fraction: float, seed: int,
-    progress: Progress | None = None,
+    progress: Progress | None = None, kind: FileKind = IMAGES,
 ) -> DataSpec:
     children = _children(root)
     split_dirs = _split_dirs(root, children)
@@ -173,7 +188,7 @@ def _from_folders(
         per_split: dict[str, dict[str, list[Path]]] = {}
         skipped: list[dict[str, str]] = []
         for split, d in split_dirs.items():
-            per_split[split], bad = _scan_class_tree(d, progress)
+            per_split[split], bad = _scan_class_tree(d, progress, kind)
             skipped += bad
         classes = sorted(per_split["train"])
         _check_classes(classes, str(split_dirs["train"]))
@@ -185,16 +200,16 @@ def _from_folders(
             if unknown:
                 raise DataError(
                     f"class folder {str(split_dirs[split] / unknown[0])!r} is in {split} but not "
-                    "in train; every class needs training images"
+                    f"in train; every class needs training {kind.noun}s"
                 )
     else:
         layout = "class-folders"
-        per_class, skipped = _scan_class_tree(root, progress)
+        per_class, skipped = _scan_class_tree(root, progress, kind)
         classes = sorted(per_class)
         _check_classes(classes, str(root))
         per_split = stratified_split(per_class, val_fraction, test_fraction, seed)
         if not any(per_split["val"].values()):
-            raise DataError(f"val_fraction={val_fraction} leaves no validation images")
+            raise DataError(f"val_fraction={val_fraction} leaves no validation {kind.noun}s")
     index = {c: i for i, c in enumerate(classes)}
     splits = {
         split: [(str(p), float(index[c])) for c in sorted(pc) for p in pc[c]]
@@ -213,13 +228,14 @@ def _from_csv(
     test_fraction: float,
     seed: int,
     progress: Progress | None = None,
+    kind: FileKind = IMAGES,
 ) -> DataSpec:
     rows = _read_rows(csv_path)
     columns = ", ".join(rows[0])
     if path_column not in rows[0]:  # neither an image manifest nor (detection said) a text CSV
         raise DataError(
-            f"CSV {str(csv_path)!r} has no image path column {path_column!r} and no text column "
-            f"(columns: {columns}); name yours with data.path_column for images, or "
+            f"CSV {str(csv_path)!r} has no {kind.noun} path column {path_column!r} and no text "
+            f"column (columns: {columns}); name yours with data.path_column for files, or "
             "--text-column (data.text_column) for texts")
     if label_column not in rows[0]:
         raise DataError(f"CSV {str(csv_path)!r} has no column {label_column!r} (columns: "
@@ -246,13 +262,14 @@ def _from_csv(
             raise DataError(f"{csv_path}:{i}: the split column is empty; give every row train, "
                             "val or test, or drop the column to split automatically")
         entries.append((p, label, SPLIT_ALIASES[split] if split else None))
-    good, bad = _audit([p for p, _, _ in entries], progress)
+    good, bad = _audit([p for p, _, _ in entries], progress, kind)
     skipped += bad
     good_set = {str(p) for p in good}
     entries = [e for e in entries if str(e[0]) in good_set]
     if not entries:
         why = f" (first: {skipped[0]['path']}: {skipped[0]['reason']})" if skipped else ""
-        raise DataError(f"CSV {str(csv_path)!r}: none of its {len(rows)} rows is a usable image"
+        raise DataError(f"CSV {str(csv_path)!r}: none of its {len(rows)} rows is a usable "
+                        f"{kind.noun}"
                         f"{why}")
     classes, target = label_map([lab for _, lab, s in entries if s in (None, "train")],
                                 [lab for _, lab, s in entries if s in ("val", "test")], task,
@@ -274,6 +291,15 @@ def _from_csv(
             for s, pc in parts.items()
         }
     splits = {s: items for s, items in splits.items() if items}
+    if has_split_col and "train" in splits and "val" not in splits:
+        # train (+ test) given, as split folders may be: a stratified val is carved out of train
+        by_key: dict[str, list[str]] = {}
+        for p, t in splits["train"]:
+            by_key.setdefault("all" if task == "regression" else str(t), []).append(p)
+        parts = stratified_split(by_key, val_fraction or 0.2, 0.0, seed)
+        for s in ("train", "val"):
+            splits[s] = [(p, by_path[p]) for group in parts[s].values() for p in group]
+        splits = {s: items for s, items in splits.items() if items}
     for s in ("train", "val"):
         if s not in splits:
             raise DataError(f"CSV {str(csv_path)!r} gives no {s} examples")
@@ -305,6 +331,7 @@ def discover(
     path_column: str = "path",
     label_column: str = "label",
     progress: Progress | None = None,
+    kind: FileKind = IMAGES,
 ) -> DataSpec:
     """Find, audit and split the data at ``path``. Raises :class:`DataError` with a clear line.
     ``progress`` (start/advance/stop, e.g. graftkit's Reporter) shows the audit as it goes."""
@@ -315,10 +342,10 @@ def discover(
         if p.suffix.lower() != ".csv":
             raise DataError(f"data path {str(p)!r} is a file but not a CSV manifest")
         return _from_csv(p, task, path_column, label_column, val_fraction, test_fraction, seed,
-                         progress)
+                         progress, kind)
     if task == "regression":
         raise DataError("task: regression needs a CSV manifest with a numeric target column")
-    return _from_folders(p, val_fraction, test_fraction, seed, progress)
+    return _from_folders(p, val_fraction, test_fraction, seed, progress, kind)
 
 
 def discover_eval(
@@ -329,6 +356,7 @@ def discover_eval(
     split: str | None = None,
     path_column: str = "path",
     label_column: str = "label",
+    kind: FileKind = IMAGES,
 ) -> tuple[list[tuple[str, float]], list[dict[str, str]], str]:
     """Labeled examples to evaluate a trained run on, with the run's own label map.
 
@@ -341,7 +369,7 @@ def discover_eval(
         raise DataError(f"data path {str(p)!r} does not exist")
     index = {c: i for i, c in enumerate(classes)}
     if p.is_file():
-        return _eval_csv(p, index, task, split, path_column, label_column)
+        return _eval_csv(p, index, task, split, path_column, label_column, kind)
     split_dirs = _split_dirs(p, _children(p))
     used = "all"
     if split_dirs:
@@ -354,7 +382,7 @@ def discover_eval(
         raise DataError(f"{str(p)!r} has no split folders; drop --split to use it whole")
     if task == "regression":
         raise DataError("a regression run is evaluated on a CSV manifest, not a folder")
-    per_class, skipped = _scan_class_tree(p)
+    per_class, skipped = _scan_class_tree(p, kind=kind)
     for name in per_class:
         if name not in index:
             raise DataError(
@@ -366,7 +394,7 @@ def discover_eval(
 
 def _eval_csv(
     p: Path, index: dict[str, int], task: str, split: str | None, path_column: str,
-    label_column: str,
+    label_column: str, kind: FileKind = IMAGES,
 ) -> tuple[list[tuple[str, float]], list[dict[str, str]], str]:
     rows = _read_rows(p)
     if path_column not in rows[0] or label_column not in rows[0]:
@@ -383,6 +411,6 @@ def _eval_csv(
         f = Path(raw)
         f = f if f.is_absolute() else p.parent / f
         entries.append((f, label_target(label, index, task, f"{p}:{i}")))
-    good, skipped = _audit([f for f, _ in entries])
+    good, skipped = _audit([f for f, _ in entries], kind=kind)
     ok = {str(g) for g in good}
     return [(str(f), t) for f, t in entries if str(f) in ok], skipped, split or "all"

@@ -46,8 +46,8 @@ def cli_explain(run_dir: str | Path, inputs: list[str | Path], method: str | Non
     """``graft explain``: explain each input and print one line per image or text. ``out``
     defaults to ``explain/<run folder name>`` under the current folder."""
     out_dir = Path(out) if out else Path("explain") / Path(run_dir).expanduser().resolve().name
-    records = explain_run(run_dir, inputs, method, target, out_dir=out_dir, topk=topk,
-                          texts=texts)
+    run = classification_run(run_dir)
+    records = explain_run(run, inputs, method, target, out_dir=out_dir, topk=topk, texts=texts)
     for r in records:
         f = r["faithfulness"]
         verdict = "better than" if f["beats_random"] else "NOT better than"
@@ -58,4 +58,4 @@ def cli_explain(run_dir: str | Path, inputs: list[str | Path], method: str | Non
         print(f"{len(records)} text(s) explained; HTML and JSON in {out_dir} (all: "
               f"{out_dir / 'index.html'})")
     else:
-        print(f"{len(records)} image(s) explained; overlays and JSON in {out_dir}")
+        print(f"{len(records)} {run.modality.noun}(s) explained; overlays and JSON in {out_dir}")

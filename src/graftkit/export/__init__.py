@@ -8,9 +8,13 @@
       MODEL_CARD.md   data, model, training, metrics, calibration, robustness, limitations
       reference.json  the model on the run's val split: graft serve's drift baseline (when the
                       run's data was available to export)
+      text_model/     a text run's tokenizer.json (what the torch-free predictor tokenizes
+                      with) and encoder config.json (what rebuilds a safetensors bundle)
 
-Importing this package is cheap and never imports torch: :mod:`graftkit.export.light` (the
-torch-free ONNX predictor) lives here too. The exporters load torch on first use.
+What differs between images and texts (the traced inputs, the files and preprocessing a bundle
+carries, the card's wording) comes from the run's modality. Importing this package is cheap and
+never imports torch: :mod:`graftkit.export.light` (the torch-free ONNX predictor, one
+preprocessor per kind of bundle) lives here too. The exporters load torch on first use.
 """
 
 from __future__ import annotations

@@ -14,23 +14,21 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 
+from .. import modalities
 from .. import run as rd
-from ..data.images import BadImage, load_image
-from ..data.transforms import eval_transform
 from ..errors import GraftError
 from ..evaluate.calibration import Calibration
 from ..evaluate.reference import REFERENCE
 from ..inference import LoadedRun, ensure_reference, run_split
+from ..modalities.base import ExportSignature
 from . import light
-from .formats import EXPORTERS, INPUT, MIN_OPSET, OUTPUT, Exporter, Runner
+from .formats import EXPORTERS, MIN_OPSET, OUTPUT, Exporter
 
 CARD = "MODEL_CARD.md"
-PARITY_N = 32  # validation images the export is checked on
+PARITY_N = 32  # validation inputs the export is checked on
 PARITY_TOL = 1e-4  # max |dp| allowed between the exported and the eager model
 PARITY_BATCH = 8
-PRE_NOTE = "graftkit.export.light.preprocess (PIL + numpy) vs graftkit's eval transform"
 
 
 def export_run(run_dir: str | Path, fmt: str, out_dir: str | Path, overwrite: bool = False,
@@ -38,9 +36,11 @@ def export_run(run_dir: str | Path, fmt: str, out_dir: str | Path, overwrite: bo
     """Export a finished run as a bundle in ``out_dir`` (model file, bundle.json, MODEL_CARD.md)
     and return the bundle.json written, with ``path`` added.
 
-    The exported file is loaded back and compared with the eager model on up to 32 of the run's
-    validation images; a maximum probability difference above 1e-4 raises :class:`GraftError`
-    and leaves nothing behind (a bundle being replaced is kept).
+    What the model file needs beside it (a text model's tokenizer) and how inputs are
+    preprocessed come from the run's modality. The exported file is loaded back and run on up to
+    32 of the run's validation inputs, preprocessed by the bundle's torch-free preprocessor, and
+    compared with the eager model on the same inputs; a maximum probability difference above
+    1e-4 raises :class:`GraftError` and leaves nothing behind (a bundle being replaced is kept).
     """
     exporter = EXPORTERS.get(fmt)
     if opset is not None and fmt != "onnx":
@@ -57,8 +57,9 @@ def export_run(run_dir: str | Path, fmt: str, out_dir: str | Path, overwrite: bo
                          f"{run.meta.get('status')}); finish it with graft train --resume "
                          f"{run.path} before exporting")
     if not run.modality.exportable:
-        raise GraftError(f"graft export writes image models; run {str(run.path)!r} has a "
-                         f"{run.modality.name} model")
+        takes = [n for n in modalities.MODALITIES.names() if modalities.get(n).exportable]
+        raise GraftError(f"graft export writes {', '.join(takes)} models; run {str(run.path)!r} "
+                         f"has a {run.modality.name} model")
     out = Path(out_dir).expanduser()
     _check_out(out, overwrite, run.path)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -66,16 +67,20 @@ def export_run(run_dir: str | Path, fmt: str, out_dir: str | Path, overwrite: bo
     tmp.mkdir()
     try:
         model = copy.deepcopy(run.model).to(memory_format=torch.contiguous_format)
-        extra = exporter.write(model, tmp / exporter.filename, opset)
-        bundle = _bundle(run, fmt, exporter, extra)
-        bundle["parity"] = _parity(run, exporter.load(tmp, bundle), exporter)
+        sig = run.modality.export_signature(model)
+        extra = exporter.write(model, sig, tmp / exporter.filename, opset)
+        pre = run.modality.export_assets(model, run.path, tmp)
+        bundle = _bundle(run, fmt, exporter, extra, sig, pre)
+        bundle["parity"] = _parity(run, tmp, bundle, sig, exporter)
         p = bundle["parity"]
         if not p["passed"]:
             d = "dp" if run.meta["task"] == "classification" else "dy"
             raise GraftError(f"{exporter.title} export does not match the eager model: max |{d}| "
-                             f"= {p['max_abs_diff']:.3g} > {PARITY_TOL:g} on {p['n']} images; "
-                             "nothing was written")
-        bundle["files"] = {exporter.filename: _file_info(tmp / exporter.filename)}
+                             f"= {p['max_abs_diff']:.3g} > {PARITY_TOL:g} on {p['n']} "
+                             f"{run.modality.noun}s; nothing was written")
+        # the model file and what the preprocessing reads (a tokenizer); the card comes next
+        bundle["files"] = {f.relative_to(tmp).as_posix(): _file_info(f)
+                           for f in sorted(tmp.rglob("*")) if f.is_file()}
         from .card import render_card
 
         (tmp / CARD).write_text(render_card(run, bundle, out.name), encoding="utf-8")
@@ -134,22 +139,12 @@ def _file_info(path: Path) -> dict[str, Any]:
     return {"sha256": light.sha256(path), "bytes": path.stat().st_size}
 
 
-def _recipe(pre: dict[str, Any]) -> str:
-    size, resize = pre["input_size"], light.resize_size(pre)
-    mean = ", ".join(f"{v:g}" for v in pre["mean"])
-    std = ", ".join(f"{v:g}" for v in pre["std"])
-    return (f"Decode to RGB (EXIF orientation applied, transparency composited on white). Resize "
-            f"the shorter side to {resize} px with {light.interpolation(pre['interpolation'])} "
-            f"interpolation (PIL Image.resize, antialiased; the longer side becomes "
-            f"floor({resize} * long / short)). Center-crop {size}x{size} (offset round((side - "
-            f"{size}) / 2), half to even). Scale to [0, 1] (divide by 255), subtract the mean "
-            f"({mean}) and divide by the std ({std}) per RGB channel. Float32, NCHW.")
-
-
 def _versions(fmt: str) -> dict[str, str]:
     import PIL
+    import tokenizers
 
-    v = {**rd.versions(), "numpy": np.__version__, "pillow": PIL.__version__}
+    v = {**rd.versions(), "numpy": np.__version__, "pillow": PIL.__version__,
+         "tokenizers": tokenizers.__version__}
     if fmt == "onnx":
         import onnx
         import onnxruntime
@@ -160,10 +155,10 @@ def _versions(fmt: str) -> dict[str, str]:
     return v
 
 
-def _bundle(run: Any, fmt: str, exporter: Exporter, extra: dict[str, Any]) -> dict[str, Any]:
+def _bundle(run: Any, fmt: str, exporter: Exporter, extra: dict[str, Any],
+            sig: ExportSignature, pre: dict[str, Any]) -> dict[str, Any]:
     meta = run.meta
-    pre = dict(meta["preprocessing"])
-    size, k = pre["input_size"], meta["num_outputs"]
+    k = meta["num_outputs"]
     classification = meta["task"] == "classification"
     cal = {**Calibration.from_meta(meta).to_dict(),
            "fitted_on": (meta.get("calibration") or {}).get("fitted_on")}
@@ -175,19 +170,17 @@ def _bundle(run: Any, fmt: str, exporter: Exporter, extra: dict[str, Any]) -> di
         "model_file": exporter.filename,
         **extra,
         "task": meta["task"],
+        "modality": run.modality.name,
         "classes": meta["classes"],
         "num_outputs": k,
         "target_stats": meta.get("target_stats") or {},
         "model": {**meta["model"], "strategy": meta["strategy"]},
-        "input": {"name": INPUT, "shape": ["batch", 3, size, size], "dtype": "float32",
-                  "layout": "NCHW", "description": "RGB image preprocessed as in preprocessing"},
+        "inputs": sig.inputs,
         "output": {"name": OUTPUT, "shape": ["batch", k], "dtype": "float32",
                    "description": "raw logits: probabilities = softmax(logits / "
                    "calibration.temperature)" if classification else
                    "standardised value: value = output * target_stats.std + target_stats.mean"},
-        "preprocessing": {**pre, "interpolation_applied": light.interpolation(
-            pre["interpolation"]), "resize_short_side": light.resize_size(pre),
-            "crop": [size, size], "recipe": _recipe(pre)},
+        "preprocessing": pre,
         "calibration": cal if classification else None,
         "decision": ("if calibration.threshold is set (binary): predict calibration."
                      "positive_class when its probability >= threshold, else the other class; "
@@ -200,54 +193,73 @@ def _bundle(run: Any, fmt: str, exporter: Exporter, extra: dict[str, Any]) -> di
     }
 
 
-def _parity_images(run: Any) -> tuple[list[Image.Image], str]:
-    """Up to PARITY_N of the run's validation images, spread over the split (its classes); random
-    noise when the run's data cannot be read here."""
+def _parity_inputs(run: Any) -> tuple[list[Any], str]:
+    """Up to PARITY_N of the run's validation inputs, decoded, spread over the split (its
+    classes); the modality's stand-ins when the run's data cannot be read here."""
+    mod = run.modality
     try:
         items, _, used = run_split(run, "val")
-        why = "no readable images"
+        why = f"no readable {mod.noun}s"
     except GraftError as e:
         items, used, why = [], "", str(e)
-    images = []
-    for path, _ in items[::max(1, len(items) // PARITY_N)][:PARITY_N]:
+    decoded = []
+    for item, _ in items[::max(1, len(items) // PARITY_N)][:PARITY_N]:
         try:
-            images.append(load_image(path))
-        except BadImage:
+            decoded.append(mod.load(item)[1])
+        except GraftError:
             continue
-    if images:
-        return images, f"{len(images)} {used} images of the run's data"
-    rng = np.random.default_rng(0)
-    size = run.meta["preprocessing"]["input_size"]
-    shapes = [(size + 37 * i, size + 23 * (7 - i)) for i in range(8)]
-    noise = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in shapes]
-    return noise, f"8 random-noise images (the run's validation images are unavailable: {why})"
+    if decoded:
+        return decoded, f"{len(decoded)} {used} {mod.noun}s of the run's data"
+    stand_ins, what = mod.export_fallback(run.meta)
+    return stand_ins, (f"{len(stand_ins)} {what} (the run's validation {mod.noun}s are "
+                       f"unavailable: {why})")
 
 
-def _parity(run: Any, runner: Runner, exporter: Exporter) -> dict[str, Any]:
-    meta = run.meta
-    images, source = _parity_images(run)
-    tf = eval_transform(run.model.data_config)
-    x = torch.stack([tf(img) for img in images])
-    pre = max(float(np.abs(light.preprocess(img, meta["preprocessing"]) - xi.numpy()).max())
-              for img, xi in zip(images, x))
-    with torch.no_grad():  # in chunks: bounded memory, and a batch size unlike the example's
-        eager = torch.cat([run.model(c.contiguous(memory_format=torch.channels_last)).float()
-                           for c in x.split(PARITY_BATCH)])
-    got = torch.cat([torch.from_numpy(runner(c.numpy())).float() for c in x.split(PARITY_BATCH)])
-    info: dict[str, Any] = {"n": len(images), "inputs": source, "tolerance": PARITY_TOL,
+def _feeds_diff(want: tuple[torch.Tensor, ...], got: dict[str, np.ndarray],
+                sig: ExportSignature) -> float:
+    """Max |difference| between the eager model's inputs and the light preprocessor's feeds
+    (inf where their shapes differ)."""
+    diff = 0.0
+    for spec, w in zip(sig.inputs, want):
+        g, w = got[spec["name"]], w.numpy()
+        if g.shape != w.shape:
+            return float("inf")
+        diff = max(diff, float(np.abs(g.astype(np.float64) - w.astype(np.float64)).max()))
+    return diff
+
+
+def _parity(run: Any, bundle_dir: Path, bundle: dict[str, Any], sig: ExportSignature,
+            exporter: Exporter) -> dict[str, Any]:
+    """The bundle (its preprocessor and model file) against the eager model, on real inputs."""
+    meta, model, mod = run.meta, run.model, run.modality
+    inputs, source = _parity_inputs(run)
+    pre, runner = light.preprocessor(bundle_dir, bundle), exporter.load(bundle_dir, bundle)
+    view = mod.model_view(model)
+    eager, got, pre_diff = [], [], 0.0
+    # in chunks: bounded memory, and batch sizes (and text lengths) unlike the example's
+    for start in range(0, len(inputs), PARITY_BATCH):
+        chunk = inputs[start:start + PARITY_BATCH]
+        batch = mod.batch(model, [view(x) for x in chunk])
+        feeds = pre(chunk)
+        with torch.no_grad():
+            eager.append(model(batch).float())
+        pre_diff = max(pre_diff, _feeds_diff(sig.feeds(batch), feeds, sig))
+        got.append(torch.from_numpy(runner(feeds)).float())
+    e, g = torch.cat(eager), torch.cat(got)
+    info: dict[str, Any] = {"n": len(inputs), "inputs": source, "tolerance": PARITY_TOL,
                             "reference": "eager torch model (graftkit Run.model)",
                             "backend": exporter.backend()}
     if meta["task"] == "classification":
         cal = Calibration.from_meta(meta)
-        pe, pg = cal.probs(eager), cal.probs(got)
+        pe, pg = cal.probs(e), cal.probs(g)
         diff = float((pe - pg).abs().max())
         agree = int((cal.decide(pe.numpy()) == cal.decide(pg.numpy())).sum())
         info.update(quantity="calibrated class probabilities", labels_agree=agree)
     else:
-        diff = float((eager - got).abs().max())
+        diff = float((e - g).abs().max())
         info.update(quantity="model output (standardised target)")
     return {**info, "max_abs_diff": diff, "passed": diff <= PARITY_TOL,
-            "preprocessing_max_abs_diff": pre, "preprocessing_compared": PRE_NOTE}
+            "preprocessing_max_abs_diff": pre_diff, "preprocessing_compared": pre.compared}
 
 
 def _size(n: int) -> str:
@@ -276,6 +288,6 @@ def cli_export(run_dir: str | Path, fmt: str, out: str | Path | None = None,
     print(f"parity: max |{d}| = {p['max_abs_diff']:.2g} (tolerance {p['tolerance']:g}) on "
           f"{p['inputs']}, {p['backend']} vs eager torch{agree}")
     print(f"preprocessing without torch: max |dx| = {p['preprocessing_max_abs_diff']:.2g} "
-          f"({PRE_NOTE})")
+          f"({p['preprocessing_compared']})")
     if fmt == "onnx":
         print(f"predict without torch: graftkit.export.light.BundlePredictor({b['path']!r})")

@@ -2,7 +2,9 @@
 intended use and limitations, rendered from a Jinja2 template (``templates/MODEL_CARD.md.j2``).
 
 Every number comes from the run directory (meta.json, metrics.json, data_report.json,
-robustness/results.json) or from the export's own parity check.
+robustness/results.json) or from the export's own parity check; what differs between images and
+texts (the model family, the input, what the preprocessing loses) from the run's modality
+(``card_notes``).
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ from .. import run as rd
 from ..evaluate.report import robustness_results, run_summary
 from . import light
 
-FEW_TRAIN = 20  # training images per class below which the card warns
-SMALL_EVAL = 200  # evaluation images below which the card stresses the interval
+FEW_TRAIN = 20  # training inputs per class below which the card warns
+SMALL_EVAL = 200  # evaluation inputs below which the card stresses the interval
 
 
 def wilson(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -50,7 +52,7 @@ def _metric_rows(metrics: dict[str, Any], task: str) -> list[dict[str, Any]]:
 
 
 def _counts(run_path: Path, meta: dict[str, Any]) -> tuple[dict[str, dict[str, int]], list[str]]:
-    """Images per split and class (data_report.json), or per split only (column "all")."""
+    """Inputs per split and class (data_report.json), or per split only (column "all")."""
     f = run_path / rd.DATA_REPORT
     counts = (rd.read_json(f) if f.is_file() else {}).get("counts") or {}
     if meta["task"] == "classification" and counts and all(isinstance(v, dict)
@@ -65,22 +67,23 @@ def _pct(v: float) -> str:
 
 
 def limitations(meta: dict[str, Any], bundle: dict[str, Any], rows: list[dict[str, Any]],
-                counts: dict[str, dict[str, int]], robustness: dict[str, Any] | None
-                ) -> list[str]:
-    """Generic and data-specific limitations, as Markdown sentences."""
-    pre, cal, parity = bundle["preprocessing"], bundle.get("calibration") or {}, bundle["parity"]
+                counts: dict[str, dict[str, int]], robustness: dict[str, Any] | None,
+                noun: str, notes: dict[str, str]) -> list[str]:
+    """Generic and data-specific limitations, as Markdown sentences; ``noun`` and ``notes``: the
+    modality's (``card_notes``)."""
+    cal, parity = bundle.get("calibration") or {}, bundle["parity"]
     out = []
     classification = meta["task"] == "classification"
     if classification:
         names = ", ".join(f"`{c}`" for c in meta["classes"])
         out.append(f"It always answers one of the {len(meta['classes'])} classes it was trained "
-                   f"on ({names}), also for images that show none of them: there is no "
-                   "\"unknown\" answer, and a confident probability does not mean the image is in "
-                   "scope.")
+                   f"on ({names}), also for {noun}s that belong to none of them: there is no "
+                   f"\"unknown\" answer, and a confident probability does not mean the {noun} is "
+                   "in scope.")
     main = next((r for r in rows if r["split"] == "test"), rows[0] if rows else None)
     if main is not None and classification:
         few = "only " if main["n"] < SMALL_EVAL else ""
-        out.append(f"The {main['split']} split has {few}{main['n']} images: the accuracy of "
+        out.append(f"The {main['split']} split has {few}{main['n']} {noun}s: the accuracy of "
                    f"{_pct(main['accuracy'])} has a 95% interval of about {_pct(main['lo'])} to "
                    f"{_pct(main['hi'])} (Wilson), so differences of a few points between models "
                    "are within noise.")
@@ -92,22 +95,18 @@ def limitations(meta: dict[str, Any], bundle: dict[str, Any], rows: list[dict[st
     if classification and len(train) > 1 and "all" not in train:
         few_cls = [f"`{c}` ({n})" for c, n in train.items() if n < FEW_TRAIN]
         if few_cls:
-            out.append(f"Few training images for {', '.join(few_cls)}: expect weaker and less "
+            out.append(f"Few training {noun}s for {', '.join(few_cls)}: expect weaker and less "
                        "stable results on those classes.")
         lo, hi = min(train.values()), max(train.values())
         if lo and hi / lo > 3:
             out.append(f"The training classes are imbalanced (largest/smallest = {hi / lo:.1f}); "
                        "accuracy hides errors on the rare classes, check macro-F1 and the "
                        "per-class figures in the run's report.")
-    size = pre["input_size"]
-    out.append(f"Images are resized so that the shorter side is {pre['resize_short_side']} px and "
-               f"center-cropped to {size}x{size} px: detail finer than that is lost, and objects "
-               "near the edges of elongated images are cut off.")
+    out.append(notes["cut"])
     source = (meta.get("data") or {}).get("source")
-    out.append(f"It learned from `{source}`: photos from other cameras, settings, viewpoints or "
-               "populations can be classified less accurately than the figures above say. Not "
-               "for decisions about people or safety-critical use without validation on "
-               "representative data.")
+    out.append(f"It learned from `{source}`: {notes['shift']} can be classified less accurately "
+               "than the figures above say. Not for decisions about people or safety-critical "
+               "use without validation on representative data.")
     if classification:
         out.append(f"Probabilities are calibrated by one temperature (T = "
                    f"{cal.get('temperature', 1.0):.3f}) fitted on the validation split; the fit "
@@ -123,14 +122,13 @@ def limitations(meta: dict[str, Any], bundle: dict[str, Any], rows: list[dict[st
                        "calibration than the one in this bundle (the run was recalibrated); "
                        "rerun `graft evaluate` for current figures.")
     if robustness is None:
-        out.append("Robustness to image corruptions (noise, blur, weather, JPEG) was not measured "
-                   "for this run.")
+        out.append(f"Robustness to {notes['perturbations']} was not measured for this run.")
     elif not math.isnan(robustness["relative_robustness"]):
-        out.append(f"Under synthetic corruptions its accuracy falls to {_pct(robustness['mca'])} "
-                   f"on average ({_pct(robustness['relative_robustness'])} of the clean "
-                   "accuracy): expect degraded results on blurred, noisy or badly exposed "
-                   "images.")
-    out.append(f"The export was checked against the eager torch model on {parity['n']} images "
+        out.append(f"Under synthetic {robustness.get('kind', 'corruptions')} its accuracy falls "
+                   f"to {_pct(robustness['mca'])} on average "
+                   f"({_pct(robustness['relative_robustness'])} of the clean accuracy): expect "
+                   f"degraded results on {notes['degraded']}.")
+    out.append(f"The export was checked against the eager torch model on {parity['n']} {noun}s "
                f"with {parity['backend']}; other runtimes, execution providers (GPU) or "
                "quantised versions were not checked.")
     return out
@@ -158,7 +156,8 @@ def _md(text: Any) -> str:
 def render_card(run: Any, bundle: dict[str, Any], bundle_name: str) -> str:
     """MODEL_CARD.md for ``bundle`` (its parity and model file already filled in), to be
     written to a folder named ``bundle_name``."""
-    meta = run.meta
+    meta, noun = run.meta, run.modality.noun
+    notes = run.modality.card_notes(bundle["preprocessing"])
     rows = _metric_rows(run.metrics, meta["task"])
     counts, columns = _counts(run.path, meta)
     robustness = robustness_results(run.path)
@@ -169,5 +168,6 @@ def render_card(run: Any, bundle: dict[str, Any], bundle_name: str) -> str:
     return env.get_template("MODEL_CARD.md.j2").render(
         b=bundle, bundle_name=bundle_name, meta=meta, run=run_summary(run.path, meta), rows=rows,
         counts=counts, columns=columns, robustness=robustness, worst=_worst(robustness),
-        limitations=limitations(meta, bundle, rows, counts, robustness),
+        noun=noun, a_noun=f"{'an' if noun[:1] in 'aeiou' else 'a'} {noun}", notes=notes,
+        limitations=limitations(meta, bundle, rows, counts, robustness, noun, notes),
         bundle_json=light.BUNDLE_JSON, generated=time.strftime("%Y-%m-%d %H:%M:%S"))

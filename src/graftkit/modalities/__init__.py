@@ -1,4 +1,5 @@
-"""The modality registry: one module per kind of input (``image``, ``text``), registered by name.
+"""The modality registry: one module per kind of input (``image``, ``text``, ``audio``),
+registered by name.
 
 ``get(name)`` returns the :class:`Modality` object everything downstream asks; ``of(meta)`` the one
 of a run directory (runs from before modalities were recorded are image runs); ``detect(d)`` the
@@ -11,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import ConfigError
-from . import image, text  # noqa: F401  (registration)
+from . import audio, image, text  # noqa: F401  (registration)
 from .base import MODALITIES, Modality
 
 DEFAULT = "image"

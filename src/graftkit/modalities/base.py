@@ -5,8 +5,10 @@ and reads labeled evaluation data, decodes one input (a path, an in-memory objec
 of an upload), builds and rebuilds the model adapter, says what batch size suits a gradient-free
 pass, gives the input statistics the drift monitor compares, runs the robustness benchmark with
 its own perturbation family, explains decisions with the methods it supports, and says whether
-the exporters take its models. Session, loop, inference, report, serve, export and search ask
-the run's modality and never compare modality names.
+the exporters take its models and what they trace (the positional inputs of the exported graph),
+what a bundle carries for the torch-free predictor to preprocess, and the model card's wording.
+Session, loop, inference, report, serve, export and search ask the run's modality and never
+compare modality names.
 
 A new modality must implement ``discover``, ``create_model``, ``rebuild``, ``load`` and ``batch``
 (and ``decode_upload`` and ``warmup_input`` to be served); every other method has a default, and
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +30,19 @@ from ..errors import GraftError
 from ..registry import Registry
 
 Items = list[tuple[str, float]]  # (input, target): an image path, a text, a sound path
+
+
+@dataclass(frozen=True)
+class ExportSignature:
+    """What graft export traces: ``module`` (eval mode) takes ``example``'s tensors positionally,
+    one per entry of ``inputs`` (bundle.json's ``name``, ``shape`` with named dynamic axes such as
+    ``"batch"``, ``dtype``, ``description``) and returns ``(B, K)``; ``feeds`` maps a model batch
+    (``batch``) to the same tensors, in that order."""
+
+    module: Any
+    example: tuple[Any, ...]
+    inputs: list[dict[str, Any]]
+    feeds: Callable[[Any], tuple[Any, ...]]
 
 
 class Modality:
@@ -39,6 +55,7 @@ class Modality:
     json_help = ""  # its description in the OpenAPI schema
     form_field = ""  # its multipart field: "file" (uploads) / "text" (plain fields)
     form_files = True  # the multipart field holds uploaded files
+    accept = ""  # the served web page's file chooser: which files it offers ("image/*")
     explainable = False  # the report's gallery and graft serve's /v1/explain have overlays
     exportable = False  # graft export writes its models
     stat_keys: tuple[str, ...] = ()  # the per-input statistics the drift monitor compares
@@ -187,6 +204,42 @@ class Modality:
         """The report's worst examples, with what to show of each (a thumbnail and an overlay,
         or the text)."""
         return [{**ex, "text": ex["item"]} for ex in examples]
+
+    # --- export (graft export; exportable modalities implement all four) -----------------------
+    def export_signature(self, model: Any) -> ExportSignature:
+        """The module the exporters trace, its example input and its inputs' names and shapes."""
+        raise GraftError(f"graft export does not take {self.name} models yet")
+
+    def export_assets(self, model: Any, run_dir: Path, bundle_dir: Path) -> dict[str, Any]:
+        """Copy into ``bundle_dir`` what the torch-free predictor needs to preprocess; returns
+        bundle.json's ``preprocessing`` (its ``kind`` picks ``graftkit.export.light``'s
+        preprocessor, ``recipe`` says it in words)."""
+        raise GraftError(f"graft export does not take {self.name} models yet")
+
+    def export_fallback(self, meta: dict[str, Any]) -> tuple[list[Any], str]:
+        """Decoded inputs for the export's parity check when the run's data cannot be read here,
+        and what they are ("random-noise images")."""
+        raise GraftError(f"graft export does not take {self.name} models yet")
+
+    def card_notes(self, pre: dict[str, Any]) -> dict[str, str]:
+        """The model card's wording for a bundle's ``preprocessing``: ``backbone`` (the model
+        family), ``input`` (what the model reads), ``cut`` (a sentence: what the preprocessing
+        loses), ``shift`` (inputs unlike the training data), ``perturbations`` and ``degraded``
+        (the robustness family; inputs it hurts), ``example`` (a Python list of inputs),
+        ``libraries`` (what the torch-free predictor preprocesses with)."""
+        raise GraftError(f"graft export does not take {self.name} models yet")
+
+
+def file_digest(item: str) -> str:
+    """The sha256 of a file's bytes (a file modality's ``content_key``)."""
+    h = hashlib.sha256()
+    try:
+        with open(item, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    except OSError as e:
+        return f"unreadable: {e.strerror}: {item}"  # unique: never a duplicate of another
+    return h.hexdigest()
 
 
 def _moments(x: np.ndarray) -> dict[str, float]:

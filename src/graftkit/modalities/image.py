@@ -4,7 +4,6 @@ ImageNet-C corruptions, Grad-CAM."""
 from __future__ import annotations
 
 import base64
-import hashlib
 import io
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,12 +16,14 @@ from ..data.images import (
     IMAGE_EXTENSIONS,
     BadImage,
     decode_image,
+    interpolation,
     load_image,
     open_image,
+    resize_size,
     upload_pixels,
 )
 from ..errors import BadInput, ConfigError, DataError
-from .base import MODALITIES, Items, Modality
+from .base import MODALITIES, ExportSignature, Items, Modality, file_digest
 
 # One corruption per ImageNet-C family at severity 3: WiSE-FT's clean+corruption objective and
 # graft search's robust objective (noise, blur, weather, digital).
@@ -76,6 +77,19 @@ def _thumbnail(item: str) -> str | None:
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
+def _recipe(pre: dict[str, Any]) -> str:
+    """The evaluation preprocessing in words (bundle.json), as graftkit.export.light does it."""
+    size, resize = pre["input_size"], resize_size(pre)
+    mean = ", ".join(f"{v:g}" for v in pre["mean"])
+    std = ", ".join(f"{v:g}" for v in pre["std"])
+    return (f"Decode to RGB (EXIF orientation applied, transparency composited on white). Resize "
+            f"the shorter side to {resize} px with {interpolation(pre['interpolation'])} "
+            f"interpolation (PIL Image.resize, antialiased; the longer side becomes "
+            f"floor({resize} * long / short)). Center-crop {size}x{size} (offset round((side - "
+            f"{size}) / 2), half to even). Scale to [0, 1] (divide by 255), subtract the mean "
+            f"({mean}) and divide by the std ({std}) per RGB channel. Float32, NCHW.")
+
+
 def load_or_fail(item: Any) -> tuple[str, Image.Image]:
     try:
         return open_image(item)
@@ -87,6 +101,7 @@ class ImageModality(Modality):
     name, noun, default_model = "image", "image", "efficientnet_lite0"
     json_field, form_field, form_files = "images", "file", True
     json_help = "base64 image files (JPEG, PNG, ...)"
+    accept = "image/*"
     explainable = exportable = True
     stat_keys = ("brightness", "width", "height")
     robustness_kind = "corruptions"
@@ -204,14 +219,7 @@ class ImageModality(Modality):
 
     # --- data audit -----------------------------------------------------------------------------
     def content_key(self, item: str) -> str:
-        h = hashlib.sha256()
-        try:
-            with open(item, "rb") as f:
-                for chunk in iter(lambda: f.read(1 << 20), b""):
-                    h.update(chunk)
-        except OSError as e:
-            return f"unreadable: {e.strerror}: {item}"  # unique: never a duplicate of another
-        return h.hexdigest()
+        return file_digest(item)
 
     def near_key(self, item: str) -> Any:
         """The 64-bit perceptual hash (DCT, imagehash.phash) of the image: re-encoded, resized
@@ -305,6 +313,48 @@ class ImageModality(Modality):
         return [{**ex, "thumb": _thumbnail(ex["item"]), "label": Path(ex["item"]).name,
                  "cam": _data_uri(cams[ex["item"]]) if ex["item"] in cams else None}
                 for ex in examples]
+
+    # --- export -------------------------------------------------------------------------------
+    def export_signature(self, model: Any) -> ExportSignature:
+        """The adapter itself on one ``image`` tensor, (batch, 3, H, W) with a dynamic batch."""
+        size = model.data_config.input_size
+        # Batch 2: torch.export specialises a dimension whose example size is 1.
+        x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+        spec = {"name": "image", "shape": ["batch", 3, size, size], "dtype": "float32",
+                "layout": "NCHW", "description": "RGB image preprocessed as in preprocessing"}
+        return ExportSignature(model, (x,), [spec], lambda batch: (batch,))
+
+    def export_assets(self, model: Any, run_dir: Path, bundle_dir: Path) -> dict[str, Any]:
+        """No files: the preprocessing is numbers (size, crop, mean/std) and the recipe."""
+        pre = model.data_config.to_dict()
+        size = pre["input_size"]
+        return {"kind": "image", **pre, "interpolation_applied": interpolation(
+            pre["interpolation"]), "resize_short_side": resize_size(pre), "crop": [size, size],
+            "recipe": _recipe(pre)}
+
+    def export_fallback(self, meta: dict[str, Any]) -> tuple[list[Any], str]:
+        import numpy as np
+
+        rng = np.random.default_rng(0)
+        size = meta["preprocessing"]["input_size"]
+        shapes = [(size + 37 * i, size + 23 * (7 - i)) for i in range(8)]
+        return [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+                for h, w in shapes], "random-noise images"
+
+    def card_notes(self, pre: dict[str, Any]) -> dict[str, str]:
+        size = pre["input_size"]
+        return {
+            "backbone": "timm architecture",
+            "input": f"{size}x{size} RGB",
+            "cut": f"Images are resized so that the shorter side is {pre['resize_short_side']} px "
+                   f"and center-cropped to {size}x{size} px: detail finer than that is lost, and "
+                   "objects near the edges of elongated images are cut off.",
+            "shift": "photos from other cameras, settings, viewpoints or populations",
+            "perturbations": "image corruptions (noise, blur, weather, JPEG)",
+            "degraded": "blurred, noisy or badly exposed images",
+            "example": '["photo.jpg"]',
+            "libraries": "Pillow",
+        }
 
 
 def _data_uri(png: Path) -> str:

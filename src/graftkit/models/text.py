@@ -33,7 +33,7 @@ from .. import run as rd
 from ..data.text import TextCollator, TextDataset, percentile
 from ..errors import ConfigError, GraftError
 from ..registry import Registry
-from .base import layerwise_param_groups
+from .base import HeadedAdapter
 from .text_builtin import (
     DEFAULT_TEXT_MODEL,
     TEXT_BUILTINS,
@@ -85,7 +85,7 @@ class TextDataConfig:
         return cls(str(d["tokenizer"]), int(d["max_length"]), str(d["pooling"]))
 
 
-class HFTextAdapter(nn.Module):
+class HFTextAdapter(HeadedAdapter):
     """``backbone`` is a transformers encoder (``AutoModel``, no pooler), or its peft wrapper
     once :func:`apply_lora` ran; ``head`` maps pooled ``(B, F)`` features to ``(B, K)``."""
 
@@ -99,9 +99,6 @@ class HFTextAdapter(nn.Module):
         self.num_features = int(backbone.config.hidden_size)
         self._data_config = data_config
         self.head = self._make_head(num_outputs, dropout)
-
-    def _make_head(self, num_outputs: int, dropout: float) -> nn.Sequential:
-        return nn.Sequential(nn.Dropout(dropout), nn.Linear(self.num_features, num_outputs))
 
     @property
     def has_lora(self) -> bool:
@@ -125,13 +122,6 @@ class HFTextAdapter(nn.Module):
             return h[:, 0]
         mask = x["attention_mask"].unsqueeze(-1).to(h.dtype)
         return (h * mask).sum(1) / mask.sum(1).clamp(min=1.0)  # (B, F)
-
-    def forward(self, x: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        return self.head(self.features(x))  # (B, K)
-
-    def reset_head(self, num_outputs: int, dropout: float | None = None) -> None:
-        p = self.head[0].p if dropout is None else dropout
-        self.head = self._make_head(num_outputs, p)
 
     def make_dataset(self, items: Sequence[tuple[str, float]], task: str,
                      augment: str = "none") -> Dataset:
@@ -189,12 +179,6 @@ class HFTextAdapter(nn.Module):
             else:
                 (after if any(layers) else before).append(name)
         return [g for g in (before, *layers, after) if g]
-
-    def param_groups(
-        self, lr: float, weight_decay: float, layer_decay: float = 1.0
-    ) -> list[dict[str, Any]]:
-        """Optimizer groups with layer-wise learning-rate decay (see models.base)."""
-        return layerwise_param_groups(self, self.blocks(), lr, weight_decay, layer_decay)
 
     @property
     def data_config(self) -> TextDataConfig:

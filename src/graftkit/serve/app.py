@@ -255,7 +255,9 @@ def _routes(app: FastAPI, state: State) -> None:  # noqa: C901 - one small funct
     @app.get("/v1/info", response_model=Info, responses=error_responses(401))
     async def info() -> dict[str, Any]:
         return {"source": backend.source, "path": str(backend.path), "model": backend.name,
-                "task": backend.task, "modality": backend.modality.name, "classes": backend.classes,
+                "task": backend.task, "modality": backend.modality.name,
+                "input": {"files": backend.modality.form_files, "accept": backend.modality.accept,
+                          "noun": backend.modality.noun}, "classes": backend.classes,
                 "explain": backend.explainable, "auth": s.token is not None, "topk": s.topk,
                 "max_batch": s.max_batch, "max_body_bytes": s.max_body_bytes,
                 "max_pixels": s.max_pixels, "max_request_pixels": s.max_request_pixels,

@@ -111,14 +111,16 @@ class RunBackend:
 
 
 class BundleBackend:
-    """An ONNX export bundle, served with onnxruntime and the bundle's preprocessing and
+    """An ONNX export bundle, served with onnxruntime and the bundle's preprocessing (its
+    preprocessor: an image's resize and crop per input, a batch of texts tokenized together) and
     calibration (the same numbers as ``BundlePredictor.predict``)."""
 
     source = "onnx-bundle"
     explainable = False
 
     def __init__(self, path: Path) -> None:
-        from ..export.light import read_bundle, resize_size
+        from ..data.images import resize_size
+        from ..export.light import read_bundle
 
         bundle = read_bundle(path)
         if bundle["model_format"] != "onnx":
@@ -143,13 +145,11 @@ class BundleBackend:
         if self.predictor is None:
             self.predictor = BundlePredictor(self.path)
 
-    def prepare(self, item: Image.Image) -> np.ndarray:
-        from ..export.light import preprocess
+    def prepare(self, item: Any) -> Any:
+        return self.predictor.preprocessor.prepare(item)  # an image: (3, H, W) float32
 
-        return preprocess(item, self.bundle["preprocessing"])  # (3, H, W) float32
-
-    def forward(self, batch: list[np.ndarray]) -> list[np.ndarray]:
-        return list(self.predictor.logits(np.stack(batch)))
+    def forward(self, batch: list[Any]) -> list[np.ndarray]:
+        return list(self.predictor.logits(self.predictor.preprocessor.collate(batch)))
 
     def describe(self, row: np.ndarray, topk: int) -> dict[str, Any]:
         d = self.predictor.describe("", row, topk)
@@ -157,7 +157,7 @@ class BundleBackend:
         return d
 
     def warmup(self) -> None:
-        size = int(self.bundle["preprocessing"]["input_size"])
+        size = int(self.bundle["preprocessing"].get("input_size", 0))  # an image model's
         self.forward([self.prepare(self.modality.warmup_input(size))])
 
     def reference(self) -> dict[str, Any]:

@@ -81,6 +81,8 @@ class Info(BaseModel):
     model: str
     task: str
     modality: str
+    input: dict[str, Any] = Field(description="what the web page asks for: files (bool), accept "
+                                  "(a file chooser's MIME pattern) and noun")
     classes: list[str]
     explain: bool
     auth: bool

@@ -1,0 +1,320 @@
+"""Sounds: class folders or CSV manifests of sound files (WAV, FLAC, OGG, MP3), speech encoders
+(the built-in Whisper tiny.en encoder, Hugging Face audio encoders), the audio perturbations,
+occlusion over the log-mel spectrogram."""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import run as rd
+from ..data.audio import AUDIO_EXTENSIONS, BadAudio, audio_info, decode_audio, load_audio
+from ..errors import BadInput, ConfigError, DataError
+from .base import MODALITIES, Items, Modality, file_digest
+
+MAX_INPUT_SAMPLES = 200  # clips decoded for the drift reference (spread over the split)
+DETECT_FILES = 50  # files looked at to tell a folder of sounds
+IMAGE_ONLY_AUGMENT = ("randaugment", "augmix", "augmix_jsd")
+
+
+def _check_audio(p: Path) -> str | None:
+    try:
+        load_audio(p)
+        return None
+    except BadAudio as e:
+        return e.reason
+
+
+def _sound_files() -> Any:
+    from ..data.sources import FileKind
+
+    return FileKind("sound file", _check_audio)
+
+
+def _is_sound(name: str) -> bool:
+    return Path(name).suffix.lower() in AUDIO_EXTENSIONS
+
+
+def _spectrogram_png(wave: np.ndarray, sample_rate: int, heat: np.ndarray | None = None,
+                     title: str = "", width: float = 2.4) -> bytes:
+    """A small log-mel spectrogram picture (and an attribution map over it) as PNG bytes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..data.audio import AudioDataConfig, log_mel
+
+    dc = AudioDataConfig(window_s=max(0.1, min(30.0, len(wave) / sample_rate)))
+    spec = log_mel(wave, dc)
+    fig, ax = plt.subplots(figsize=(width, 1.6), dpi=80)
+    ax.imshow(spec, origin="lower", aspect="auto", cmap="magma")
+    if heat is not None:
+        ax.imshow(heat, origin="lower", aspect="auto", cmap="viridis", alpha=0.45,
+                  extent=(-0.5, spec.shape[1] - 0.5, -0.5, spec.shape[0] - 0.5))
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title, fontsize=7)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", bbox_inches="tight", pad_inches=0.02)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+class AudioModality(Modality):
+    name, noun = "audio", "clip"
+    json_field, form_field, form_files = "sounds", "file", True
+    json_help = "base64 sound files (WAV, FLAC, OGG, MP3)"
+    accept = "audio/*,.wav,.flac,.ogg,.mp3"
+    stat_keys = ("seconds", "rms_db", "peak")
+
+    @property
+    def default_model(self) -> str:  # type: ignore[override]
+        from ..models.audio_builtin import DEFAULT_AUDIO_MODEL
+
+        return DEFAULT_AUDIO_MODEL
+
+    # --- data ---------------------------------------------------------------------------------
+    def detect(self, path: str | None, d: Any) -> bool:
+        """A folder whose first files are mostly sound files, or a CSV manifest whose paths
+        are."""
+        import csv
+
+        p = Path(path or "").expanduser()
+        if p.is_dir():
+            names = []
+            for f in p.rglob("*"):
+                if f.is_file() and not any(part.startswith(".") for part in f.parts):
+                    names.append(f.name)
+                    if len(names) >= DETECT_FILES:
+                        break
+            return bool(names) and sum(map(_is_sound, names)) > len(names) / 2
+        if p.is_file() and p.suffix.lower() == ".csv":
+            try:
+                with p.open(newline="", encoding="utf-8-sig", errors="replace") as f:
+                    rows = [r for _, r in zip(range(DETECT_FILES), csv.DictReader(f))]
+            except (OSError, csv.Error):
+                return False
+            paths = [str(r.get(d.path_column) or "") for r in rows]
+            return bool(paths) and sum(map(_is_sound, paths)) > len(paths) / 2
+        return False
+
+    def check_config(self, cfg: Any) -> None:
+        if cfg.train.augment in IMAGE_ONLY_AUGMENT:
+            raise ConfigError(f"config key 'train.augment': {cfg.train.augment!r} augments "
+                              "images; audio runs take none, light, standard or strong")
+        if cfg.train.mixup or cfg.train.cutmix:
+            raise ConfigError("config key 'train.mixup': MixUp/CutMix are for images")
+        if cfg.train.wise_ft is not None and cfg.train.wise_ft_objective != "clean":
+            raise ConfigError("config key 'train.wise_ft_objective': the corruption objective "
+                              "is for images; audio runs take clean")
+        if cfg.model.weights is not None:
+            raise ConfigError("config key 'model.weights': audio encoders load from a built-in, "
+                              "a Hugging Face name or a local model directory (model.name)")
+        if cfg.model.image_size is not None:
+            raise ConfigError("config key 'model.image_size': audio models take no image size; "
+                              "set model.clip_seconds")
+
+    def discover(self, d: Any, task: str, progress: Any = None) -> Any:
+        from ..data.sources import discover
+
+        spec = discover(d.path or "", task=task, val_fraction=d.val_fraction,
+                        test_fraction=d.test_fraction, seed=d.split_seed,
+                        path_column=d.path_column, label_column=d.label_column,
+                        progress=progress, kind=_sound_files())
+        spec.modality = self.name
+        return spec
+
+    def eval_items(self, data: str | Path, meta: dict[str, Any], d: Any, split: str | None
+                   ) -> tuple[Items, list[dict[str, str]], str]:
+        from ..data.sources import discover_eval
+
+        return discover_eval(data, meta["classes"], task=meta["task"], split=split,
+                             path_column=d.path_column, label_column=d.label_column,
+                             kind=_sound_files())
+
+    def expand_inputs(self, inputs: Sequence[str | Path]) -> list[str]:
+        out: list[str] = []
+        for item in map(Path, inputs):
+            if item.is_dir():
+                found = sorted(str(f) for f in item.rglob("*") if _is_sound(f.name))
+                if not found:
+                    raise DataError(f"{item}: no sound files in this folder")
+                out += found
+            else:
+                out.append(str(item))
+        if not out:
+            raise DataError("no input sound files given")
+        return out
+
+    # --- model --------------------------------------------------------------------------------
+    def check_model(self, name: str) -> None:
+        from ..models.audio import AUDIO_MODELS, is_audio_model
+
+        if not is_audio_model(name):
+            raise ConfigError(f"config key 'model.name': {name!r} is not an audio model; the data "
+                              f"is sound (try {', '.join(AUDIO_MODELS.names())}, a Hugging Face "
+                              "Whisper/wav2vec2/HuBERT name or a local model directory)")
+
+    def create_model(self, m: Any, spec: Any, n_out: int, out: Path, resuming: bool
+                     ) -> tuple[Any, dict[str, Any]]:
+        """The audio adapter, its clip window chosen from the training clips' durations unless
+        set; and the clip-length statistics of every split."""
+        from ..data.audio import AudioDataConfig, choose_window
+        from ..models.audio import create_audio_model, save_audio_assets
+
+        seconds = {s: [audio_info(p).get("seconds", 0.0) for p, _ in items]
+                   for s, items in spec.splits.items()}
+        if resuming:
+            window = AudioDataConfig.from_dict(
+                rd.read_json(out / rd.META)["preprocessing"]).window_s
+        else:
+            window = m.clip_seconds or choose_window(seconds.get("train", []))
+        model = create_audio_model(m.name or "", n_out, pretrained=m.pretrained and not resuming,
+                                   dropout=m.dropout, clip_seconds=window)
+        if not resuming:
+            save_audio_assets(model, out)
+        return model, {"audio": {"clip_seconds": window, "crop": {
+            "train": "random window", "eval": "centre window"}, "durations": {
+                s: _durations(v, window) for s, v in seconds.items()}}}
+
+    def rebuild(self, path: Path, meta: dict[str, Any]) -> Any:
+        from ..data.audio import AudioDataConfig
+        from ..models.audio import rebuild_audio_model
+
+        return rebuild_audio_model(meta["num_outputs"], meta["model"]["dropout"],
+                                   AudioDataConfig.from_dict(meta["preprocessing"]), path)
+
+    def model_view(self, model: Any) -> Any:
+        return model.prepare  # waveform -> {"input", "length"}
+
+    def batch(self, model: Any, prepared: list[Any]) -> Any:
+        from ..models.audio import stack_inputs
+
+        return stack_inputs(prepared)
+
+    # --- inputs -------------------------------------------------------------------------------
+    def load(self, item: Any) -> tuple[str, Any]:
+        if isinstance(item, np.ndarray):  # an already decoded 16 kHz waveform
+            return "waveform", item.astype(np.float32)
+        try:
+            return str(item), load_audio(item)
+        except BadAudio as e:
+            raise DataError(e.reason) from None
+
+    def decode_upload(self, raw: bytes | str, max_pixels: int) -> Any:
+        if isinstance(raw, str):
+            raise BadInput("this model takes sound files, not texts", "bad_request")
+        return decode_audio(raw)
+
+    def warmup_input(self, size: int) -> Any:
+        return np.zeros(16000, dtype=np.float32)
+
+    def input_stats(self, decoded: Any) -> dict[str, float]:
+        from ..data.audio import wave_stats
+
+        return wave_stats(np.asarray(decoded), 16000)
+
+    def _reference_inputs(self, items: Sequence[str]) -> list[Any]:
+        waves = []
+        for item in items[::max(1, len(items) // MAX_INPUT_SAMPLES)]:
+            try:
+                waves.append(load_audio(item))
+            except BadAudio:
+                continue
+        return waves
+
+    # --- data audit -----------------------------------------------------------------------------
+    def content_key(self, item: str) -> str:
+        return file_digest(item)
+
+    # near_key: none; near copies (re-encoded, trimmed) are found by the encoder's features
+    def item_stats(self, item: str) -> dict[str, float]:
+        return audio_info(item)
+
+    # --- consumers ----------------------------------------------------------------------------
+    def robustness_names(self, spec: str | None) -> list[str]:
+        from ..robustness.audio_perturbations import resolve_audio_perturbations
+
+        return resolve_audio_perturbations(spec or "all")
+
+    def robust_subset(self) -> str:
+        from ..robustness.audio_perturbations import AUDIO_FAMILY_SUBSET
+
+        return ",".join(AUDIO_FAMILY_SUBSET)
+
+    def robustness(self, model: Any, cal: Any, items: Items, names: list[str], sevs: list[int],
+                   seed: int, batch_size: int, workers: int | None, progress: Any
+                   ) -> tuple[dict[str, Any], Any]:
+        """Clips are perturbed as decoded (16 kHz mono, before the window and the log-mel)."""
+        import torch
+
+        from ..models.audio import stack_inputs
+        from ..robustness.audio_perturbations import examples, run_audio_perturbations
+
+        waves = [self.load(p)[1] for p, _ in items]
+        targets = np.array([int(t) for _, t in items])
+
+        @torch.no_grad()
+        def predict_probs(batch: list[np.ndarray]) -> np.ndarray:
+            x = stack_inputs([model.prepare(w) for w in batch])
+            return cal.probs(model(x).float()).numpy()
+
+        results = run_audio_perturbations(predict_probs, waves, targets, names, sevs, seed=seed,
+                                          batch_size=batch_size, progress=progress)
+        return results, (waves[0], examples(waves[0], names, sevs, seed))
+
+    def robustness_figures(self, shown: Any, names: list[str], sevs: list[int], out: Path,
+                           seed: int) -> dict[str, Any]:
+        from ..robustness.plots import plot_audio_examples
+
+        wave, examples = shown
+        plot_audio_examples(wave, 16000, examples, out / "examples.png")
+        return {}
+
+    def explain_methods(self) -> list[str]:
+        return ["occlusion"]
+
+    def explain(self, run: Any, inputs: list[str | Path], texts: list[str], method: str | None,
+                target: str | None, out_dir: Path, topk: int) -> list[dict[str, Any]]:
+        from ..explain.audio import explain_clips
+
+        if texts:
+            raise ConfigError(f"--text is for text runs; {str(run.path)!r} is an audio run")
+        if method not in (None, "occlusion"):
+            raise ConfigError(f"unknown explanation method {method!r} for audio runs; choose "
+                              "occlusion")
+        return explain_clips(run, self.expand_inputs(inputs), target, out_dir, topk)
+
+    def gallery(self, examples: list[dict[str, Any]], model: Any, classes: list[str], cal: Any,
+                out: Path) -> list[dict[str, Any]]:
+        """Each clip's log-mel spectrogram thumbnail."""
+        shown = []
+        for ex in examples:
+            try:
+                png = _spectrogram_png(load_audio(ex["item"]), 16000)
+                thumb = "data:image/png;base64," + base64.b64encode(png).decode()
+            except BadAudio:
+                thumb = None
+            shown.append({**ex, "thumb": thumb, "label": Path(ex["item"]).name, "cam": None})
+        return shown
+
+
+def _durations(seconds: list[float], window: float) -> dict[str, float]:
+    if not seconds:
+        return {"n": 0}
+    s = np.asarray(seconds, dtype=np.float64)
+    return {"n": int(len(s)), "mean": float(s.mean()), "min": float(s.min()),
+            "p50": float(np.percentile(s, 50)), "p95": float(np.percentile(s, 95)),
+            "max": float(s.max()), "cropped": int((s > window + 1e-6).sum()),
+            "cropped_fraction": float((s > window + 1e-6).mean())}
+
+
+MODALITIES.register("audio", "sound files: class folders or a CSV manifest")(AudioModality())
+
+__all__ = ["AudioModality"]
