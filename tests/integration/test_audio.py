@@ -159,3 +159,27 @@ def test_refusals(sounds: dict[str, Path], tmp_path: Path) -> None:
             finetune(sounds["train"], out=tmp_path / "x", quiet=True, overrides=overrides)
         assert not (tmp_path / "x").exists()
     assert os.listdir(tmp_path) == []
+
+
+def test_export_onnx_bundle_predicts_like_the_run(probe, sounds: dict[str, Path],  # noqa: ANN001
+                                                  tmp_path: Path) -> None:
+    """The ONNX bundle of an audio run decodes the WAV and computes the log-mel itself, without
+    torch, and gives the run's probabilities."""
+    from graftkit import load_run
+    from graftkit.export.bundle import export_run
+    from graftkit.export.light import BadInput, BundlePredictor
+
+    bundle = export_run(probe.path, "onnx", tmp_path / "bundle")
+    assert bundle["modality"] == "audio" and bundle["preprocessing"]["kind"] == "audio"
+    assert [i["name"] for i in bundle["inputs"]] == ["input", "length"]
+    parity = bundle["parity"]
+    assert parity["max_abs_diff"] <= 1e-4 and parity["labels_agree"] == parity["n"]
+    assert "of the run's data" in parity["inputs"]
+    clips = [sounds["root"] / "stereo44k.wav", *_clips("1", range(0, 1))[:2]]
+    want = load_run(probe.path).predict(clips)
+    got = BundlePredictor(tmp_path / "bundle").predict(clips)
+    assert [g["label"] for g in got] == [w["label"] for w in want]
+    for g, w in zip(got, want):
+        assert abs(g["prob"] - w["prob"]) < 1e-4
+    with pytest.raises(BadInput, match="not a readable sound file"):
+        BundlePredictor(tmp_path / "bundle").predict([sounds["train"] / "1" / "broken.wav"])

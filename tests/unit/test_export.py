@@ -279,7 +279,7 @@ def test_bad_requests(tiny_run: Path, tmp_path: Path, monkeypatch: pytest.Monkey
     meta["modality"] = "text"
     (stopped / "meta.json").write_text(json.dumps({**meta, "status": "completed"}))
     monkeypatch.setattr(modalities.get("text"), "exportable", False)  # a modality it cannot take
-    with pytest.raises(GraftError, match="writes image models; .* has a text model"):
+    with pytest.raises(GraftError, match="writes audio, image models; .* has a text model"):
         export_run(stopped, "onnx", tmp_path / "x")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["stopped"]  # nothing half-written
 
@@ -440,7 +440,7 @@ def _val_texts(run: Path) -> list[str]:
 
 
 def test_preprocessors_registered() -> None:
-    assert PREPROCESSORS.names() == ["image", "text"]
+    assert PREPROCESSORS.names() == ["audio", "image", "text"]
 
 
 def test_text_onnx_bundle_contents(text_run: Path, text_bundle: Path) -> None:

@@ -15,6 +15,7 @@ This module imports neither torch nor transformers (the exported bundle's predic
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import re
 from collections.abc import Iterator
@@ -79,8 +80,8 @@ class AudioDataConfig:
     def from_dict(cls, d: dict[str, Any]) -> AudioDataConfig:
         if d.get("kind") != "audio":
             raise GraftError(f"preprocessing of kind {d.get('kind')!r} is not for an audio model")
-        fields = {k: v for k, v in d.items() if k != "kind"}
-        return cls(**fields)
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
 
 
 @contextmanager

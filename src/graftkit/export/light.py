@@ -8,6 +8,8 @@ only: no torch.
   *is* ``PIL.Image.resize``, antialiased, and its centre crop is a PIL crop), then scaled to
   [0, 1] and normalised in float32 with the same operations as torchvision, so the input tensor
   matches graftkit's ``eval_transform``;
+- ``audio``: soundfile + soxr decoding, graftkit's window and Whisper's log-mel in numpy
+  (:mod:`graftkit.data.audio`, the code training uses);
 - ``text``: the run's ``tokenizer.json`` with the ``tokenizers`` library (the library under
   transformers' fast tokenizers), truncated at ``max_length`` and padded to the batch's longest
   text, so the token tensors match the run's tokenizer.
@@ -35,6 +37,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from ..data.audio import AudioDataConfig, BadAudio, load_audio, model_input
 from ..data.images import BadImage, open_image, resize_size
 from ..errors import GraftError
 from ..registry import Registry
@@ -228,6 +231,37 @@ class TextPreprocessor(Preprocessor):
                    "token_type_ids": lambda e: e.type_ids}
         return {n: np.asarray([columns[n](e) for e in enc], dtype=np.int64)
                 for n in self.input_names}
+
+
+@PREPROCESSORS.register("audio", "soundfile + soxr + numpy: graftkit's window and Whisper log-mel")
+class AudioPreprocessor(Preprocessor):
+    """Sound files (or 16 kHz waveforms) -> ``input`` (N, n_mels, frames) float32 log-mel
+    spectrograms (or (N, samples) waveforms) and ``length`` (N,) int64, with graftkit's own
+    numpy decoding and log-mel (:mod:`graftkit.data.audio`)."""
+
+    compared = "graftkit.data.audio (numpy) vs the run's dataset input"
+
+    def __init__(self, dc: AudioDataConfig) -> None:
+        self.dc = dc
+
+    @classmethod
+    def from_bundle(cls, bundle_dir: Path, bundle: dict[str, Any]) -> AudioPreprocessor:
+        return cls(AudioDataConfig.from_dict(bundle["preprocessing"]))
+
+    def load(self, item: Any) -> tuple[str, np.ndarray]:
+        if isinstance(item, np.ndarray):
+            return "waveform", item.astype(np.float32)
+        try:
+            return str(item), load_audio(item, self.dc.sample_rate)
+        except BadAudio as e:
+            raise BadInput(e.reason) from None
+
+    def prepare(self, decoded: np.ndarray) -> tuple[np.ndarray, int]:
+        return model_input(decoded, self.dc)
+
+    def collate(self, prepared: list[tuple[np.ndarray, int]]) -> dict[str, np.ndarray]:
+        return {"input": np.stack([x for x, _ in prepared]).astype(np.float32),
+                "length": np.asarray([n for _, n in prepared], dtype=np.int64)}
 
 
 def preprocessor(bundle_dir: str | Path, bundle: dict[str, Any]) -> Preprocessor:

@@ -11,11 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from torch import nn
 
 from .. import run as rd
 from ..data.audio import AUDIO_EXTENSIONS, BadAudio, audio_info, decode_audio, load_audio
 from ..errors import BadInput, ConfigError, DataError
-from .base import MODALITIES, Items, Modality, file_digest
+from .base import MODALITIES, ExportSignature, Items, Modality, file_digest
 
 MAX_INPUT_SAMPLES = 200  # clips decoded for the drift reference (spread over the split)
 DETECT_FILES = 50  # files looked at to tell a folder of sounds
@@ -72,6 +73,7 @@ class AudioModality(Modality):
     json_help = "base64 sound files (WAV, FLAC, OGG, MP3)"
     accept = "audio/*,.wav,.flac,.ogg,.mp3"
     stat_keys = ("seconds", "rms_db", "peak")
+    exportable = True
 
     @property
     def default_model(self) -> str:  # type: ignore[override]
@@ -277,6 +279,55 @@ class AudioModality(Modality):
         plot_audio_examples(wave, 16000, examples, out / "examples.png")
         return {}
 
+    def export_signature(self, model: Any) -> ExportSignature:
+        """The adapter on (batch, n_mels, frames) float32 spectrograms (or (batch, samples)
+        waveforms) and (batch,) int64 own lengths; the batch is dynamic, the window fixed."""
+        import torch
+
+        from ..models.audio import stack_inputs
+
+        rng = np.random.default_rng(0)
+        clips = [rng.normal(0, 0.1, n).astype(np.float32) for n in (9000, 30000)]
+        x = stack_inputs([model.prepare(c) for c in clips])  # batch 2: never specialised to 1
+        dc = model.data_config
+        shape = (["batch", dc.n_mels, dc.frames] if dc.frontend == "log_mel"
+                 else ["batch", dc.samples])
+        inputs = [{"name": "input", "shape": shape, "dtype": "float32",
+                   "description": f"the clip's window preprocessed as in preprocessing "
+                                  f"({dc.frontend})"},
+                  {"name": "length", "shape": ["batch"], "dtype": "int64",
+                   "description": "the clip's own length in input steps (not its padding)"}]
+        return ExportSignature(WindowInputs(model).eval(),
+                               (x["input"], x["length"].to(torch.int64)), inputs,
+                               lambda batch: (batch["input"], batch["length"]))
+
+    def export_assets(self, model: Any, run_dir: Path, bundle_dir: Path) -> dict[str, Any]:
+        """No files: the window and the log-mel parameters are numbers (the filters are
+        recomputed from them)."""
+        pre = model.data_config.to_dict()
+        return {**pre, "recipe": _recipe(pre)}
+
+    def export_fallback(self, meta: dict[str, Any]) -> tuple[list[Any], str]:
+        rng = np.random.default_rng(0)
+        t = np.arange(16000) / 16000
+        return [(0.3 * np.sin(2 * np.pi * f * t) + rng.normal(0, 0.02, len(t))).astype(
+            np.float32) for f in (220, 440, 880, 1760)], "synthetic tones"
+
+    def card_notes(self, pre: dict[str, Any]) -> dict[str, str]:
+        w = pre["window_s"]
+        return {
+            "backbone": "speech encoder (Whisper / wav2vec2 family)",
+            "input": f"a {w} s window at {pre['sample_rate']} Hz ({pre['frontend']})",
+            "cut": f"Clips are cut to their centre {w} s: sound outside that window does not "
+                   "count, and shorter clips are padded with silence.",
+            "shift": "recordings from other microphones, rooms, speakers, accents or languages",
+            "perturbations": "audio perturbations (noise, low-pass, telephone band, clipping, "
+                             "speed, reverberation, gain)",
+            "degraded": "noisy, band-limited, clipped or reverberant recordings",
+            "example": '["clip.wav"]',
+            "libraries": "soundfile, soxr",
+        }
+
     def explain_methods(self) -> list[str]:
         return ["occlusion"]
 
@@ -303,6 +354,30 @@ class AudioModality(Modality):
                 thumb = None
             shown.append({**ex, "thumb": thumb, "label": Path(ex["item"]).name, "cam": None})
         return shown
+
+
+class WindowInputs(nn.Module):
+    """An audio adapter on its two tensors as positional arguments: what the exporters trace
+    (the adapter itself takes one dict)."""
+
+    def __init__(self, model: Any) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input: Any, length: Any) -> Any:  # noqa: A002 - the graph's input name
+        return self.model({"input": input, "length": length})  # (B, K)
+
+
+def _recipe(pre: dict[str, Any]) -> str:
+    """The preprocessing in words (bundle.json), as graftkit.export.light does it."""
+    window = (f"decode (soundfile), average the channels, resample to {pre['sample_rate']} Hz "
+              f"(soxr HQ); crop the centre {pre['window_s']} s of a longer clip or pad a shorter "
+              "one with silence; length = the clip's own part")
+    if pre["frontend"] == "waveform":
+        return window + "; normalise the clip's own samples to zero mean, unit variance"
+    return (window + f"; Whisper log-mel: centred {pre['n_fft']}-sample Hann STFT every "
+            f"{pre['hop_length']} samples, power, {pre['n_mels']} Slaney mel filters, log10, floor "
+            "8 below the peak, (x + 4) / 4; length in frames = ceil(own samples / hop)")
 
 
 def _durations(seconds: list[float], window: float) -> dict[str, float]:
