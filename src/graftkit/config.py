@@ -56,6 +56,15 @@ class DataSection(_Section):
     drop_duplicates: bool = Field(False, description="drop all but one exact copy in each split")
     drop_leaks: bool = Field(False, description="drop the copies of training inputs found in val "
                              "or test (and of val inputs in test)")
+    unlabeled: str | None = Field(
+        None, description="a pool of unlabeled inputs for semi-supervised training: a folder of "
+        "files (or a CSV with the path column), or a CSV (text column) or .txt file of texts")
+    shots: int | None = Field(
+        None, ge=1, description="keep this many labeled training examples per class (seeded by "
+        "split_seed, stratified); the rest are dropped, or unlabeled with unlabeled_rest")
+    unlabeled_rest: bool = Field(
+        False, description="with shots: the training examples not kept become the unlabeled "
+        "pool (their labels hidden from training; used only to report pseudo-label precision)")
 
     @model_validator(mode="after")
     def _fractions(self) -> DataSection:
@@ -168,6 +177,31 @@ class TrainConfig(_Section):
         return self
 
 
+class SemiConfig(_Section):
+    """Semi-supervised training: used when there is an unlabeled pool (data.unlabeled, or
+    data.shots with data.unlabeled_rest)."""
+
+    method: Literal["auto", "self_training", "fixmatch"] = Field(
+        "auto", description="self_training: pseudo-label the pool on cached features and retrain"
+        " the head, a few rounds (linear_probe, prototype, lp_ft's probe stage); fixmatch (Sohn "
+        "et al. 2020): weak view pseudo-labels, strong view learns, for strategies that train "
+        "the backbone; auto: self_training when the strategy starts head-only, else fixmatch")
+    threshold: float | None = Field(
+        None, gt=0.0, lt=1.0, description="accept a pseudo-label when its probability is at "
+        "least this; default 0.8 for self_training (probabilities calibrated on val), 0.95 for "
+        "fixmatch (the weak view's softmax, as in the paper)")
+    rounds: int = Field(3, ge=1, description="self_training: pseudo-labelling rounds")
+    balance: bool = Field(
+        True, description="self_training: a class takes at most its share of the labeled data "
+        "times the pool (round r of R: r/R of that), so one class cannot take over")
+    mu: int = Field(7, ge=1, description="fixmatch: unlabeled examples per labeled one in a step")
+    lambda_u: float = Field(1.0, ge=0.0, description="fixmatch: weight of the unlabeled loss")
+    align: bool = Field(
+        True, description="fixmatch: align the weak view's class distribution to the labeled "
+        "one (ReMixMatch's distribution alignment), so its pseudo-labels cannot all drift to "
+        "one class")
+
+
 class CalibrationConfig(_Section):
     temperature: bool = Field(
         True, description="fit temperature scaling on the validation split (Guo et al. 2017)"
@@ -199,6 +233,7 @@ class Config(_Section):
     optim: OptimConfig = OptimConfig()
     loss: LossConfig = LossConfig()
     train: TrainConfig = TrainConfig()
+    semi: SemiConfig = SemiConfig()
     calibration: CalibrationConfig = CalibrationConfig()
     report: ReportConfig = ReportConfig()
 

@@ -20,6 +20,7 @@ from .config import Config, build_config
 from .errors import DataError, GraftError
 from .evaluate.calibration import Calibration
 from .modalities import Modality
+from .models.base import restore_head
 from .threads import use_threads
 from .train.checkpoint import load_weights
 
@@ -74,7 +75,7 @@ def load_model(path: Path, meta: dict[str, Any]) -> Any:
     if not weights.is_file():
         raise GraftError(f"run {str(path)!r} has no {rd.WEIGHTS} (did training finish an epoch?)")
     use_threads()  # graft --threads / $GRAFT_THREADS / the cores this process may use
-    model = modalities.of(meta).rebuild(path, meta)
+    model = restore_head(modalities.of(meta).rebuild(path, meta), meta["model"])
     load_weights(model, weights)
     # NHWC is what oneDNN/cuDNN convolutions run fastest (see train.device.resolve_channels_last);
     # a no-op for a model without 4-d weights.

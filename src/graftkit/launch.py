@@ -57,10 +57,28 @@ def validate(cfg: Config, resuming: bool = False) -> None:
     modality.check_model(cfg.model.name or "")
     strategy = STRATEGIES.get(cfg.strategy.name)
     strategy.check_modality(cfg.strategy.name, modality.name)
-    if cfg.train.wise_ft is not None:
+    d = cfg.data
+    if strategy.classification_only and cfg.task != "classification":
+        raise ConfigError(f"config key 'strategy.name': {cfg.strategy.name} is for "
+                          "classification")
+    if d.unlabeled_rest and not d.shots:
+        raise ConfigError("config key 'data.unlabeled_rest': the rest of what? give --shots K "
+                          "too (K labeled examples per class kept, the others unlabeled)")
+    if (d.unlabeled or d.unlabeled_rest or d.shots) and cfg.task != "classification":
+        raise ConfigError("config key 'data.shots': few-shot and semi-supervised training are "
+                          "for classification")
+    if cfg.semi.method != "auto" and not (d.unlabeled or d.unlabeled_rest):
+        raise ConfigError(f"config key 'semi.method': {cfg.semi.method} needs unlabeled data: "
+                          "--unlabeled POOL, or --shots K --unlabeled-rest")
+    if d.unlabeled and not Path(d.unlabeled).expanduser().exists():
+        raise ConfigError(f"config key 'data.unlabeled': {d.unlabeled!r} does not exist")
+    if cfg.train.wise_ft is not None or d.unlabeled or d.unlabeled_rest:
         from .session import plan_stages
 
-        plan_stages(cfg, strategy)
+        stages = plan_stages(cfg, strategy)  # WiSE-FT's and the semi-supervised method's checks
+        if any(st.solve for st in stages) and cfg.train.augment not in ("auto", "none"):
+            raise ConfigError(f"config key 'train.augment': {cfg.strategy.name} is fitted once "
+                              "on cached features; it takes no augmentation")
     modality.check_config(cfg)
     if not resuming and cfg.model.weights and not Path(cfg.model.weights).expanduser().is_file():
         raise ConfigError(f"config key 'model.weights': file {cfg.model.weights!r} not found")

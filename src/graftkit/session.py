@@ -7,7 +7,7 @@ plain values.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ from . import modalities
 from . import run as rd
 from .config import Config, to_yaml
 from .data.sources import DataSpec
+from .data.spec import UnlabeledPool, take_shots
 from .errors import ConfigError, DataError
 from .evaluate.analysis import Analysis, analyze
 from .evaluate.calibration import Calibration, fit_calibration
@@ -43,6 +44,7 @@ from .train.loop import (
 )
 from .train.losses import LossFn, auto_class_weights, build_loss
 from .train.progress import Reporter
+from .train.semi import RoundStore, SemiSettings
 
 
 @dataclass
@@ -114,6 +116,8 @@ class Session:
             metrics[split] = {"loss": loss_value(o, t, self.loss_fn, s), **a.metrics}
         rd.write_json(self.out / rd.METRICS, metrics)
         meta = rd.read_json(self.out / rd.META)
+        if meta.get("semi"):
+            meta["semi"]["rounds"] = RoundStore(self.out).records()
         meta.update(status="completed", best_epoch=metrics["best_epoch"],
                     best_value=self.best_value, stop_reason=self.stop_reason,
                     train_time_s=meta.get("train_time_s", 0.0) + seconds)
@@ -231,10 +235,57 @@ def _strategy_params(cfg: Config) -> StrategyParams:
                           tuple(st.lora_targets) if st.lora_targets else None)
 
 
+def semi_method(cfg: Config, stages: list[Stage]) -> str | None:
+    """The semi-supervised method of this config (None: no unlabeled pool): ``auto`` is
+    self-training when the strategy starts with a head-only stage, else FixMatch."""
+    d = cfg.data
+    if not d.unlabeled and not d.unlabeled_rest:
+        return None
+    m = cfg.semi.method
+    return m if m != "auto" else ("self_training" if stages[0].head_only else "fixmatch")
+
+
+# Self-training's default threshold, on probabilities calibrated on val: with the strict class
+# balance of graftkit.train.semi.select, 0.95 accepted nothing on caltech101_10_160 at 1 shot
+# and 0.8 closed most of the gap to the full-label probe there and on hymenoptera_256 at 2
+# shots (benchmarks/semi.py has both). FixMatch keeps the paper's 0.95 on the weak view's softmax.
+SELF_TRAINING_THRESHOLD, FIXMATCH_THRESHOLD = 0.8, 0.95
+
+
+def semi_threshold(cfg: Config, stages: list[Stage]) -> float:
+    if cfg.semi.threshold is not None:
+        return cfg.semi.threshold
+    fixmatch = any(st.fixmatch for st in stages)
+    return FIXMATCH_THRESHOLD if fixmatch else SELF_TRAINING_THRESHOLD
+
+
 def plan_stages(cfg: Config, strat: Strategy) -> list[Stage]:
-    """The strategy's stages for this config; WiSE-FT needs a probe stage and a fine-tuned one."""
+    """The strategy's stages for this config; WiSE-FT needs a probe stage and a fine-tuned one.
+
+    Self-training repeats the first (head-only) stage ``semi.rounds`` times, each round on the
+    labels plus that round's pseudo-labels; the stages after it (LP-FT's fine-tuning) train on
+    the labels plus the pseudo-labels the final probe chooses. FixMatch runs in every stage that
+    trains the backbone."""
     stages = strat.plan(cfg.train.epochs or strat.epochs_for(cfg.data.modality),
                         cfg.optim.lr or strat.default_lr, _strategy_params(cfg))
+    method = semi_method(cfg, stages)
+    if method == "self_training":
+        if not stages[0].head_only:
+            raise ConfigError(f"config key 'semi.method': self-training pseudo-labels on cached "
+                              f"features, and {cfg.strategy.name} trains the backbone from the "
+                              "start; use linear_probe, prototype or lp_ft, or semi.method="
+                              "fixmatch")
+        r = cfg.semi.rounds
+        stages = [stages[0],
+                  *(replace(stages[0], name=f"self-train {i}", pseudo_round=i)
+                    for i in range(1, r + 1)),
+                  *(replace(st, pseudo_round=r + 1) for st in stages[1:])]
+    elif method == "fixmatch":
+        if all(st.head_only for st in stages):
+            raise ConfigError(f"config key 'semi.method': FixMatch trains the backbone on "
+                              f"augmented views; {cfg.strategy.name} keeps it frozen (use "
+                              "semi.method=self_training, or a strategy such as full or lp_ft)")
+        stages = [replace(st, fixmatch=True) if not st.head_only else st for st in stages]
     if cfg.train.wise_ft is not None and not (
             len(stages) > 1 and stages[0].head_only and not stages[-1].head_only):
         raise ConfigError("config key 'train.wise_ft': WiSE-FT mixes a linear probe with its "
@@ -276,6 +327,7 @@ def build_session(cfg: Config, out: Path, monitor: str, quiet: bool = False,
     if len(spec.skipped) > 5:
         reporter.warn(f"... {len(spec.skipped) - 5} more skipped; see {out / rd.DATA_REPORT}")
     checked = _quick_audit(cfg, spec, modality, reporter) if d.audit else None
+    pool = _unlabeled(cfg, spec, modality, reporter)
     if cfg.calibration.threshold != "none" and (cfg.task != "classification"
                                                 or len(spec.classes) != 2):
         raise ConfigError("config key 'calibration.threshold': a decision threshold is for binary "
@@ -289,7 +341,8 @@ def build_session(cfg: Config, out: Path, monitor: str, quiet: bool = False,
     if strat.prepare is not None:  # e.g. LoRA wraps the model with its adapters
         strat.prepare(model, _strategy_params(cfg))
     rd.write_json(out / rd.DATA_REPORT, {**spec.report(), **about_model,
-                                         **({"audit": checked} if checked else {})})
+                                         **({"audit": checked} if checked else {}),
+                                         **({"unlabeled": pool.report()} if pool else {})})
     stages = plan_stages(cfg, strat)
     ts = spec.target_stats
     settings = LoopSettings(
@@ -305,8 +358,14 @@ def build_session(cfg: Config, out: Path, monitor: str, quiet: bool = False,
         channels_last=resolve_channels_last(cfg.train.channels_last, device),
         feature_cache=cfg.train.feature_cache, freeze_bn=cfg.train.freeze_bn, topk=cfg.train.topk,
         target_mean=ts.get("mean", 0.0), target_std=ts.get("std", 1.0),
+        semi=SemiSettings(semi_threshold(cfg, stages), cfg.semi.rounds, cfg.semi.balance,
+                          cfg.semi.mu, cfg.semi.lambda_u, cfg.semi.align, modality.weak_view,
+                          modality.strong_view),
     )
     data = LoopData(spec.splits["train"], spec.splits["val"], spec.fingerprint())
+    if pool is not None:
+        data.pool, data.pool_hidden = pool.items, pool.hidden
+        data.pool_fingerprint, data.run_dir = pool.fingerprint(), out
     resume_info = None
     if resuming:
         resume_info = read_state_info(out / rd.STATE)
@@ -324,7 +383,7 @@ def build_session(cfg: Config, out: Path, monitor: str, quiet: bool = False,
     else:
         (out / rd.CONFIG).write_text(to_yaml(cfg))
         rd.write_json(out / rd.META, _meta(cfg, spec, modality, model, stages, data.fingerprint,
-                                           settings))
+                                           settings, pool))
     return Session(cfg, out, spec, modality, strat, model, stages, loss_fn, settings,
                    data, reporter, resume_info)
 
@@ -366,8 +425,69 @@ def _data_line(spec: DataSpec) -> str:
     return f"  {spec.layout}: {what}; {counts}; {len(spec.skipped)} files skipped"
 
 
+def _unlabeled(cfg: Config, spec: DataSpec, modality: Modality, reporter: Reporter
+               ) -> UnlabeledPool | None:
+    """``data.shots``: keep that many labeled training examples per class (the rest become the
+    pool with ``data.unlabeled_rest``); ``data.unlabeled``: the pool given. A pool input that is
+    also a labeled one (same content) is refused: it would be pseudo-labeled against its label,
+    or leak validation data into training."""
+    d = cfg.data
+    rest: list[tuple[str, float]] = []
+    if d.shots:
+        kept, rest, short = take_shots(spec.splits["train"], d.shots, d.split_seed)
+        spec.splits["train"] = kept
+        if short:
+            reporter.warn(f"--shots {d.shots}: {len(short)} classes have fewer training examples "
+                          f"({', '.join(spec.classes[c] for c in short[:5])}); all of theirs "
+                          "are kept")
+        reporter.line(f"  shots: {d.shots} per class -> {len(kept)} labeled training examples; "
+                      f"{len(rest)} more "
+                      + ("are the unlabeled pool (labels hidden)" if d.unlabeled_rest
+                         else "left out"))
+    if not d.unlabeled and not d.unlabeled_rest:
+        return None
+    rest = rest if d.unlabeled_rest else []  # without it, the other training examples are out
+    if d.unlabeled_rest and not rest and not d.unlabeled:
+        raise DataError(f"--shots {d.shots} keeps every training example: the unlabeled pool "
+                        "(--unlabeled-rest) is empty; take fewer shots")
+    pool = UnlabeledPool([p for p, _ in rest], [], [t for _, t in rest] if rest else None,
+                         inline=spec.inline)
+    if rest:
+        pool.sources.append(f"{spec.source}: training examples beyond --shots (labels hidden)")
+    if d.unlabeled:
+        given, pool.skipped = modality.discover_unlabeled(d.unlabeled, d, progress=reporter)
+        labeled = {modality.content_key(item): split for split, items in spec.splits.items()
+                   for item, _ in items}
+        clash = [(g, labeled[k]) for g in given if (k := modality.content_key(g)) in labeled]
+        if clash:
+            g, split = clash[0]
+            raise DataError(f"the unlabeled pool {d.unlabeled!r} holds {len(clash)} inputs that "
+                            f"are also labeled (e.g. {g[:80]!r}, in {split}); remove them from "
+                            "the pool")
+        pool.items += given
+        if pool.hidden is not None:
+            pool.hidden += [-1.0] * len(given)
+        pool.sources.append(d.unlabeled)
+        for item in pool.skipped[:3]:
+            reporter.warn(f"unlabeled pool: skipped {item['path']}: {item['reason']}")
+    spec.unlabeled = pool.items
+    reporter.line(f"  unlabeled pool: {len(pool.items)} inputs"
+                  + (f"; {len(pool.skipped)} skipped" if pool.skipped else ""))
+    return pool
+
+
 def _meta(cfg: Config, spec: DataSpec, modality: Modality, model: Any, stages: list[Stage],
-          fingerprint: str, s: LoopSettings) -> dict[str, Any]:
+          fingerprint: str, s: LoopSettings, pool: UnlabeledPool | None = None
+          ) -> dict[str, Any]:
+    semi = None
+    if pool is not None:
+        sc = cfg.semi
+        semi = {"method": semi_method(cfg, stages), "pool": len(pool.items),
+                "pool_sources": pool.sources, "labels_hidden": pool.hidden is not None,
+                "shots": cfg.data.shots, "threshold": s.semi.threshold, "rounds": [],
+                "n_rounds": sc.rounds, "balance": sc.balance, "mu": sc.mu,
+                "lambda_u": sc.lambda_u, "align": sc.align, "weak_view": s.semi.weak_view,
+                "strong_view": s.semi.strong_view}
     return {
         "format": 1,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -378,12 +498,15 @@ def _meta(cfg: Config, spec: DataSpec, modality: Modality, model: Any, stages: l
         "target_stats": spec.target_stats,
         "modality": spec.modality,
         "model": {"name": cfg.model.name, "arch": modality.arch(cfg.model.name or ""),
+                  "head": getattr(model, "head_kind", "linear"),
                   "dropout": cfg.model.dropout, "num_features": model.num_features,
                   "total_params": sum(p.numel() for p in model.parameters()),
                   "weights": cfg.model.weights, "pretrained": cfg.model.pretrained},
         "preprocessing": model.data_config.to_dict(),
         "strategy": cfg.strategy.name,
         "stages": [{"name": st.name, "epochs": st.epochs, "lr": st.lr} for st in stages],
+        "semi": semi,
+        "shots": cfg.data.shots,
         "monitor": s.monitor,
         "wise_ft": ({"alpha": cfg.train.wise_ft, "theta_0": wise_ft.PROBE,
                      "theta_1": wise_ft.FINETUNED} if cfg.train.wise_ft is not None else None),

@@ -136,8 +136,8 @@ def test_a_new_modality_needs_only_its_module(points: Path, tmp_path: Path) -> N
     ev = evaluate(LoadedRun(run.path), None, split="val")
     assert ev["accuracy"] == pytest.approx(run.metrics["val"]["accuracy"])
     # What it does not implement, it refuses in one line: here, export.
-    with pytest.raises(GraftError, match="^graft export writes audio, image, text.* models; run .* has "
-                                         "a points model$"):
+    with pytest.raises(GraftError, match="^graft export writes audio, image, text.* models; "
+                                         "run .* has a points model$"):
         export_run(run.path, "safetensors", tmp_path / "bundle")
     with pytest.raises(GraftError, match="^graft export does not take points models yet$"):
         PointsModality().export_signature(PointsAdapter(2))

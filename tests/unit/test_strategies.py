@@ -10,7 +10,7 @@ from graftkit.models.vision import create_model
 from graftkit.strategies import ALL, STRATEGIES, StrategyParams
 from graftkit.train.loop import augment_for, set_trainable, train_mode
 
-TESTED = {"linear_probe", "last_n", "full", "lp_ft", "gradual", "lora"}
+TESTED = {"linear_probe", "last_n", "full", "lp_ft", "gradual", "lora", "prototype"}
 
 
 def test_every_registered_strategy_is_tested() -> None:
@@ -34,6 +34,16 @@ def test_linear_probe_trains_the_head_only(tiny) -> None:
     assert _trainable(tiny) == {"head.1.weight", "head.1.bias"}
     train_mode(tiny, 0)
     assert not tiny.backbone.training and tiny.head.training
+
+
+def test_prototype_is_one_closed_form_head_only_stage_on_a_cosine_head(tiny) -> None:
+    strat = STRATEGIES.get("prototype")
+    (stage,) = strat.plan(30, 1e-3, StrategyParams())
+    assert stage.head_only and stage.solve is not None and stage.epochs == 1
+    strat.prepare(tiny, StrategyParams())
+    assert tiny.head_kind == "cosine" and {n for n, _ in tiny.head.named_parameters()} == {
+        "1.weight", "1.bias"}
+    assert strat.classification_only
 
 
 def test_last_n_unfreezes_exactly_the_last_blocks_and_keeps_frozen_bn_in_eval(tiny) -> None:

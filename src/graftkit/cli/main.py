@@ -68,6 +68,15 @@ def train(
                                          "exact copy in each split (recorded in the report)"),
     drop_leaks: bool = typer.Option(False, "--drop-leaks", help="drop val/test copies of "
                                     "training inputs (recorded in the report)"),
+    unlabeled: str | None = typer.Option(None, "--unlabeled", help="unlabeled pool for "
+                                         "semi-supervised training: a folder (or CSV) of files, "
+                                         "a CSV or .txt of texts"),
+    semi: str | None = typer.Option(None, "--semi", help="auto | self_training | fixmatch "
+                                    "(with --unlabeled or --unlabeled-rest)"),
+    shots: int | None = typer.Option(None, "--shots", min=1, help="keep K labeled training "
+                                     "examples per class (seeded, stratified)"),
+    unlabeled_rest: bool = typer.Option(False, "--unlabeled-rest", help="with --shots: the "
+                                        "other training examples are the unlabeled pool"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing run in --out"),
     resume: Path | None = typer.Option(None, "--resume", help="continue a stopped run"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
@@ -83,8 +92,9 @@ def train(
                        config=config,
                        out=out, lr=lr, augment=augment, weights=weights, batch_size=batch_size,
                        task=task, val_fraction=val_fraction, test_fraction=test_fraction,
-                       device=device) or overrides or overwrite or wise_ft or no_audit or \
-            drop_duplicates or drop_leaks
+                       device=device, unlabeled=unlabeled, semi=semi, shots=shots) or \
+            overrides or overwrite or wise_ft or no_audit or drop_duplicates or drop_leaks or \
+            unlabeled_rest
         if given:
             raise GraftError("--resume continues a run with its saved config; drop the other "
                              "options (edit RUN_DIR/config.yaml to change it)")
@@ -104,6 +114,8 @@ def train(
             "data.audit": False if no_audit else None,
             "data.drop_duplicates": True if drop_duplicates else None,
             "data.drop_leaks": True if drop_leaks else None,
+            "data.unlabeled": unlabeled, "semi.method": semi, "data.shots": shots,
+            "data.unlabeled_rest": True if unlabeled_rest else None,
         })
         extra = dict(parse_override(o) for o in overrides or [])
         cfg = api.build_config(config, {**flags, **extra})

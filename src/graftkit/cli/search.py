@@ -58,6 +58,12 @@ def search(
     model: str | None = typer.Option(None, "--model", help="base model (the space may vary it)"),
     val: str | None = typer.Option(None, "--val", help="text: validation CSV"),
     test: str | None = typer.Option(None, "--test", help="text: test CSV"),
+    unlabeled: str | None = typer.Option(None, "--unlabeled", help="unlabeled pool, given to "
+                                         "every trial (semi-supervised)"),
+    shots: int | None = typer.Option(None, "--shots", min=1, help="K labeled training examples "
+                                     "per class, in every trial"),
+    unlabeled_rest: bool = typer.Option(False, "--unlabeled-rest", help="with --shots: the "
+                                        "other training examples are the unlabeled pool"),
     resume: Path | None = typer.Option(None, "--resume", help="continue (or join) the search "
                                        "in this folder"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
@@ -71,7 +77,7 @@ def search(
 
     budget = parse_duration(time_budget)
     if resume is not None:
-        if data or space or config or overrides or model:
+        if data or space or config or overrides or model or unlabeled or shots:
             raise GraftError("--resume continues a search with its saved settings; only "
                              "--trials, --time-budget and --workers may change")
         if not (resume / SETTINGS).is_file():
@@ -103,7 +109,9 @@ def search(
     if out.exists() and any(out.iterdir()):
         raise GraftError(f"{str(out)!r} exists and is not empty; choose another --out")
     extra = dict(parse_override(o) for o in overrides or [])
-    flags = {k: v for k, v in {"model.name": model, "data.val": val, "data.test": test}.items()
+    flags = {k: v for k, v in {"model.name": model, "data.val": val, "data.test": test,
+                               "data.unlabeled": unlabeled, "data.shots": shots,
+                               "data.unlabeled_rest": True if unlabeled_rest else None}.items()
              if v is not None}
     s = SearchSettings(data=data, study=study or out.resolve().name, metric=metric,
                        trials=trials or 20, time_budget_s=budget,

@@ -348,6 +348,42 @@ def discover(
     return _from_folders(p, val_fraction, test_fraction, seed, progress, kind)
 
 
+def discover_pool(path: str | Path, *, path_column: str = "path",
+                  progress: Progress | None = None, kind: FileKind = IMAGES
+                  ) -> tuple[list[str], list[dict[str, str]]]:
+    """The inputs of an unlabeled pool: every file below a folder (in any layout; folder names
+    are not read as labels), or the path column of a CSV (paths relative to it). Unusable files
+    are skipped and returned with the reason, as for labeled data."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise DataError(f"unlabeled pool {str(p)!r} does not exist")
+    skipped: list[dict[str, str]] = []
+    if p.is_file():
+        if p.suffix.lower() != ".csv":
+            raise DataError(f"unlabeled pool {str(p)!r} is a file but not a CSV of "
+                            f"{kind.noun} paths; give a folder or a CSV")
+        rows = _read_rows(p)
+        if path_column not in rows[0]:
+            raise DataError(f"CSV {str(p)!r} has no {kind.noun} path column {path_column!r} "
+                            f"(columns: {', '.join(rows[0])}); set data.path_column")
+        files = []
+        for i, row in enumerate(rows, start=2):
+            raw = (row.get(path_column) or "").strip()
+            if not raw:
+                skipped.append({"path": f"{p}:{i}", "reason": "empty path"})
+                continue
+            f = Path(raw)
+            files.append(f if f.is_absolute() else p.parent / f)
+    else:
+        files = _files(p, skipped)
+    good, bad = _audit(files, progress, kind)
+    skipped += bad
+    if not good:
+        raise DataError(f"unlabeled pool {str(p)!r} holds no usable {kind.noun}s "
+                        f"({len(skipped)} skipped)")
+    return [str(g) for g in good], skipped
+
+
 def discover_eval(
     path: str | Path,
     classes: list[str],

@@ -10,7 +10,7 @@ import os
 import random
 import sys
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,19 +54,14 @@ class DataSpec:
     target_stats: dict[str, float] = field(default_factory=dict)  # regression: mean/std of train
     modality: str = "image"  # the modality registered under this name (graftkit.modalities)
     inline: bool = False  # items are the inputs themselves (texts), not paths of files
+    # a semi-supervised run's unlabeled inputs: what the model must also read (input lengths
+    # and windows are chosen over the training split and these)
+    unlabeled: list[str] = field(default_factory=list)
 
     def fingerprint(self) -> str:
         """Content key of the data: every file's path, size and mtime (or every text), its split
         and target."""
-        h = hashlib.sha256()
-        for split in sorted(self.splits):
-            for item, target in self.splits[split]:
-                if self.inline:
-                    h.update(f"{split}\0{item}\0{target}\n".encode())
-                    continue
-                st = os.stat(item)
-                h.update(f"{split}\0{item}\0{st.st_size}\0{st.st_mtime_ns}\0{target}\n".encode())
-        return h.hexdigest()[:16]
+        return items_fingerprint({s: self.splits[s] for s in sorted(self.splits)}, self.inline)
 
     def report(self) -> dict:
         counts: dict[str, dict[str, int] | int] = {}
@@ -87,6 +82,58 @@ class DataSpec:
             "skipped": self.skipped,
             "target_stats": self.target_stats,
         }
+
+
+def items_fingerprint(groups: dict[str, Sequence[tuple[str, float]]], inline: bool) -> str:
+    """A content key of ``(input, target)`` items by group: each file's path, size and mtime
+    (or each text), its group and target."""
+    h = hashlib.sha256()
+    for group, items in groups.items():
+        for item, target in items:
+            if inline:
+                h.update(f"{group}\0{item}\0{target}\n".encode())
+                continue
+            st = os.stat(item)
+            h.update(f"{group}\0{item}\0{st.st_size}\0{st.st_mtime_ns}\0{target}\n".encode())
+    return h.hexdigest()[:16]
+
+
+@dataclass
+class UnlabeledPool:
+    """The unlabeled inputs of a semi-supervised run. ``hidden`` are their true targets where
+    they are known (``data.unlabeled_rest``: the training examples ``data.shots`` left out):
+    never trained on, only used to report how precise the pseudo-labels were."""
+
+    items: list[str]
+    sources: list[str]
+    hidden: list[float] | None = None
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    inline: bool = False
+
+    def fingerprint(self) -> str:
+        return items_fingerprint({"unlabeled": [(i, 0.0) for i in self.items]}, self.inline)
+
+    def report(self) -> dict:
+        return {"sources": self.sources, "n": len(self.items), "labels_hidden": self.hidden
+                is not None, "n_skipped": len(self.skipped), "skipped": self.skipped[:200]}
+
+
+def take_shots(items: Sequence[tuple[str, float]], shots: int, seed: int
+               ) -> tuple[list[tuple[str, float]], list[tuple[str, float]], list[int]]:
+    """``shots`` items per class (shuffled with ``seed``, per class), the rest, and the classes
+    that had fewer (all of theirs are kept)."""
+    by_class: dict[int, list[tuple[str, float]]] = {}
+    for item in items:
+        by_class.setdefault(int(item[1]), []).append(item)
+    kept, rest, short = [], [], []
+    for c in sorted(by_class):
+        group = list(by_class[c])
+        random.Random(f"shots:{seed}:{c}").shuffle(group)
+        kept += group[:shots]
+        rest += group[shots:]
+        if len(group) < shots:
+            short.append(c)
+    return kept, rest, short
 
 
 def _check_classes(classes: list[str], where: str) -> None:

@@ -125,19 +125,45 @@ def text_stats(texts: Sequence[str], tokenizer: Callable[..., Any], max_length: 
     }
 
 
+WORD_DROP, WORD_SWAP = 0.15, 0.1  # the strong view: words dropped, neighbours swapped
+
+
+def perturb_words(text: str, drop: float = WORD_DROP, swap: float = WORD_SWAP) -> str:
+    """A token-level perturbation of ``text`` (FixMatch's strong view of a text): each
+    whitespace token is dropped with probability ``drop`` (one always stays) and each adjacent
+    pair swapped with probability ``swap``. Random from torch's generator (seeded per epoch
+    and per DataLoader worker)."""
+    words = text.split()
+    if len(words) < 2:
+        return text
+    keep = torch.rand(len(words)) >= drop
+    if not keep.any():
+        keep[int(torch.randint(len(words), (1,)))] = True
+    words = [w for w, k in zip(words, keep.tolist()) if k]
+    swaps = torch.rand(max(0, len(words) - 1)) < swap
+    for i, do in enumerate(swaps.tolist()):
+        if do:
+            words[i], words[i + 1] = words[i + 1], words[i]
+    return " ".join(words)
+
+
 class TextDataset(Dataset):
     """``(text, target)`` pairs -> the same pairs, targets typed: ``int`` class indices for
-    classification, ``float`` for regression (tokenization happens per batch, in collation)."""
+    classification, ``float`` for regression (tokenization happens per batch, in collation).
+    ``augment="strong"`` perturbs each text as it is read (:func:`perturb_words`)."""
 
-    def __init__(self, items: Sequence[tuple[str, float]], task: str = "classification") -> None:
+    def __init__(self, items: Sequence[tuple[str, float]], task: str = "classification",
+                 augment: str = "none") -> None:
         cast = int if task == "classification" else float
         self.items = [(str(text), cast(target)) for text, target in items]
+        self.strong = augment == "strong"
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, i: int) -> tuple[str, int | float]:
-        return self.items[i]
+        text, target = self.items[i]
+        return (perturb_words(text), target) if self.strong else (text, target)
 
 
 class TextCollator:

@@ -117,3 +117,30 @@ def discover_text(
     if task == "regression":
         spec.target_stats = target_stats([t for _, t in splits["train"]])
     return spec
+
+
+def discover_text_pool(path: str | Path, text_column: str = "text"
+                       ) -> tuple[list[str], list[dict]]:
+    """The texts of an unlabeled pool: the text column of a CSV, or the lines of a .txt file
+    (one text per line; blank lines are skipped). Returns ``(texts, skipped)``."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise DataError(f"unlabeled pool {str(p)!r} does not exist" if not p.exists() else
+                        f"unlabeled pool {str(p)!r} is a folder; texts come in a CSV (text "
+                        "column) or a .txt file, one text per line")
+    if p.suffix.lower() == ".txt":
+        try:
+            raw = p.read_bytes().decode("utf-8-sig")
+        except OSError as e:
+            raise DataError(f"cannot read {str(p)!r}: {e.strerror or e}") from None
+        except UnicodeDecodeError:
+            raise DataError(f"{str(p)!r} is not UTF-8; re-save it as UTF-8") from None
+        texts = [line.strip() for line in raw.splitlines() if line.strip()]
+        if not texts:
+            raise DataError(f"unlabeled pool {str(p)!r} holds no texts")
+        return texts, []
+    if p.suffix.lower() != ".csv":
+        raise DataError(f"unlabeled pool {str(p)!r}: texts come in a CSV (text column) or a "
+                        ".txt file, one text per line")
+    rows, skipped = read_text_csv(p, text_column, text_column)  # no label column to require
+    return [t for t, _ in rows], skipped

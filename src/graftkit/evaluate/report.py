@@ -62,7 +62,29 @@ def run_summary(run_path: Path, meta: dict[str, Any]) -> dict[str, Any]:
         "status": meta.get("status"), "device": meta.get("device"),
         "precision": meta.get("precision"), "created": meta.get("created"),
         "data_source": (meta.get("data") or {}).get("source"),
+        "semi": _semi(meta, hist),
     }
+
+
+def _semi(meta: dict[str, Any], hist: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """A semi-supervised run's pool and, per self-training round, what was accepted and how
+    precise it was; for FixMatch, per epoch, the share of the pool that taught."""
+    semi = meta.get("semi")
+    if not semi:
+        return None
+    fixmatch = [{"epoch": r["epoch"], "stage": r["stage"], "accepted": r["unlabeled_accepted"],
+                 "precision": r.get("pseudo_precision"), "val": r.get(f"val_{meta['monitor']}")}
+                for r in hist if "unlabeled_accepted" in r]
+    val_by_stage: dict[str, float] = {}
+    for r in hist:  # each round's best validation score
+        v = r.get(f"val_{meta['monitor']}")
+        if isinstance(v, (int, float)):
+            best = val_by_stage.get(r["stage"])
+            val_by_stage[r["stage"]] = v if best is None else max(best, v)
+    rounds = [{**r, "val": val_by_stage.get(r.get("stage", ""))} for r in semi.get("rounds", [])]
+    first = (meta.get("stages") or [{}])[0].get("name")
+    return {**semi, "rounds": rounds, "fixmatch": fixmatch,
+            "labels_only_val": val_by_stage.get(first) if rounds else None}
 
 
 ROBUSTNESS = rd.ROBUSTNESS  # RUN_DIR/robustness/: results.json + figures (graft robustness)

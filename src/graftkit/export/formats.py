@@ -36,6 +36,7 @@ from torch import nn
 from .. import modalities
 from ..errors import GraftError
 from ..modalities.base import ExportSignature
+from ..models.base import restore_head
 from ..registry import Registry
 from ..train.checkpoint import atomic_save, load_weights
 from .light import read_bundle
@@ -159,7 +160,8 @@ def _write_safetensors(model: nn.Module, sig: ExportSignature, path: Path, _opse
 
 
 def _rebuild(bundle_dir: Path, bundle: dict[str, Any]) -> Any:
-    model = modalities.get(bundle["modality"]).rebuild(bundle_dir, bundle)
+    model = restore_head(modalities.get(bundle["modality"]).rebuild(bundle_dir, bundle),
+                         bundle["model"])
     load_weights(model, bundle_dir / bundle["model_file"])
     return model.eval()
 

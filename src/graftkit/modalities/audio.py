@@ -132,6 +132,15 @@ class AudioModality(Modality):
         spec.modality = self.name
         return spec
 
+    def discover_unlabeled(self, path: str, d: Any, progress: Any = None
+                           ) -> tuple[list[str], list[dict[str, str]]]:
+        from ..data.sources import discover_pool
+
+        return discover_pool(path, path_column=d.path_column, progress=progress,
+                             kind=_sound_files())
+
+    weak_view, strong_view = "light", "strong"  # FixMatch: shift and gain / + noise, SpecAugment
+
     def eval_items(self, data: str | Path, meta: dict[str, Any], d: Any, split: str | None
                    ) -> tuple[Items, list[dict[str, str]], str]:
         from ..data.sources import discover_eval
@@ -165,7 +174,8 @@ class AudioModality(Modality):
 
     def create_model(self, m: Any, spec: Any, n_out: int, out: Path, resuming: bool
                      ) -> tuple[Any, dict[str, Any]]:
-        """The audio adapter, its clip window chosen from the training clips' durations unless
+        """The audio adapter, its clip window chosen from the training (and unlabeled) clips'
+        durations unless
         set; and the clip-length statistics of every split."""
         from ..data.audio import AudioDataConfig, choose_window
         from ..models.audio import create_audio_model, save_audio_assets
@@ -176,7 +186,8 @@ class AudioModality(Modality):
             window = AudioDataConfig.from_dict(
                 rd.read_json(out / rd.META)["preprocessing"]).window_s
         else:
-            window = m.clip_seconds or choose_window(seconds.get("train", []))
+            pool = [audio_info(p).get("seconds", 0.0) for p in spec.unlabeled]
+            window = m.clip_seconds or choose_window(seconds.get("train", []) + pool)
         model = create_audio_model(m.name or "", n_out, pretrained=m.pretrained and not resuming,
                                    dropout=m.dropout, clip_seconds=window)
         if not resuming:

@@ -78,6 +78,14 @@ class Modality:
         """Labeled items of any folder or file, with the run's label map."""
         raise GraftError(f"graft evaluate --data is not available for {self.name} runs")
 
+    def discover_unlabeled(self, path: str, d: Any, progress: Any = None
+                           ) -> tuple[list[str], list[dict[str, str]]]:
+        """The inputs of an unlabeled pool (semi-supervised training) and the skipped ones."""
+        raise GraftError(f"{self.name} runs take no unlabeled pool yet")
+
+    # FixMatch's two views of an unlabeled input: augmentation presets of ``make_dataset``
+    weak_view, strong_view = "light", "strong"
+
     def expand_inputs(self, inputs: Sequence[str]) -> list[str]:
         """Command-line inputs to predict: files as given, folders replaced by their inputs."""
         return list(inputs)

@@ -117,6 +117,14 @@ class ImageModality(Modality):
                         path_column=d.path_column, label_column=d.label_column,
                         progress=progress)
 
+    def discover_unlabeled(self, path: str, d: Any, progress: Any = None
+                           ) -> tuple[list[str], list[dict[str, str]]]:
+        from ..data.sources import discover_pool
+
+        return discover_pool(path, path_column=d.path_column, progress=progress)
+
+    weak_view, strong_view = "light", "randaugment"  # FixMatch: flip and crop / RandAugment
+
     def eval_items(self, data: str | Path, meta: dict[str, Any], d: Any, split: str | None
                    ) -> tuple[Items, list[dict[str, str]], str]:
         from ..data.sources import discover_eval

@@ -69,6 +69,15 @@ class TextModality(Modality):
                              val_fraction=d.val_fraction, test_fraction=d.test_fraction,
                              seed=d.split_seed)
 
+    def discover_unlabeled(self, path: str, d: Any, progress: Any = None
+                           ) -> tuple[list[str], list[dict[str, str]]]:
+        from ..data.text_sources import discover_text_pool
+
+        return discover_text_pool(path, d.text_column)
+
+    # FixMatch: the text itself / a token-level perturbation (words dropped and swapped)
+    weak_view, strong_view = "none", "strong"
+
     def eval_items(self, data: str | Path, meta: dict[str, Any], d: Any, split: str | None
                    ) -> tuple[Items, list[dict[str, str]], str]:
         """A labeled text CSV, with the run's label map (a split column is honoured with
@@ -99,7 +108,8 @@ class TextModality(Modality):
 
     def create_model(self, m: Any, spec: Any, n_out: int, out: Path, resuming: bool
                      ) -> tuple[Any, dict[str, Any]]:
-        """The text adapter, its max length chosen from the training texts unless set, its
+        """The text adapter, its max length chosen from the training texts (and any unlabeled
+        ones) unless set, its
         tokenizer/config saved in the run; and the token statistics of every split."""
         from ..data.text import text_stats as token_stats
         from ..data.text import token_lengths
@@ -116,7 +126,8 @@ class TextModality(Modality):
             saved = TextDataConfig.from_dict(rd.read_json(out / rd.META)["preprocessing"])
             model.set_max_length(saved.max_length)
         elif m.max_length is None:
-            lengths = token_lengths([t for t, _ in spec.splits["train"]], model.tokenizer)
+            lengths = token_lengths([t for t, _ in spec.splits["train"]] + spec.unlabeled,
+                                    model.tokenizer)
             model.set_max_length(choose_max_length(lengths, model.max_positions))
         if not resuming:
             save_text_assets(model, out)

@@ -51,9 +51,19 @@ class HeadedAdapter(nn.Module):
 
     head: nn.Module
     num_features: int
+    head_kind = "linear"  # or "cosine" (:class:`CosineLinear`; meta.json's model.head)
 
     def _make_head(self, num_outputs: int, dropout: float) -> nn.Sequential:
-        return nn.Sequential(nn.Dropout(dropout), nn.Linear(self.num_features, num_outputs))
+        layer = CosineLinear if self.head_kind == "cosine" else nn.Linear
+        return nn.Sequential(nn.Dropout(dropout), layer(self.num_features, num_outputs))
+
+    def set_head_kind(self, kind: str) -> None:
+        """A new head of ``kind`` (``linear`` or ``cosine``) with the same outputs and dropout;
+        the parameter names stay those of a linear head."""
+        if kind not in HEAD_KINDS:
+            raise GraftError(f"unknown head kind {kind!r} (a run of a newer graftkit?)")
+        self.head_kind = kind
+        self.reset_head(self.head[-1].out_features)
 
     def features(self, x: Any) -> torch.Tensor:
         raise NotImplementedError
@@ -73,6 +83,27 @@ class HeadedAdapter(nn.Module):
         """Optimizer groups with layer-wise learning-rate decay (see
         :func:`layerwise_param_groups`)."""
         return layerwise_param_groups(self, self.blocks(), lr, weight_decay, layer_decay)
+
+
+class CosineLinear(nn.Linear):
+    """``weight @ (x / |x|) + bias``: with rows of ``weight`` of norm ``s``, the logits are ``s``
+    times the cosine between the features and each row (a nearest-class-mean classifier when
+    the rows are the class means). The same parameters as ``nn.Linear``, so a run directory's
+    weights load into either; meta.json's ``model.head`` says which."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.linear(nn.functional.normalize(x, dim=-1), self.weight, self.bias)
+
+
+HEAD_KINDS = ("linear", "cosine")
+
+
+def restore_head(model: Any, meta_model: dict[str, Any]) -> Any:
+    """A rebuilt adapter with the head kind its run was trained with (meta.json's model.head)."""
+    kind = meta_model.get("head", "linear")
+    if kind != getattr(model, "head_kind", "linear"):
+        model.set_head_kind(kind)
+    return model
 
 
 def layerwise_param_groups(model: nn.Module, blocks: list[list[str]], lr: float,

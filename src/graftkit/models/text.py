@@ -126,8 +126,9 @@ class HFTextAdapter(HeadedAdapter):
     def make_dataset(self, items: Sequence[tuple[str, float]], task: str,
                      augment: str = "none") -> Dataset:
         """``(text, target)`` pairs -> a dataset of the same pairs (tokenized in ``collate``).
-        ``augment`` is accepted like the image adapter's and ignored: text is not augmented."""
-        return TextDataset(items, task)
+        Text is not augmented in supervised training; ``augment="strong"`` is FixMatch's strong
+        view (a token-level perturbation), every other preset reads the texts as they are."""
+        return TextDataset(items, task, augment)
 
     @property
     def collate(self) -> TextCollator:

@@ -39,10 +39,19 @@ class StrategyParams:
 
 @dataclass(frozen=True)
 class Stage:
+    """``solve(head, features, targets)``: the stage fits the head in closed form on cached
+    features instead of training it (one "epoch"). ``pseudo_round`` > 0: the stage trains on the
+    labels plus pseudo-labels of the unlabeled pool chosen when it starts (self-training round
+    r; a head-only round starts from a new head). ``fixmatch``: every step also learns from the
+    unlabeled pool (FixMatch). The session sets the last two for semi-supervised runs."""
+
     name: str
     epochs: int
     lr: float
     blocks_at: Callable[[int], int] = field(compare=False)  # epoch in stage -> trainable blocks
+    solve: Callable[[Any, Any, Any], None] | None = field(default=None, compare=False)
+    pseudo_round: int = 0
+    fixmatch: bool = False
 
     @property
     def head_only(self) -> bool:
@@ -65,6 +74,7 @@ class Strategy:
     prepare: Callable[[Any, StrategyParams], None] | None = None
     finalize: Callable[[Any, Path], None] | None = None
     requires: str = ""  # what a model of an unsupported modality is told to use instead
+    classification_only: bool = False
 
     def epochs_for(self, modality: str) -> int:
         return self.epochs_by_modality.get(modality, self.default_epochs)

@@ -1,10 +1,12 @@
 """The training loop, in one file, top to bottom.
 
     for each stage of the strategy:
+        self-training round?  -> pseudo-label the unlabeled pool with the model so far
         freeze all but the stage's trainable blocks; one optimizer + schedule for the stage
         head-only and no random augmentation?  -> train the head on cached backbone features
         for each epoch:
-            reseed (so a resumed run replays exactly), train, validate
+            reseed (so a resumed run replays exactly), train (or solve the head in closed
+            form; FixMatch: every step also learns from the pool), validate
             hooks: history line, best checkpoint, early stop, resumable state
 
 Determinism: every epoch reseeds torch from ``(seed, stage, epoch)`` and the DataLoader gets its
@@ -40,8 +42,9 @@ from .hooks import Hook, LoopState
 from .losses import LossFn
 from .optim import build_optimizer, build_scheduler
 from .progress import Reporter
+from .semi import RoundStore, TwoViewCollate, TwoViews, choose
 from .settings import LoopData, LoopSettings
-from .step import loss_target, to_device, train_step
+from .step import fixmatch_step, loss_target, to_device, train_step
 
 
 def augment_for(stage: Stage, augment: str) -> str:
@@ -103,14 +106,20 @@ def _mixer(s: LoopSettings, num_classes: int) -> Callable | None:
     return None if not ops else ops[0] if len(ops) == 1 else v2.RandomChoice(ops)
 
 
+Pseudo = tuple[torch.Tensor, torch.Tensor]  # indices into the unlabeled pool, their labels
+
+
 class Batches:
-    """The inputs of one stage: images through the full model, or cached features via the head."""
+    """The inputs of one stage: images through the full model, or cached features via the head;
+    plus, in a self-training round, the pool's pseudo-labeled inputs, and for FixMatch the pool
+    in two views."""
 
     def __init__(self, model: nn.Module, stage: Stage, s: LoopSettings, data: LoopData,
-                 reporter: Reporter) -> None:
+                 reporter: Reporter, pseudo: Pseudo | None = None) -> None:
         self.model, self.s = model, s
         preset = augment_for(stage, s.augment)
-        self.cached = stage.head_only and preset == "none" and s.feature_cache != "off"
+        self.cached = stage.head_only and preset == "none" and (
+            s.feature_cache != "off" or stage.solve is not None)
         if stage.head_only and preset != "none":
             reporter.warn(f"augmentation '{preset}' is random, so backbone features cannot be "
                           "cached: they are recomputed every epoch "
@@ -119,13 +128,31 @@ class Batches:
             self.train_set: Dataset = features_for(model, data.train, "train", data, s, reporter)
             self.val_set: Dataset = features_for(model, data.val, "val", data, s, reporter)
             self.forward: Callable[[torch.Tensor], torch.Tensor] = model.head
+            if pseudo is not None and len(pseudo[0]):
+                x, y = self.train_set.tensors  # type: ignore[attr-defined]
+                px = pool_features(model, data, s, reporter).tensors[0][pseudo[0]]
+                self.train_set = TensorDataset(torch.cat([x, px.to(x.device)]),
+                                               torch.cat([y, pseudo[1].to(y.dtype)]))
         else:
-            self.train_set = model.make_dataset(data.train, s.task, preset)
+            items = list(data.train)
+            if pseudo is not None:
+                items += [(data.pool[i], float(c)) for i, c in zip(pseudo[0].tolist(),
+                                                                   pseudo[1].tolist())]
+            self.train_set = model.make_dataset(items, s.task, preset)
             self.val_set = model.make_dataset(data.val, s.task)
             self.forward = model
         self.mix = _mixer(s, len(s.classes)) if (
             not self.cached and getattr(model, "mixes_inputs", False)) else None
         self.collate = None if self.cached else model.collate
+        self.unlabeled: Dataset | None = None
+        if stage.fixmatch and len(data.pool):
+            hidden = data.pool_hidden or [-1.0] * len(data.pool)
+            pool = list(zip(data.pool, hidden))
+            self.unlabeled = TwoViews(model.make_dataset(pool, s.task, s.semi.weak_view),
+                                      model.make_dataset(pool, s.task, s.semi.strong_view))
+            counts = torch.bincount(torch.tensor([int(t) for _, t in data.train]),
+                                    minlength=len(s.classes)).float()
+            self.prior = counts / counts.sum()  # FixMatch's distribution alignment
 
     def loader(self, split: str, generator: torch.Generator | None = None) -> DataLoader:
         train = split == "train"
@@ -137,14 +164,29 @@ class Batches:
                           drop_last=train and len(self.train_set) > self.s.batch_size
                           and self.mix is not None)
 
+    def unlabeled_loader(self, generator: torch.Generator | None = None) -> DataLoader | None:
+        """FixMatch: the pool in batches of ``mu`` times the labeled batch, shuffled; an epoch
+        is one pass over the pool (the labeled batches cycle)."""
+        if self.unlabeled is None:
+            return None
+        labeled = min(self.s.batch_size, len(self.train_set))  # type: ignore[arg-type]
+        return DataLoader(self.unlabeled, batch_size=self.s.semi.mu * labeled, shuffle=True,
+                          generator=generator, num_workers=self.s.num_workers,
+                          collate_fn=TwoViewCollate(self.collate))
+
+    def steps(self) -> int:
+        u = self.unlabeled_loader()
+        return len(u) if u is not None else len(self.loader("train"))
+
 
 def features_for(model: nn.Module, items: Sequence[tuple[str, float]], split: str,
-                 data: LoopData, s: LoopSettings, reporter: Reporter, mode: str | None = None
-                 ) -> TensorDataset:
+                 data: LoopData, s: LoopSettings, reporter: Reporter, mode: str | None = None,
+                 fingerprint: str | None = None) -> TensorDataset:
     """Backbone features of a split, from the cache when the same backbone has seen the same data
-    (``data.fingerprint`` covers every split's files and targets)."""
-    key = feature_cache.cache_key(feature_cache.weights_digest(model.backbone), data.fingerprint,
-                                  model.input_signature(),
+    (``data.fingerprint`` covers every split's files and targets; the unlabeled pool has its
+    own)."""
+    key = feature_cache.cache_key(feature_cache.weights_digest(model.backbone),
+                                  fingerprint or data.fingerprint, model.input_signature(),
                                   f"{split}|{s.device.type}|{s.amp_dtype}")
     was_training = model.training
     model.eval()
@@ -164,9 +206,50 @@ def features_for(model: nn.Module, items: Sequence[tuple[str, float]], split: st
     (x, y), origin = feature_cache.cached_extract(key, mode or s.feature_cache, compute,
                                                    reporter.warn)
     model.train(was_training)
-    if origin != "computed":
+    if origin == "disk":  # (memory hits, e.g. each self-training round's, go unsaid)
         reporter.line(f"  features {split}: {len(y)} from the {origin} cache")
     return TensorDataset(x.to(s.device), y)
+
+
+def pool_features(model: nn.Module, data: LoopData, s: LoopSettings, reporter: Reporter
+                  ) -> TensorDataset:
+    """The unlabeled pool's backbone features (computed once, cached like the labeled ones)."""
+    return features_for(model, [(p, -1.0) for p in data.pool], "unlabeled", data, s, reporter,
+                        fingerprint=data.pool_fingerprint)
+
+
+def pseudo_labels(model: nn.Module, stage: Stage, s: LoopSettings, data: LoopData,
+                  reporter: Reporter) -> Pseudo:
+    """The pseudo-labels of self-training round ``stage.pseudo_round``: chosen by the model as
+    it is now (see ``semi.choose``) and saved in the run directory, or, when this round was
+    chosen before (a resumed run), read back."""
+    assert data.run_dir is not None
+    store = RoundStore(data.run_dir)
+    saved = store.load(stage.pseudo_round)
+    if saved is not None:
+        return saved
+    was_training = model.training
+    model.eval()
+    pool = pool_features(model, data, s, reporter)
+    val = features_for(model, data.val, "val", data, s, reporter)
+    pool_logits, _ = predict_batches(model.head, DataLoader(pool, batch_size=1024), s)
+    val_logits, val_y = predict_batches(model.head, DataLoader(val, batch_size=1024), s)
+    model.train(was_training)
+    train_y = torch.tensor([t for _, t in data.train], dtype=torch.long)
+    idx, labels, info = choose(pool_logits, val_logits, val_y, train_y, s.classes, s.semi,
+                               stage.pseudo_round, data.pool_hidden)
+    info["stage"] = stage.name
+    store.save(stage.pseudo_round, idx, labels, info)
+    if "warning" in info:
+        reporter.warn(info["warning"])
+    else:
+        prec = "" if info["pool_precision"] is None else (
+            f", {info['pool_precision']:.3f} correct (hidden labels)")
+        est = "" if info["val_precision"] is None else (
+            f"; on val the same rule is {info['val_precision']:.3f} precise")
+        reporter.line(f"  pseudo-labels: {info['accepted']} of {info['pool']} accepted at "
+                      f"p >= {s.semi.threshold:g}{prec}{est}")
+    return idx, labels
 
 
 @torch.no_grad()
@@ -213,19 +296,40 @@ def _stage_optimizer(model: nn.Module, stage: Stage, s: LoopSettings, steps: int
     return opt, sched
 
 
+def _cycle(loader: DataLoader) -> Iterator[Any]:
+    while True:  # each pass reshuffles with the loader's generator
+        yield from loader
+
+
 def train_epoch(model: nn.Module, batches: Batches, loader: DataLoader, state: LoopState,
                 loss_fn: LossFn, s: LoopSettings, n_blocks: int, reporter: Reporter,
-                scaler: torch.amp.GradScaler) -> dict[str, float]:
+                scaler: torch.amp.GradScaler, unlabeled: DataLoader | None = None
+                ) -> dict[str, float]:
     opt, sched = state.optimizer, state.scheduler
     assert opt is not None and sched is not None
     train_mode(model, n_blocks, s.freeze_bn)
     total, seen, t0 = 0.0, 0, time.perf_counter()
     opt.zero_grad(set_to_none=True)
-    n_steps = len(loader)
-    for i, (x, y) in enumerate(loader):
+    u_stats = {"accepted": 0.0, "seen": 0.0, "known": 0.0, "correct": 0.0}
+    prior = batches.prior if (unlabeled is not None and s.semi.align) else None
+    p_mean, n_means = None, 0  # the weak view's running mean over this epoch (alignment)
+    steps: Any = enumerate(loader) if unlabeled is None else enumerate(
+        zip(_cycle(loader), unlabeled))
+    n_steps = len(loader) if unlabeled is None else len(unlabeled)
+    for i, batch in steps:
         update = (i + 1) % s.accumulate == 0 or i + 1 == n_steps
-        loss, n = train_step(model, batches.forward, x, y, loss_fn, s, opt, scaler, batches.mix,
-                             s.accumulate, update)
+        if unlabeled is None:
+            x, y = batch
+            loss, n = train_step(model, batches.forward, x, y, loss_fn, s, opt, scaler,
+                                 batches.mix, s.accumulate, update)
+        else:
+            (x, y), (weak, strong, hidden) = batch
+            loss, n, st = fixmatch_step(model, x, y, weak, strong, hidden, loss_fn, s, opt,
+                                        scaler, s.semi.threshold, s.semi.lambda_u, s.accumulate,
+                                        update, prior, p_mean)
+            u_stats = {k: u_stats[k] + st[k] for k in u_stats}
+            n_means += 1
+            p_mean = st["p_mean"] if p_mean is None else p_mean + (st["p_mean"] - p_mean) / n_means
         if not math.isfinite(loss):
             raise TrainingDiverged(
                 f"loss became {loss} at epoch {state.epoch + 2}, step {i + 1}: lower "
@@ -238,7 +342,26 @@ def train_epoch(model: nn.Module, batches: Batches, loader: DataLoader, state: L
         seen += n
         reporter.advance(1, f"loss {total / seen:.4f}", seen / (time.perf_counter() - t0))
     dt = time.perf_counter() - t0
-    return {"train_loss": total / max(1, seen), "train_time_s": dt, "samples_per_s": seen / dt}
+    rec = {"train_loss": total / max(1, seen), "train_time_s": dt, "samples_per_s": seen / dt}
+    if unlabeled is not None:  # FixMatch: how much of the pool taught, and how well
+        rec["unlabeled_accepted"] = u_stats["accepted"] / max(1.0, u_stats["seen"])
+        if u_stats["known"]:
+            rec["pseudo_precision"] = u_stats["correct"] / u_stats["known"]
+    return rec
+
+
+def solve_epoch(model: nn.Module, stage: Stage, batches: Batches, loss_fn: LossFn,
+                s: LoopSettings) -> dict[str, float]:
+    """A closed-form stage (prototypes): the head is set from the cached training features."""
+    assert stage.solve is not None and batches.cached
+    x, y = batches.train_set.tensors  # type: ignore[attr-defined]
+    t0 = time.perf_counter()
+    stage.solve(model.head, x, y)
+    model.eval()
+    with torch.no_grad():
+        loss = loss_value(model.head(x).float().cpu(), y.cpu(), loss_fn, s)
+    dt = max(time.perf_counter() - t0, 1e-9)
+    return {"train_loss": loss, "train_time_s": dt, "samples_per_s": len(y) / dt}
 
 
 def fit(
@@ -269,9 +392,17 @@ def fit(
         resuming = resume_info is not None and si == start_stage and resume_from is not None
         if resuming:  # weights first: a cached stage extracts features with them
             load_model_state(resume_from, model)
-        batches = Batches(model, stage, s, data, reporter)
-        steps = len(batches.loader("train"))
-        state.optimizer, state.scheduler = _stage_optimizer(model, stage, s, steps)
+        pseudo = None
+        if stage.pseudo_round:  # chosen by the model so far (or read back when resuming)
+            pseudo = pseudo_labels(model, stage, s, data, reporter)
+            # each round trains a new head; a round that accepted nothing goes on training the
+            # one it has (a new one would only redraw the labels-only probe's initialisation)
+            if stage.head_only and not resuming and len(pseudo[0]):
+                torch.manual_seed(s.seed * 1_000_003 + si)
+                model.reset_head(model.head[-1].out_features)
+                model.head.to(s.device)
+        batches = Batches(model, stage, s, data, reporter, pseudo)
+        state.optimizer, state.scheduler = _stage_optimizer(model, stage, s, batches.steps())
         if resuming:
             info = load_state(resume_from, model, state.optimizer, state.scheduler)
             for k in ("stage_epoch", "epoch", "step", "best", "best_epoch", "bad_epochs",
@@ -289,12 +420,17 @@ def fit(
             trainable = set_trainable(model, n_blocks)
             gen = _seed_epoch(s.seed, si, e)
             loader = batches.loader("train", gen)
-            reporter.start(f"epoch {state.epoch + 2} {stage.name}", len(loader))
-            try:
-                rec = train_epoch(model, batches, loader, state, loss_fn, s, n_blocks, reporter,
-                                  scaler)
-            finally:
-                reporter.stop()
+            unlabeled = batches.unlabeled_loader(gen)
+            if stage.solve is not None:
+                rec = solve_epoch(model, stage, batches, loss_fn, s)
+            else:
+                reporter.start(f"epoch {state.epoch + 2} {stage.name}",
+                               len(loader) if unlabeled is None else len(unlabeled))
+                try:
+                    rec = train_epoch(model, batches, loader, state, loss_fn, s, n_blocks,
+                                      reporter, scaler, unlabeled)
+                finally:
+                    reporter.stop()
             model.eval()
             outputs, targets = predict_batches(batches.forward, batches.loader("val"), s)
             if not torch.isfinite(outputs).all():  # the last step can blow up the weights

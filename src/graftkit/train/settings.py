@@ -4,9 +4,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
+
+from .semi import SemiSettings
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,7 @@ class LoopSettings:
     topk: int = 5
     target_mean: float = 0.0  # regression targets are standardised for training
     target_std: float = 1.0
+    semi: SemiSettings = field(default_factory=SemiSettings)
 
 
 @dataclass
@@ -47,3 +51,9 @@ class LoopData:
     train: Sequence[tuple[str, float]]
     val: Sequence[tuple[str, float]]
     fingerprint: str
+    # semi-supervised runs: the unlabeled pool, its true targets where known (reported, never
+    # trained on), its content key, and the run directory that keeps each round's pseudo-labels
+    pool: Sequence[str] = ()
+    pool_hidden: Sequence[float] | None = None
+    pool_fingerprint: str = ""
+    run_dir: Path | None = None

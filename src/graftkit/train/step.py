@@ -63,6 +63,12 @@ def train_step(model: nn.Module, forward: Callable, x: Any, y: torch.Tensor, los
         loss = loss_fn(out.float(), loss_target(y, s))
     if not torch.isfinite(loss):
         return loss.item(), len(y)
+    _backward(model, loss, s, opt, scaler, accumulate, update)
+    return loss.item(), len(y)
+
+
+def _backward(model: nn.Module, loss: torch.Tensor, s: LoopSettings, opt: torch.optim.Optimizer,
+              scaler: torch.amp.GradScaler, accumulate: int, update: bool) -> None:
     scaler.scale(loss / accumulate).backward()
     if update:
         if s.grad_clip:
@@ -71,4 +77,50 @@ def train_step(model: nn.Module, forward: Callable, x: Any, y: torch.Tensor, los
         scaler.step(opt)
         scaler.update()
         opt.zero_grad(set_to_none=True)
-    return loss.item(), len(y)
+
+
+def fixmatch_step(model: nn.Module, x: Any, y: torch.Tensor, weak: Any, strong: Any,
+                  hidden: torch.Tensor, loss_fn: LossFn, s: LoopSettings,
+                  opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler, threshold: float,
+                  lambda_u: float, accumulate: int = 1, update: bool = True,
+                  prior: torch.Tensor | None = None, p_mean: torch.Tensor | None = None
+                  ) -> tuple[float, int, dict[str, Any]]:
+    """One FixMatch step (Sohn et al. 2020): the labeled loss plus ``lambda_u`` times the mean
+    over the unlabeled batch of the cross-entropy between the strong view's prediction and the
+    weak view's argmax, counted where the weak view's probability reaches ``threshold``. Returns
+    (loss, labeled batch size, {accepted: share of the unlabeled batch used, correct: how many
+    of those match ``hidden`` (-1 where unknown), known: how many had a known label,
+    p_mean: the weak view's mean probabilities in this batch}).
+
+    With ``prior`` (the labeled class distribution), the weak view's probabilities are first
+    aligned to it (distribution alignment, Berthelot et al. 2020, ReMixMatch): multiplied by
+    ``prior / p_mean`` (``p_mean``: their running mean so far, this batch's own when None) and
+    renormalised, so the pseudo-labels cannot all drift to one class."""
+    x, y = to_device(x, s), y.to(s.device, non_blocking=True)
+    weak, strong = to_device(weak, s), to_device(strong, s)
+    amp = dict(device_type=s.device.type, dtype=s.amp_dtype, enabled=s.amp_dtype is not None)
+    with torch.no_grad(), torch.autocast(**amp):  # type: ignore[arg-type]
+        probs = model(weak).float().softmax(-1)
+    batch_mean = probs.mean(0).detach().cpu()
+    if prior is not None:
+        ref = (batch_mean if p_mean is None else p_mean).to(probs.device)
+        probs = probs * (prior.to(probs.device) / ref.clamp_min(1e-6))
+        probs = probs / probs.sum(-1, keepdim=True)
+    conf, pseudo = probs.max(-1)
+    mask = (conf >= threshold).float()
+    with torch.autocast(**amp):  # type: ignore[arg-type]
+        if isinstance(x, torch.Tensor) and isinstance(strong, torch.Tensor):
+            out_x, out_s = model(torch.cat([x, strong])).float().split([len(y), len(pseudo)])
+        else:  # token dicts of different lengths: one pass each
+            out_x, out_s = model(x).float(), model(strong).float()
+    loss_u = (F.cross_entropy(out_s, pseudo, reduction="none") * mask).mean()
+    loss = loss_fn(out_x, loss_target(y, s)) + lambda_u * loss_u
+    hidden = hidden.to(pseudo.device)
+    known = (hidden >= 0) & mask.bool()
+    stats: dict[str, Any] = {
+        "accepted": float(mask.sum()), "seen": float(len(mask)), "known": float(known.sum()),
+        "correct": float((pseudo[known] == hidden[known]).sum()), "p_mean": batch_mean}
+    if not torch.isfinite(loss):
+        return loss.item(), len(y), stats
+    _backward(model, loss, s, opt, scaler, accumulate, update)
+    return loss.item(), len(y), stats
