@@ -75,9 +75,10 @@ class Session:
             hooks.append(H.SnapshotAtStage(self.out / wise_ft.PROBE, len(self.stages) - 1))
         hooks += [H.History(self.out / rd.HISTORY), H.StateCheckpoint(self.out / rd.STATE)]
         hooks += self.extra_hooks  # last: they see the epoch after it is recorded and saved
-        state = fit(self.model, self.stages, self.loss_fn, self.settings, self.data, hooks,
-                    self.reporter, self.out / rd.STATE if self.resume_info else None,
-                    self.resume_info)
+        with self.reporter.phase("training"):  # less its feature extraction (own phase)
+            state = fit(self.model, self.stages, self.loss_fn, self.settings, self.data, hooks,
+                        self.reporter, self.out / rd.STATE if self.resume_info else None,
+                        self.resume_info)
         self.best_value, self.best_epoch, self.stop_reason = (
             state.best, state.best_epoch, state.stop_reason)
 
@@ -100,13 +101,15 @@ class Session:
         self.model.eval()
         s, unchanged = self.settings, all(st.head_only for st in self.stages)
         outputs = {}
-        for split, items in self.spec.splits.items():
-            # A backbone that never trained hits the feature cache: scoring costs the head only.
-            feats = features_for(self.model, items, split, self.data, s, self.reporter,
-                                 mode=s.feature_cache if unchanged else "off")
-            loader = torch.utils.data.DataLoader(feats, batch_size=256)
-            outputs[split] = predict_batches(self.model.head, loader, s)
-        cal = self._calibrate(*outputs["val"]) if "val" in outputs else Calibration()
+        with self.reporter.phase("final scoring"):
+            for split, items in self.spec.splits.items():
+                # A backbone that never trained hits the feature cache: scoring costs the head.
+                feats = features_for(self.model, items, split, self.data, s, self.reporter,
+                                     mode=s.feature_cache if unchanged else "off")
+                loader = torch.utils.data.DataLoader(feats, batch_size=256)
+                outputs[split] = predict_batches(self.model.head, loader, s)
+        with self.reporter.phase("calibration"):
+            cal = self._calibrate(*outputs["val"]) if "val" in outputs else Calibration()
         metrics: dict[str, Any] = {"monitor": s.monitor, "best_epoch": (self.best_epoch or 0) + 1}
         analyses = {}
         for split, (o, t) in outputs.items():
@@ -127,10 +130,24 @@ class Session:
         if "val" in analyses and len(analyses["val"].targets):  # graft serve's drift baseline
             from .evaluate.reference import from_analysis, write_reference
 
-            write_reference(self.out, from_analysis(analyses["val"], self.modality))
+            with self.reporter.phase("drift reference"):
+                write_reference(self.out, from_analysis(analyses["val"], self.modality))
         self._summary(metrics, meta["train_time_s"])
         if self.cfg.report.enabled:
-            self._reports(analyses, meta)
+            with self.reporter.phase("report"):
+                self._reports(analyses, meta)
+        self._write_timings()
+
+    def _write_timings(self) -> None:
+        """meta.json's ``timings``: seconds per phase of this run (a resumed run adds each
+        attempt's), exclusive: feature extraction is not in training, the gallery not in the
+        report."""
+        meta = rd.read_json(self.out / rd.META)
+        old = meta.get("timings") or {}
+        new = self.reporter.timings()
+        meta["timings"] = {k: round(old.get(k, 0.0) + new.get(k, 0.0), 3)
+                           for k in [*old, *(k for k in new if k not in old)]}
+        rd.write_json(self.out / rd.META, meta)
 
     def _wise_ft(self, alpha: float | str) -> None:
         """Replace the best fine-tuned weights with their WiSE-FT mix (alpha given, or swept on
@@ -206,7 +223,9 @@ class Session:
         model = self.model.cpu().to(memory_format=torch.channels_last)
 
         def gallery(examples: list[dict[str, Any]], out: Path) -> list[dict[str, Any]]:
-            return self.modality.gallery(examples, model, list(self.spec.classes), cal, out)
+            with self.reporter.phase("gallery"):  # thumbnails and overlays of the worst errors
+                return self.modality.gallery(examples, model, list(self.spec.classes), cal,
+                                             out)
 
         for split in ("val", "test"):
             if split in analyses and len(analyses[split].targets):
@@ -320,14 +339,16 @@ def build_session(cfg: Config, out: Path, monitor: str, quiet: bool = False,
     amp = resolve_precision(cfg.train.precision, device)
     d, modality = cfg.data, modalities.get(cfg.data.modality)
     reporter.line(f"[bold]data[/] {d.path}")
-    spec = modality.discover(d, cfg.task, progress=reporter)
-    reporter.line(_data_line(spec))
-    for item in spec.skipped[:5]:
-        reporter.warn(f"skipped {item['path']}: {item['reason']}")
-    if len(spec.skipped) > 5:
-        reporter.warn(f"... {len(spec.skipped) - 5} more skipped; see {out / rd.DATA_REPORT}")
-    checked = _quick_audit(cfg, spec, modality, reporter) if d.audit else None
-    pool = _unlabeled(cfg, spec, modality, reporter)
+    with reporter.phase("data"):  # discovery (every file decoded once), audit, pool
+        spec = modality.discover(d, cfg.task, progress=reporter)
+        reporter.line(_data_line(spec))
+        for item in spec.skipped[:5]:
+            reporter.warn(f"skipped {item['path']}: {item['reason']}")
+        if len(spec.skipped) > 5:
+            reporter.warn(f"... {len(spec.skipped) - 5} more skipped; see "
+                          f"{out / rd.DATA_REPORT}")
+        checked = _quick_audit(cfg, spec, modality, reporter) if d.audit else None
+        pool = _unlabeled(cfg, spec, modality, reporter)
     if cfg.calibration.threshold != "none" and (cfg.task != "classification"
                                                 or len(spec.classes) != 2):
         raise ConfigError("config key 'calibration.threshold': a decision threshold is for binary "
@@ -336,10 +357,11 @@ def build_session(cfg: Config, out: Path, monitor: str, quiet: bool = False,
     n_out = 1 if cfg.task == "regression" else len(spec.classes)
     m = cfg.model
     reporter.line(f"[bold]model[/] {m.name}  [bold]strategy[/] {cfg.strategy.name}")
-    model, about_model = modality.create_model(m, spec, n_out, out, resuming)
-    strat = STRATEGIES.get(cfg.strategy.name)
-    if strat.prepare is not None:  # e.g. LoRA wraps the model with its adapters
-        strat.prepare(model, _strategy_params(cfg))
+    with reporter.phase("model load"):
+        model, about_model = modality.create_model(m, spec, n_out, out, resuming)
+        strat = STRATEGIES.get(cfg.strategy.name)
+        if strat.prepare is not None:  # e.g. LoRA wraps the model with its adapters
+            strat.prepare(model, _strategy_params(cfg))
     rd.write_json(out / rd.DATA_REPORT, {**spec.report(), **about_model,
                                          **({"audit": checked} if checked else {}),
                                          **({"unlabeled": pool.report()} if pool else {})})

@@ -96,6 +96,23 @@ def test_augmented_probe_says_it_recomputes(small_csv: Path, tmp_path: Path) -> 
     assert "recomputed every epoch" in proc.stderr
 
 
+def test_verbose_says_where_the_time_went(small_csv: Path, tmp_path: Path) -> None:
+    import time
+
+    t0 = time.perf_counter()
+    proc = graft("train", "--data", small_csv, "--out", tmp_path / "run", "--epochs", "2", "-v",
+                 *TINY)
+    wall = time.perf_counter() - t0
+    timings = json.loads((tmp_path / "run" / "meta.json").read_text())["timings"]
+    for phase in ("startup", "data", "model load", "features", "training", "final scoring",
+                  "calibration", "drift reference", "report", "gallery"):
+        assert timings[phase] >= 0.0, phase
+    assert list(timings)[0] == "startup" and timings["startup"] > 0.1  # torch and friends
+    assert sum(timings.values()) <= wall
+    table = proc.stderr.split("where the time went (s):", 1)[1]
+    assert "training" in table and "other" in table and "total" in table
+
+
 def test_regression_from_csv(hymenoptera: Path, tmp_path: Path) -> None:
     rows = ["path,label"]
     files = sorted((hymenoptera / "train" / "ants").glob("*.jpg"))[:20]

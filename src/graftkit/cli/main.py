@@ -80,11 +80,16 @@ def train(
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing run in --out"),
     resume: Path | None = typer.Option(None, "--resume", help="continue a stopped run"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="print where the time went "
+                                 "(meta.json's timings)"),
     overrides: list[str] | None = typer.Argument(None, help="config overrides key=value"),
 ) -> None:
     """Fine-tune a pretrained model and write a run directory."""
     from .. import api
     from ..config import parse_override
+    from ..train.progress import process_age
+
+    startup = process_age()  # the interpreter and the imports, before any run begins
 
     if resume is not None:
         given = _flags(data=data, val=val, test=test, text_column=text_column,
@@ -120,7 +125,30 @@ def train(
         extra = dict(parse_override(o) for o in overrides or [])
         cfg = api.build_config(config, {**flags, **extra})
         run = api.train(cfg, out=out, overwrite=overwrite, quiet=quiet)
+    _timings(run.path, startup, verbose)
     typer.echo(str(run.path))
+
+
+def _timings(run_dir: Path, startup: float | None, verbose: bool) -> None:
+    """Add this process's start-up to meta.json's timings; with ``verbose`` print them, with
+    their share of the whole command's time (what no phase counts is "other")."""
+    from .. import run as rd
+    from ..train.progress import process_age
+
+    meta = rd.read_json(run_dir / rd.META)
+    t = meta.get("timings") or {}
+    if startup is not None:
+        t = {"startup": round(t.get("startup", 0.0) + startup, 3),
+             **{k: v for k, v in t.items() if k != "startup"}}
+        meta["timings"] = t
+        rd.write_json(run_dir / rd.META, meta)
+    if verbose:
+        total = process_age() or sum(t.values())
+        rows = [*t.items(), ("other", max(0.0, total - sum(t.values())))]
+        typer.echo("where the time went (s):", err=True)
+        for k, v in rows:
+            typer.echo(f"  {k:<16} {v:8.2f}  {100 * v / max(total, 1e-9):5.1f}%", err=True)
+        typer.echo(f"  {'total':<16} {total:8.2f}", err=True)
 
 
 @app.command()

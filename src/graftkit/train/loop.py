@@ -203,8 +203,9 @@ def features_for(model: nn.Module, items: Sequence[tuple[str, float]], split: st
         finally:
             reporter.stop()
 
-    (x, y), origin = feature_cache.cached_extract(key, mode or s.feature_cache, compute,
-                                                   reporter.warn)
+    with reporter.phase("features"):  # extraction, or a read of the cache
+        (x, y), origin = feature_cache.cached_extract(key, mode or s.feature_cache, compute,
+                                                       reporter.warn)
     model.train(was_training)
     if origin == "disk":  # (memory hits, e.g. each self-training round's, go unsaid)
         reporter.line(f"  features {split}: {len(y)} from the {origin} cache")

@@ -1,7 +1,12 @@
-"""Live progress for long work (rich): a bar per epoch or extraction with loss, throughput, ETA."""
+"""Live progress for long work (rich): a bar per epoch or extraction with loss, throughput, ETA;
+and where the time went (``Reporter.phase``: exclusive seconds per named phase)."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import time
+from collections.abc import Iterator
 from typing import Any
 
 from rich.console import Console
@@ -24,6 +29,31 @@ class Reporter:
         self.quiet = quiet
         self._progress: Progress | None = None
         self._task: Any = None
+        self._seconds: dict[str, float] = {}
+        self._stack: list[list[Any]] = []  # [name, seconds spent in phases inside it]
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        """Count the time inside the block to ``name``, less the time of phases nested in it
+        (feature extraction inside training counts as feature extraction)."""
+        frame: list[Any] = [name, 0.0]
+        self._stack.append(frame)
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            elapsed = time.perf_counter() - t0
+            self._stack.pop()
+            self._seconds[name] = self._seconds.get(name, 0.0) + elapsed - frame[1]
+            if self._stack:
+                self._stack[-1][1] += elapsed
+
+    def add_time(self, name: str, seconds: float) -> None:
+        self._seconds[name] = self._seconds.get(name, 0.0) + seconds
+
+    def timings(self) -> dict[str, float]:
+        """Seconds per phase, in the order the phases first ran."""
+        return {k: round(v, 3) for k, v in self._seconds.items()}
 
     def start(self, description: str, total: int) -> None:
         if self.quiet or not console.is_terminal:  # no live bars in logs
@@ -53,3 +83,16 @@ class Reporter:
 
     def warn(self, text: str) -> None:
         console.print(f"[yellow]warning:[/] {text}", highlight=False)
+
+
+def process_age() -> float | None:
+    """Seconds since this process started (Linux: /proc), or None where it cannot be read:
+    the start-up a run's timing breakdown reports (the interpreter, imports, the config)."""
+    try:
+        with open("/proc/self/stat") as f:
+            ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as f:
+            up = float(f.read().split()[0])  # seconds since boot, as the start time counts
+        return max(0.0, up - ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return None
