@@ -13,7 +13,6 @@ import warnings
 import numpy as np
 import torch
 from sklearn import metrics as skm
-from torchmetrics.functional.classification import multiclass_calibration_error
 
 ECE_BINS = 15
 
@@ -21,6 +20,9 @@ ECE_BINS = 15
 def calibration_errors(probs: np.ndarray, targets: np.ndarray, n_bins: int = ECE_BINS
                        ) -> dict[str, float]:
     """Top-label expected and maximum calibration error over equal-width confidence bins."""
+    # imported here: torchmetrics takes about 2.5 s to import, which every graft command paid
+    from torchmetrics.functional.classification import multiclass_calibration_error
+
     p, t = torch.as_tensor(probs, dtype=torch.float64), torch.as_tensor(targets).long()
     k = p.shape[1]
     return {"ece": float(multiclass_calibration_error(p, t, k, n_bins=n_bins, norm="l1")),
