@@ -63,17 +63,20 @@ def audit(data: str | Path, model: str | None = None, *, out: str | Path | None 
     return {"out": str(target), **rd.read_json(target / AUDIT)}
 
 
-def resume(run_dir: str | Path, quiet: bool = False) -> Run:
-    """Continue a stopped run from its last completed epoch."""
-    return Run(launch.resume(run_dir, quiet=quiet).path)
+def resume(run_dir: str | Path, quiet: bool = False) -> Run | None:
+    """Continue a stopped run from its last completed epoch (None: see :func:`train`)."""
+    loaded = launch.resume(run_dir, quiet=quiet)
+    return None if loaded is None else Run(loaded.path)
 
 
 def train(cfg: Config, out: str | Path | None = None, overwrite: bool = False,
           resume_dir: Path | None = None, quiet: bool = False, hooks: list[Any] | None = None
-          ) -> Run:
+          ) -> Run | None:
     """Train from a validated config into a run directory. ``hooks`` run after the built-in
-    ones on every event (see ``train/hooks.py``)."""
-    return Run(launch.train(cfg, out, overwrite, resume_dir, quiet, hooks).path)
+    ones on every event (see ``train/hooks.py``). Under torchrun every process calls this and
+    rank 0 gets the run; the others get None."""
+    loaded = launch.train(cfg, out, overwrite, resume_dir, quiet, hooks)
+    return None if loaded is None else Run(loaded.path)
 
 
 class Run(LoadedRun):

@@ -23,6 +23,11 @@ class TrainingDiverged(GraftError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
+class PeerFailed(GraftError):
+    """A training worker stops because another one failed, or with an error rank 0 reports
+    too (several processes): the CLI prints nothing for it, so the user reads each error once."""
+
+
 class BadInput(Exception):
     """One input that cannot be used (a file that is no image, an empty text); ``reason`` is
     short and human-readable, ``code`` says which kind (e.g. ``bad_image``, ``empty_text``,

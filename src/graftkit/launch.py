@@ -16,6 +16,7 @@ from .config import Config, build_config
 from .errors import ConfigError, GraftError, TrainingDiverged
 from .evaluate.metrics import VALIDATION_METRICS
 from .inference import LoadedRun
+from .threads import thread_count, use_threads
 
 
 def resolve_inputs(cfg: Config) -> Config:
@@ -100,55 +101,92 @@ def validate(cfg: Config, resuming: bool = False) -> None:
                           f"metric for {cfg.task}; choose one of: {', '.join(sorted(allowed))}")
 
 
-def resume(run_dir: str | Path, quiet: bool = False) -> LoadedRun:
-    """Continue a stopped run from its last completed epoch."""
+def resume_config(run_dir: str | Path) -> tuple[Path, Config]:
+    """The run directory and saved config of a run that can be resumed."""
     p = rd.check_run_dir(run_dir)
     if not (p / rd.STATE).is_file():
         raise GraftError(f"{str(p)!r} has no checkpoint to resume from (no {rd.STATE})")
     meta = rd.read_json(p / rd.META)
     if meta.get("status") == "completed":
         raise GraftError(f"run {str(p)!r} already completed; nothing to resume")
-    cfg = build_config(p / rd.CONFIG)
+    return p, build_config(p / rd.CONFIG)
+
+
+def resume(run_dir: str | Path, quiet: bool = False) -> LoadedRun | None:
+    """Continue a stopped run from its last completed epoch."""
+    p, cfg = resume_config(run_dir)
     return train(cfg, out=p, resume_dir=p, quiet=quiet)
 
 
 def train(cfg: Config, out: str | Path | None = None, overwrite: bool = False,
           resume_dir: Path | None = None, quiet: bool = False, hooks: list[Any] | None = None
-          ) -> LoadedRun:
+          ) -> LoadedRun | None:
     """Train from a validated config into a run directory. ``hooks`` run after the built-in
-    ones on every event (see ``train/hooks.py``)."""
-    cfg = resolve_inputs(cfg)
-    validate(cfg, resuming=resume_dir is not None)
-    from .session import build_session
+    ones on every event (see ``train/hooks.py``).
 
+    Under torchrun (``WORLD_SIZE`` > 1) every worker calls this; they train together, rank 0
+    alone writes the run directory and finishes it (scores, calibration, reports) and returns
+    the run; the other ranks return None once training ends."""
+    from .session import build_session
+    from .train import distributed
+    from .train.device import resolve_device
+
+    world = distributed.world_from_env()
+    if world.size > 1:  # join the others first: they agree on every mistake below
+        distributed.start(world, resolve_device(cfg.train.device))
+    problem: GraftError | None = None
+    try:
+        cfg = resolve_inputs(cfg)
+        validate(cfg, resuming=resume_dir is not None)
+    except GraftError as e:
+        problem = e
+    _raise(world.agree(problem))
     out_dir = Path(out) if out else rd.default_out(cfg.model.name, cfg.strategy.name)
-    created = not out_dir.exists()
+    created = replacing = False
+    if world.main:  # rank 0 alone decides the run directory
+        created = not out_dir.exists()
+        try:
+            # A run being replaced (--overwrite) stays as it is until the new one has passed
+            # every check of its data and model: the new one is set up in a sibling folder,
+            # then swapped in.
+            replacing = resume_dir is None and rd.check_out_dir(out_dir, overwrite)
+        except GraftError as e:
+            problem = e
+    _raise(world.agree(problem))
+    out_dir = Path(world.broadcast(str(out_dir)))
     # the highest folder this run creates (e.g. runs/ for the default --out), removed again with
     # the run when a mistake is found before training
     top = out_dir
     while not top.parent.exists():
         top = top.parent
-    # A run being replaced (--overwrite) stays as it is until the new one has passed every check
-    # of its data and model: the new one is set up in a sibling folder, then swapped in.
-    replacing = resume_dir is None and rd.check_out_dir(out_dir, overwrite)
     build_dir = rd.sibling(out_dir, "new") if replacing else out_dir
-    build_dir.mkdir(parents=True, exist_ok=True)
+    if world.main:
+        build_dir.mkdir(parents=True, exist_ok=True)
     try:
         session = build_session(cfg, build_dir, monitor_metric(cfg), quiet=quiet,
-                                resuming=resume_dir is not None)
-    except GraftError:
-        if created or replacing:  # a mistake found before training leaves no half-made run
-            import shutil
+                                resuming=resume_dir is not None, world=world)
+    except GraftError as e:
+        problem = e
+    problem = world.agree(problem)
+    if problem is not None:
+        if world.main and (created or replacing):  # a mistake found before training leaves
+            import shutil  # no half-made run
 
             shutil.rmtree(top if created else build_dir, ignore_errors=True)
-        raise
+        raise problem
     if replacing:
         rd.replace_dir(out_dir, build_dir)
         session.out = out_dir
     session.extra_hooks = list(hooks or [])
     t0 = time.perf_counter()
+    if not world.main:
+        _fit_worker(session)
+        return None
     try:
         session.fit()
+        if world.size > 1:  # the others are done: rank 0 finishes with the machine's threads
+            distributed.leave()
+            use_threads(thread_count(cfg.train.threads))
     except KeyboardInterrupt:
         session.mark("interrupted", time.perf_counter() - t0)
         if not (out_dir / rd.STATE).is_file():
@@ -160,11 +198,59 @@ def train(cfg: Config, out: str | Path | None = None, overwrite: bool = False,
         raise
     except OSError as e:  # disk full, the run folder made read-only or removed, ...
         raise _failed(session, out_dir, e, time.perf_counter() - t0) from None
+    except RuntimeError as e:
+        if world.size == 1 or not distributed.lost_peer(e):
+            raise
+        raise _lost_peer(session, out_dir, e, time.perf_counter() - t0) from None
     try:
         session.finish(time.perf_counter() - t0)
     except OSError as e:
         raise _failed(session, out_dir, e, time.perf_counter() - t0) from None
     return LoadedRun(out_dir)
+
+
+def _raise(problem: GraftError | None) -> None:
+    if problem is not None:
+        raise problem
+
+
+def _fit_worker(session: Any) -> None:
+    """A worker other than rank 0: train, then leave; its errors are rank 0's too (a diverged
+    loss is the global batch's, an interrupt reaches every rank, rank 0 says when another
+    process died), so it reports none."""
+    from .train import distributed
+
+    try:
+        session.fit()
+    except (GraftError, KeyboardInterrupt) as e:
+        raise distributed.peer_failed(str(e) if isinstance(e, GraftError) else "interrupted"
+                                      ) from None
+    except RuntimeError as e:
+        if not distributed.lost_peer(e):
+            raise
+        raise distributed.peer_failed() from None
+    finally:
+        distributed.leave()
+
+
+def _lost_peer(session: Any, out_dir: Path, e: RuntimeError, seconds: float) -> GraftError:
+    """Rank 0, when another training process died: record it; the one-line error says how to
+    go on (under graft train --nproc the launcher says it, naming the process that died)."""
+    import os
+
+    from .train import distributed
+
+    reason = "another training process stopped or died"
+    try:
+        session.mark("failed", seconds, reason)
+    except OSError:
+        pass
+    if os.environ.get(distributed.LAUNCHER_ENV):
+        return distributed.peer_failed(reason)
+    first = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+    keep = ("the last finished epoch is kept; continue with: graft train --resume "
+            f"{out_dir}" if (out_dir / rd.STATE).is_file() else "no epoch finished; start again")
+    return GraftError(f"{reason} ({first}); {keep}")
 
 
 def _failed(session: Any, out_dir: Path, e: OSError, seconds: float) -> GraftError:

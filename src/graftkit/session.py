@@ -24,15 +24,16 @@ from .evaluate.calibration import Calibration, fit_calibration
 from .evaluate.metrics import LOWER_IS_BETTER, SUMMARY_METRICS
 from .modalities import Modality
 from .strategies import STRATEGIES, Stage, Strategy, StrategyParams
-from .threads import use_threads
+from .threads import thread_count, use_threads
+from .train import distributed, wise_ft
 from .train import hooks as H
-from .train import wise_ft
 from .train.checkpoint import load_weights, read_state_info, save_weights
 from .train.device import (
     resolve_channels_last,
     resolve_device,
     resolve_precision,
 )
+from .train.distributed import World
 from .train.loop import (
     LoopData,
     LoopSettings,
@@ -75,6 +76,8 @@ class Session:
             hooks.append(H.SnapshotAtStage(self.out / wise_ft.PROBE, len(self.stages) - 1))
         hooks += [H.History(self.out / rd.HISTORY), H.StateCheckpoint(self.out / rd.STATE)]
         hooks += self.extra_hooks  # last: they see the epoch after it is recorded and saved
+        if not self.settings.world.main:  # rank 0 writes and decides; the others follow it
+            hooks = []
         with self.reporter.phase("training"):  # less its feature extraction (own phase)
             state = fit(self.model, self.stages, self.loss_fn, self.settings, self.data, hooks,
                         self.reporter, self.out / rd.STATE if self.resume_info else None,
@@ -147,6 +150,7 @@ class Session:
         new = self.reporter.timings()
         meta["timings"] = {k: round(old.get(k, 0.0) + new.get(k, 0.0), 3)
                            for k in [*old, *(k for k in new if k not in old)]}
+
         rd.write_json(self.out / rd.META, meta)
 
     def _wise_ft(self, alpha: float | str) -> None:
@@ -329,13 +333,18 @@ def _loss(cfg: Config, spec: DataSpec) -> LossFn:
 
 
 def build_session(cfg: Config, out: Path, monitor: str, quiet: bool = False,
-                  resuming: bool = False) -> Session:
+                  resuming: bool = False, world: World | None = None) -> Session:
     """``cfg`` validated and resolved (``graftkit.launch``); ``monitor`` the validation metric
-    that selects the best epoch."""
-    reporter = Reporter(quiet)
-    use_threads(cfg.train.threads)
+    that selects the best epoch. With several processes (``world``) every rank builds the same
+    session; rank 0 alone prints and writes."""
+    world = world or World()
+    reporter = Reporter(quiet or not world.main)
+    # the thread setting is this machine's: its processes share it
+    use_threads(max(1, thread_count(cfg.train.threads) // world.local_size))
     torch.manual_seed(cfg.train.seed)
-    device = resolve_device(cfg.train.device)
+    device = distributed.start(world, resolve_device(cfg.train.device))
+    if world.size > 1:
+        _check_world(cfg, world)
     amp = resolve_precision(cfg.train.precision, device)
     d, modality = cfg.data, modalities.get(cfg.data.modality)
     reporter.line(f"[bold]data[/] {d.path}")
@@ -362,10 +371,15 @@ def build_session(cfg: Config, out: Path, monitor: str, quiet: bool = False,
         strat = STRATEGIES.get(cfg.strategy.name)
         if strat.prepare is not None:  # e.g. LoRA wraps the model with its adapters
             strat.prepare(model, _strategy_params(cfg))
-    rd.write_json(out / rd.DATA_REPORT, {**spec.report(), **about_model,
-                                         **({"audit": checked} if checked else {}),
-                                         **({"unlabeled": pool.report()} if pool else {})})
+    if world.main:
+        rd.write_json(out / rd.DATA_REPORT, {**spec.report(), **about_model,
+                                             **({"audit": checked} if checked else {}),
+                                             **({"unlabeled": pool.report()} if pool else {})})
     stages = plan_stages(cfg, strat)
+    if world.size > 1 and any(st.fixmatch for st in stages):
+        raise ConfigError("config key 'semi.method': FixMatch does not train on several "
+                          "processes yet; train it with one, or use self-training "
+                          "(linear_probe, prototype, lp_ft)")
     ts = spec.target_stats
     settings = LoopSettings(
         task=cfg.task, classes=spec.classes, batch_size=d.batch_size, num_workers=d.num_workers,
@@ -383,6 +397,7 @@ def build_session(cfg: Config, out: Path, monitor: str, quiet: bool = False,
         semi=SemiSettings(semi_threshold(cfg, stages), cfg.semi.rounds, cfg.semi.balance,
                           cfg.semi.mu, cfg.semi.lambda_u, cfg.semi.align, modality.weak_view,
                           modality.strong_view),
+        world=world,
     )
     data = LoopData(spec.splits["train"], spec.splits["val"], spec.fingerprint())
     if pool is not None:
@@ -391,6 +406,9 @@ def build_session(cfg: Config, out: Path, monitor: str, quiet: bool = False,
     resume_info = None
     if resuming:
         resume_info = read_state_info(out / rd.STATE)
+        if not world.main:  # the run directory is rank 0's to write
+            return Session(cfg, out, spec, modality, strat, model, stages, loss_fn, settings,
+                           data, reporter, resume_info)
         rd.truncate_history(out / rd.HISTORY, resume_info["epoch"] + 1)
         reporter.line(f"resuming after epoch {resume_info['epoch'] + 1}")
         meta = rd.read_json(out / rd.META)
@@ -401,13 +419,28 @@ def build_session(cfg: Config, out: Path, monitor: str, quiet: bool = False,
             reporter.warn("the data changed since this run started; resuming on the new data")
         meta["status"] = "running"
         meta.pop("failure", None)
+        meta.pop("distributed", None)  # this attempt's is written below
         rd.write_json(out / rd.META, meta)
-    else:
+    elif world.main:
         (out / rd.CONFIG).write_text(to_yaml(cfg))
         rd.write_json(out / rd.META, _meta(cfg, spec, modality, model, stages, data.fingerprint,
                                            settings, pool))
+    if world.size > 1 and world.main:  # (a resumed run may have another number than before)
+        meta = rd.read_json(out / rd.META)
+        meta["distributed"] = {"world_size": world.size, "nodes": world.size // world.local_size,
+                               "backend": distributed.backend_for(device.type),
+                               "threads_per_process": torch.get_num_threads()}
+        rd.write_json(out / rd.META, meta)
     return Session(cfg, out, spec, modality, strat, model, stages, loss_fn, settings,
                    data, reporter, resume_info)
+
+
+def _check_world(cfg: Config, world: World) -> None:
+    """What several processes need of the config (the global batch splits evenly)."""
+    if cfg.data.batch_size % world.size:
+        raise ConfigError(f"config key 'data.batch_size': the global batch of "
+                          f"{cfg.data.batch_size} does not split over {world.size} processes; "
+                          f"give a multiple of {world.size}")
 
 
 def _quick_audit(cfg: Config, spec: DataSpec, modality: Modality, reporter: Reporter

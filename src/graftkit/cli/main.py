@@ -79,6 +79,9 @@ def train(
                                         "other training examples are the unlabeled pool"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing run in --out"),
     resume: Path | None = typer.Option(None, "--resume", help="continue a stopped run"),
+    nproc: int | None = typer.Option(None, "--nproc", min=1, help="training processes on this "
+                                     "machine (torchrun; gloo on CPU, NCCL on GPUs); the batch "
+                                     "size stays the global one and --threads is shared"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="print where the time went "
                                  "(meta.json's timings)"),
@@ -103,6 +106,11 @@ def train(
         if given:
             raise GraftError("--resume continues a run with its saved config; drop the other "
                              "options (edit RUN_DIR/config.yaml to change it)")
+        if nproc and nproc > 1:
+            from ..launch import resume_config
+
+            _spawn(nproc, *resume_config(resume), None)
+            return
         run = api.resume(resume, quiet=quiet)
     else:
         modality = None
@@ -124,9 +132,28 @@ def train(
         })
         extra = dict(parse_override(o) for o in overrides or [])
         cfg = api.build_config(config, {**flags, **extra})
+        if nproc and nproc > 1:
+            from .. import run as rd
+
+            cfg = api.resolve_inputs(cfg)
+            api.validate(cfg)
+            out = out or rd.default_out(cfg.model.name or "", cfg.strategy.name)
+            rd.check_out_dir(out, overwrite)
+            _spawn(nproc, out, cfg, out)
+            return
         run = api.train(cfg, out=out, overwrite=overwrite, quiet=quiet)
+    if run is None:  # a training process other than rank 0 (torchrun): rank 0 reports
+        return
     _timings(run.path, startup, verbose)
     typer.echo(str(run.path))
+
+
+def _spawn(nproc: int, run_dir: Path, cfg: object, out: Path | None) -> None:
+    """``--nproc N``: the workers run this command (less ``--nproc``) under torchrun's agent."""
+    from . import workers
+
+    workers.check_launch(nproc, cfg.train.device, cfg.data.batch_size)  # type: ignore[attr-defined]
+    workers.launch(workers.worker_args(sys.argv[1:], out), nproc, run_dir)
 
 
 def _timings(run_dir: Path, startup: float | None, verbose: bool) -> None:
@@ -462,7 +489,11 @@ def main() -> None:
     try:
         app(standalone_mode=False)
     except GraftError as e:
-        typer.echo(f"error: {e}", err=True)
+        from ..errors import PeerFailed
+
+        if not isinstance(e, PeerFailed):  # (a worker that stops because another one failed)
+            rank = os.environ.get("RANK", "0") if "WORLD_SIZE" in os.environ else "0"
+            typer.echo(f"{'' if rank == '0' else f'[rank {rank}] '}error: {e}", err=True)
         sys.exit(2)
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)

@@ -52,6 +52,9 @@ class HeadedAdapter(nn.Module):
     head: nn.Module
     num_features: int
     head_kind = "linear"  # or "cosine" (:class:`CosineLinear`; meta.json's model.head)
+    # every trainable parameter takes part in each forward pass (so DDP need not search the graph
+    # for unused ones each step); a text model's pooler, say, does not
+    all_params_used = False
 
     def _make_head(self, num_outputs: int, dropout: float) -> nn.Sequential:
         layer = CosineLinear if self.head_kind == "cosine" else nn.Linear

@@ -27,6 +27,7 @@ class TimmAdapter(HeadedAdapter):
 
     modality = "image"
     mixes_inputs = True  # MixUp/CutMix apply to its inputs
+    all_params_used = True  # timm's backbone without its classifier, then the head
     collate = None  # torch's default collation stacks image tensors
 
     def __init__(

@@ -70,23 +70,35 @@ def extract(
     return torch.cat(feats), torch.cat(targets)
 
 
+def has(key: str, mode: str) -> bool:
+    """Whether :func:`cached_extract` would find ``key`` without computing."""
+    if mode == "off":
+        return False
+    return key in _MEMORY or (mode == "disk" and not _DISK_OFF
+                              and (cache_dir() / f"{key}.safetensors").is_file())
+
+
 def cached_extract(
     key: str,
     mode: str,
     compute: Callable[[], tuple[torch.Tensor, torch.Tensor]],
     warn: Callable[[str], None] | None = None,
+    lookup: bool = True,
+    write: bool = True,
 ) -> tuple[tuple[torch.Tensor, torch.Tensor], str]:
     """Return the features for ``key`` and where they came from: memory, disk or computed.
 
+    ``lookup=False`` computes even when cached (processes that extract together must all take
+    part); ``write=False`` keeps the result out of the disk cache (a worker other than rank 0).
     A cache disk that is full or not writable only turns the disk cache off for this process
     (``warn`` says so once): the features are kept in memory and training goes on."""
     global _DISK_OFF
     if mode == "disk" and _DISK_OFF:
         mode = "memory"
-    if mode != "off" and key in _MEMORY:
+    if lookup and mode != "off" and key in _MEMORY:
         return _MEMORY[key], "memory"
     path = cache_dir() / f"{key}.safetensors"
-    if mode == "disk" and path.is_file():
+    if lookup and mode == "disk" and path.is_file():
         try:
             t = load_file(str(path))
             _MEMORY[key] = (t["features"], t["targets"])
@@ -96,7 +108,7 @@ def cached_extract(
     result = compute()
     if mode != "off":
         _MEMORY[key] = result
-    if mode == "disk":
+    if mode == "disk" and write:
         try:
             atomic_save({"features": result[0], "targets": result[1]}, path)
         except OSError as e:

@@ -13,11 +13,17 @@ Determinism: every epoch reseeds torch from ``(seed, stage, epoch)`` and the Dat
 own generator from the same numbers, so a run resumed after epoch k reaches the same weights as an
 uninterrupted one on CPU. Nothing here reads the config: ``LoopSettings`` (``settings.py``)
 holds plain values. One batch is ``train_step`` (``step.py``), which ``graft lr-find`` runs too.
+
+Several processes (torchrun; ``s.world``, see ``distributed.py``): a stage that trains the backbone
+runs the model in DDP on each rank's slice of the same global batches; feature extraction and
+validation are sharded and gathered; head-only stages on cached features run on every rank
+alike; the hooks (which write) run on rank 0 and its decisions are shared.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import signal
 import threading
@@ -30,12 +36,13 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 from torchvision.transforms import v2
 
 from ..errors import TrainingDiverged
 from ..evaluate.metrics import classification_metrics, regression_metrics
 from ..strategies import Stage
+from . import distributed
 from . import features as feature_cache
 from .checkpoint import load_model_state, load_state
 from .hooks import Hook, LoopState
@@ -87,11 +94,23 @@ def train_mode(model: nn.Module, n_blocks: int, freeze_bn: bool = False) -> None
             m.eval()
 
 
-def _seed_epoch(seed: int, stage: int, epoch: int) -> torch.Generator:
+def _seed_epoch(seed: int, stage: int, epoch: int, rank: int = 0) -> torch.Generator:
+    """Seed this epoch's random draws; the returned generator orders the batches. ``rank`` (a
+    process's slice of sharded batches) offsets the augmentation and dropout draws, never the
+    order: every rank must cut the same batches, and each must draw its own randomness."""
     s = (seed * 1_000_003 + stage * 10_007 + epoch) % (2**63)
-    torch.manual_seed(s)
-    np.random.seed(s % (2**32))
+    own = (s + rank * 7_919) % (2**63)
+    torch.manual_seed(own)
+    np.random.seed(own % (2**32))
     return torch.Generator().manual_seed(s)
+
+
+def _rank_worker_seed(rank: int, worker_id: int) -> None:
+    """A DataLoader worker of a sharded stage: its seed (from the shared batch generator) offset
+    by the rank, so ranks augment differently."""
+    own = (torch.initial_seed() + rank * 7_919) % (2**63)
+    torch.manual_seed(own)
+    np.random.seed(own % (2**32))
 
 
 def _mixer(s: LoopSettings, num_classes: int) -> Callable | None:
@@ -117,6 +136,8 @@ class Batches:
     def __init__(self, model: nn.Module, stage: Stage, s: LoopSettings, data: LoopData,
                  reporter: Reporter, pseudo: Pseudo | None = None) -> None:
         self.model, self.s = model, s
+        self.ddp: nn.Module | None = None  # several processes: the model in DDP (wrap())
+        self._ddp_params: tuple[int, ...] = ()
         preset = augment_for(stage, s.augment)
         self.cached = stage.head_only and preset == "none" and (
             s.feature_cache != "off" or stage.solve is not None)
@@ -154,15 +175,52 @@ class Batches:
                                     minlength=len(s.classes)).float()
             self.prior = counts / counts.sum()  # FixMatch's distribution alignment
 
+    @property
+    def sharded(self) -> bool:
+        """Several processes share this stage's batches (it trains the backbone)."""
+        return self.s.world.active and not self.cached
+
     def loader(self, split: str, generator: torch.Generator | None = None) -> DataLoader:
         train = split == "train"
         workers = 0 if self.cached else self.s.num_workers
+        drop_last = train and len(self.train_set) > self.s.batch_size and self.mix is not None
+        if train and self.sharded:  # this rank's slice of each of the single run's batches
+            sampler = distributed.GlobalBatches(len(self.train_set),  # type: ignore[arg-type]
+                                                self.s.batch_size, self.s.world, generator,
+                                                drop_last)
+            return DataLoader(self.train_set, batch_sampler=sampler, generator=generator,
+                              num_workers=workers, collate_fn=self.collate,
+                              worker_init_fn=functools.partial(_rank_worker_seed,
+                                                               self.s.world.rank))
         return DataLoader(self.train_set if train else self.val_set,
                           batch_size=self.s.batch_size if train else self.s.eval_batch_size,
                           shuffle=train, generator=generator, num_workers=workers,
-                          collate_fn=self.collate,
-                          drop_last=train and len(self.train_set) > self.s.batch_size
-                          and self.mix is not None)
+                          collate_fn=self.collate, drop_last=drop_last)
+
+    def wrap(self) -> nn.Module:
+        """The module a training step runs: the model, or on several processes the model in
+        DDP over the parameters that train now (wrapped again when that set changes)."""
+        if not self.sharded:
+            return self.forward
+        params = tuple(id(p) for p in self.model.parameters() if p.requires_grad)
+        if self.ddp is None or params != self._ddp_params:
+            self.ddp = None  # the old wrapper's gradient hooks go with it
+            self.ddp = distributed.wrap(self.model, self.s.device, not self.s.freeze_bn)
+            self._ddp_params = params
+        return self.ddp
+
+    def validate(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Outputs and targets on the validation split (on several processes each rank scores
+        a shard, and every rank gets all of them back in order)."""
+        w = self.s.world
+        n = len(self.val_set)  # type: ignore[arg-type]
+        if not self.sharded or n < w.size:
+            return predict_batches(self.forward, self.loader("val"), self.s)
+        part = Subset(self.val_set, list(w.shard(n)))
+        o, t = predict_batches(self.forward, DataLoader(
+            part, batch_size=self.s.eval_batch_size, num_workers=self.s.num_workers,
+            collate_fn=self.collate), self.s)
+        return distributed.gather_rows(o, w), distributed.gather_rows(t, w)
 
     def unlabeled_loader(self, generator: torch.Generator | None = None) -> DataLoader | None:
         """FixMatch: the pool in batches of ``mu`` times the labeled batch, shuffled; an epoch
@@ -190,22 +248,29 @@ def features_for(model: nn.Module, items: Sequence[tuple[str, float]], split: st
                                   f"{split}|{s.device.type}|{s.amp_dtype}")
     was_training = model.training
     model.eval()
+    w, mode = s.world, mode or s.feature_cache
+    shard = w.active and len(items) >= w.size  # several processes: each extracts a shard
 
     def compute() -> tuple[torch.Tensor, torch.Tensor]:
-        reporter.start(f"features {split}", len(items))
+        part = [items[i] for i in w.shard(len(items))] if shard else items
+        reporter.start(f"features {split}", len(part))
         try:
             with torch.autocast(s.device.type, s.amp_dtype, enabled=s.amp_dtype is not None):
-                return feature_cache.extract(model.features, model.make_dataset(items, s.task),
+                x, y = feature_cache.extract(model.features, model.make_dataset(part, s.task),
                                              s.eval_batch_size, s.device, s.num_workers,
                                              on_batch=reporter.advance,
                                              channels_last=s.channels_last,
                                              collate=model.collate)
         finally:
             reporter.stop()
+        return (distributed.gather_rows(x, w), distributed.gather_rows(y, w)) if shard else (x, y)
 
+    # the ranks compute together unless every one of them has the features already; only rank
+    # 0 writes the cache file
+    lookup = w.all_true(feature_cache.has(key, mode)) if shard else True
     with reporter.phase("features"):  # extraction, or a read of the cache
-        (x, y), origin = feature_cache.cached_extract(key, mode or s.feature_cache, compute,
-                                                       reporter.warn)
+        (x, y), origin = feature_cache.cached_extract(key, mode, compute, reporter.warn,
+                                                       lookup=lookup, write=w.main)
     model.train(was_training)
     if origin == "disk":  # (memory hits, e.g. each self-training round's, go unsaid)
         reporter.line(f"  features {split}: {len(y)} from the {origin} cache")
@@ -225,9 +290,9 @@ def pseudo_labels(model: nn.Module, stage: Stage, s: LoopSettings, data: LoopDat
     it is now (see ``semi.choose``) and saved in the run directory, or, when this round was
     chosen before (a resumed run), read back."""
     assert data.run_dir is not None
-    store = RoundStore(data.run_dir)
-    saved = store.load(stage.pseudo_round)
-    if saved is not None:
+    store, w = RoundStore(data.run_dir), s.world
+    saved = w.broadcast(store.load(stage.pseudo_round) if w.main else None)
+    if saved is not None:  # (every rank chooses alike; rank 0's saved choice, when resuming)
         return saved
     was_training = model.training
     model.eval()
@@ -240,7 +305,8 @@ def pseudo_labels(model: nn.Module, stage: Stage, s: LoopSettings, data: LoopDat
     idx, labels, info = choose(pool_logits, val_logits, val_y, train_y, s.classes, s.semi,
                                stage.pseudo_round, data.pool_hidden)
     info["stage"] = stage.name
-    store.save(stage.pseudo_round, idx, labels, info)
+    if w.main:
+        store.save(stage.pseudo_round, idx, labels, info)
     if "warning" in info:
         reporter.warn(info["warning"])
     else:
@@ -314,6 +380,8 @@ def train_epoch(model: nn.Module, batches: Batches, loader: DataLoader, state: L
     u_stats = {"accepted": 0.0, "seen": 0.0, "known": 0.0, "correct": 0.0}
     prior = batches.prior if (unlabeled is not None and s.semi.align) else None
     p_mean, n_means = None, 0  # the weak view's running mean over this epoch (alignment)
+    forward = batches.wrap()  # the model (in DDP on several processes)
+    weights = getattr(loader.batch_sampler, "weights", None)  # each slice's share (GlobalBatches)
     steps: Any = enumerate(loader) if unlabeled is None else enumerate(
         zip(_cycle(loader), unlabeled))
     n_steps = len(loader) if unlabeled is None else len(unlabeled)
@@ -321,8 +389,8 @@ def train_epoch(model: nn.Module, batches: Batches, loader: DataLoader, state: L
         update = (i + 1) % s.accumulate == 0 or i + 1 == n_steps
         if unlabeled is None:
             x, y = batch
-            loss, n = train_step(model, batches.forward, x, y, loss_fn, s, opt, scaler,
-                                 batches.mix, s.accumulate, update)
+            loss, n = train_step(model, forward, x, y, loss_fn, s, opt, scaler, batches.mix,
+                                 s.accumulate, update, weights[i] if weights else 1.0)
         else:
             (x, y), (weak, strong, hidden) = batch
             loss, n, st = fixmatch_step(model, x, y, weak, strong, hidden, loss_fn, s, opt,
@@ -377,6 +445,8 @@ def fit(
     resume_info: dict[str, Any] | None = None,
 ) -> LoopState:
     """Train ``model`` through ``stages``; returns the final loop state (best, stop reason)."""
+    if s.world.active and not s.freeze_bn and any(not st.head_only for st in stages):
+        distributed.sync_batchnorm(model, s.device)  # CUDA: statistics of the global batch
     model.to(s.device)
     if s.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -411,6 +481,7 @@ def fit(
                 setattr(state, k, info[k])
             if info.get("scaler"):
                 scaler.load_state_dict(info["scaler"])
+            s.world.barrier()  # every rank has read the state before rank 0 writes a new one
         reporter.line(f"[bold]stage {si + 1}/{len(stages)}: {stage.name}[/] "
                       f"({stage.epochs} epochs, lr {stage.lr:g}"
                       f"{', cached features' if batches.cached else ''})")
@@ -419,7 +490,7 @@ def fit(
                 break
             n_blocks = stage.blocks_at(e)
             trainable = set_trainable(model, n_blocks)
-            gen = _seed_epoch(s.seed, si, e)
+            gen = _seed_epoch(s.seed, si, e, s.world.rank if batches.sharded else 0)
             loader = batches.loader("train", gen)
             unlabeled = batches.unlabeled_loader(gen)
             if stage.solve is not None:
@@ -433,7 +504,7 @@ def fit(
                 finally:
                     reporter.stop()
             model.eval()
-            outputs, targets = predict_batches(batches.forward, batches.loader("val"), s)
+            outputs, targets = batches.validate()
             if not torch.isfinite(outputs).all():  # the last step can blow up the weights
                 raise TrainingDiverged(
                     f"validation outputs became non-finite after epoch {state.epoch + 2}: lower "
@@ -448,12 +519,26 @@ def fit(
             with _defer_sigint():  # Ctrl-C must not split the epoch's bookkeeping in two
                 for h in hooks:
                     h.on_epoch_end(state, record)
+                _share_decisions(state, s.world)
             reporter.line(_epoch_line(record, s.monitor))
         if state.stop:
             break
     for h in hooks:
         h.on_train_end(state)
     return state
+
+
+SHARED_DECISIONS = ("best", "best_epoch", "bad_epochs", "stop", "stop_stage", "stop_reason")
+
+
+def _share_decisions(state: LoopState, world: distributed.World) -> None:
+    """Several processes: the hooks run on rank 0 only (they write the run directory and
+    decide best epoch and early stop); every rank takes rank 0's decisions, so all stop
+    together."""
+    if world.active:
+        got = world.broadcast({k: getattr(state, k) for k in SHARED_DECISIONS})
+        for k, v in got.items():
+            setattr(state, k, v)
 
 
 @contextlib.contextmanager

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from .distributed import World
 from .semi import SemiSettings
 
 
@@ -44,6 +45,7 @@ class LoopSettings:
     target_mean: float = 0.0  # regression targets are standardised for training
     target_std: float = 1.0
     semi: SemiSettings = field(default_factory=SemiSettings)
+    world: World = field(default_factory=World)  # several processes (torchrun): distributed.py
 
 
 @dataclass

@@ -4,6 +4,7 @@ pass and the optimizer update."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -42,12 +43,17 @@ def jensen_shannon(*logits: torch.Tensor) -> torch.Tensor:
 
 def train_step(model: nn.Module, forward: Callable, x: Any, y: torch.Tensor, loss_fn: LossFn,
                s: LoopSettings, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-               mix: Callable | None = None, accumulate: int = 1, update: bool = True
-               ) -> tuple[float, int]:
+               mix: Callable | None = None, accumulate: int = 1, update: bool = True,
+               weight: float = 1.0) -> tuple[float, int]:
     """One training batch: AugMix's views apart, MixUp/CutMix, the forward pass under autocast,
     the loss (+ JSD), the backward of 1/``accumulate`` of it and, when ``update``, the optimizer
     step (gradient clipping, GradScaler). Returns (loss, batch size); a non-finite loss comes
-    back before any backward, for the caller to report."""
+    back before any backward, for the caller to report.
+
+    On several processes (``s.world``) this is one rank's slice of a global batch: the loss that
+    comes back is the global batch's mean and size (so every rank sees a non-finite one and
+    stops), and the backward is of ``weight`` times the slice's mean (see
+    ``distributed.GlobalBatches``)."""
     views = isinstance(x, torch.Tensor) and x.ndim == 5  # AugMix + JSD: (B, 3, C, H, W)
     if views:
         x = x.transpose(0, 1).reshape(-1, *x.shape[2:])  # clean, aug1, aug2 blocks of B
@@ -61,10 +67,14 @@ def train_step(model: nn.Module, forward: Callable, x: Any, y: torch.Tensor, los
         loss = loss_fn(out, loss_target(y, s)) + JSD_WEIGHT * jensen_shannon(out, *augs)
     else:
         loss = loss_fn(out.float(), loss_target(y, s))
-    if not torch.isfinite(loss):
-        return loss.item(), len(y)
-    _backward(model, loss, s, opt, scaler, accumulate, update)
-    return loss.item(), len(y)
+    value, n = loss.item(), len(y)
+    if s.world.active:
+        total, n_all = s.world.sum([value * n * (weight > 0), n * (weight > 0)])
+        value, n = total / max(n_all, 1.0), int(n_all)
+    if not math.isfinite(value):
+        return value, n
+    _backward(model, loss * weight if weight != 1.0 else loss, s, opt, scaler, accumulate, update)
+    return value, n
 
 
 def _backward(model: nn.Module, loss: torch.Tensor, s: LoopSettings, opt: torch.optim.Optimizer,
