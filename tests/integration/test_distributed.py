@@ -129,3 +129,15 @@ def test_mistakes_are_one_line(small_csv: Path, tmp_path: Path) -> None:
     errors = [ln for ln in proc.stderr.splitlines() if "error" in ln]
     assert len(errors) == 1 and errors[0].startswith("error: "), proc.stderr
     assert not (tmp_path / "r2").exists()
+
+
+def test_a_nan_loss_stops_every_process(small_csv: Path, tmp_path: Path) -> None:
+    """The loss is the global batch's on every rank: all stop together, one line, no hang."""
+    proc = graft("--threads", "2", "train", "--data", small_csv, *TINY, "--strategy", "full",
+                 "--epochs", "5", "--batch-size", "10", "--no-audit", "--lr", "1e12",
+                 "optim.name=sgd", "--nproc", "2", "--out", tmp_path / "r", check=False,
+                 timeout=300)
+    assert proc.returncode == 2
+    errors = [ln for ln in proc.stderr.splitlines() if "error" in ln]
+    assert len(errors) == 1 and errors[0].startswith("error: loss became nan"), proc.stderr
+    assert json.loads((tmp_path / "r" / "meta.json").read_text())["status"] == "diverged"

@@ -53,7 +53,7 @@ class HeadedAdapter(nn.Module):
     num_features: int
     head_kind = "linear"  # or "cosine" (:class:`CosineLinear`; meta.json's model.head)
     # every trainable parameter takes part in each forward pass (so DDP need not search the graph
-    # for unused ones each step); a text model's pooler, say, does not
+    # for unused ones each step); not so for, e.g., wav2vec2's masked_spec_embed
     all_params_used = False
 
     def _make_head(self, num_outputs: int, dropout: float) -> nn.Sequential:

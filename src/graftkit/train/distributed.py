@@ -251,7 +251,8 @@ class GlobalBatches(Sampler[list[int]]):
 def wrap(model: torch.nn.Module, device: torch.device, bn_trains: bool) -> torch.nn.Module:
     """``model`` in DistributedDataParallel over its parameters that train now (DDP fixes the
     set when it is built: gradual unfreezing wraps again when it grows). Parameters that train
-    but take no part in a forward pass (a text model's unused pooler) are allowed. Buffers
+    but take no part in a forward pass (wav2vec2's masked_spec_embed) are allowed unless the
+    adapter says every parameter is used (``all_params_used``). Buffers
     (BatchNorm statistics) are broadcast from rank 0 before each forward only when BatchNorm
     trains."""
     import inspect
