@@ -151,6 +151,10 @@ class TrainConfig(_Section):
     threads: int | None = Field(None, ge=1, description="torch CPU threads (default: "
                                 "$GRAFT_THREADS, else the cores this process may use)")
     feature_cache: Literal["disk", "memory", "off"] = "disk"
+    feature_engine: Literal["auto", "torch", "onnx"] = Field(
+        "auto", description="what runs a frozen backbone's feature extraction: onnx = ONNX "
+        "Runtime (exported once per backbone, checked against torch); auto = onnx when "
+        "installed, on the CPU in fp32, for 1,000+ inputs or a backbone exported before")
     freeze_bn: bool = Field(
         True, description="keep BatchNorm running statistics fixed while fine-tuning"
     )

@@ -81,6 +81,9 @@ def validate(cfg: Config, resuming: bool = False) -> None:
             raise ConfigError(f"config key 'train.augment': {cfg.strategy.name} is fitted once "
                               "on cached features; it takes no augmentation")
     modality.check_config(cfg)
+    from .train.engines import check as check_engine
+
+    check_engine(cfg.train.feature_engine)
     if not resuming and cfg.model.weights and not Path(cfg.model.weights).expanduser().is_file():
         raise ConfigError(f"config key 'model.weights': file {cfg.model.weights!r} not found")
     if cfg.data.path is None:

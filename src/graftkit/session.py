@@ -25,7 +25,7 @@ from .evaluate.metrics import LOWER_IS_BETTER, SUMMARY_METRICS
 from .modalities import Modality
 from .strategies import STRATEGIES, Stage, Strategy, StrategyParams
 from .threads import thread_count, use_threads
-from .train import distributed, wise_ft
+from .train import distributed, engines, wise_ft
 from .train import hooks as H
 from .train.checkpoint import load_weights, read_state_info, save_weights
 from .train.device import (
@@ -108,7 +108,8 @@ class Session:
             for split, items in self.spec.splits.items():
                 # A backbone that never trained hits the feature cache: scoring costs the head.
                 feats = features_for(self.model, items, split, self.data, s, self.reporter,
-                                     mode=s.feature_cache if unchanged else "off")
+                                     mode=s.feature_cache if unchanged else "off",
+                                     engine=None if unchanged else "torch")
                 loader = torch.utils.data.DataLoader(feats, batch_size=256)
                 outputs[split] = predict_batches(self.model.head, loader, s)
         with self.reporter.phase("calibration"):
@@ -150,6 +151,8 @@ class Session:
         new = self.reporter.timings()
         meta["timings"] = {k: round(old.get(k, 0.0) + new.get(k, 0.0), 3)
                            for k in [*old, *(k for k in new if k not in old)]}
+        if engines.used():  # what ran the frozen backbone's feature extraction
+            meta["feature_engine"] = engines.used()
 
         rd.write_json(self.out / rd.META, meta)
 
@@ -339,6 +342,7 @@ def build_session(cfg: Config, out: Path, monitor: str, quiet: bool = False,
     session; rank 0 alone prints and writes."""
     world = world or World()
     reporter = Reporter(quiet or not world.main)
+    engines.reset()
     # the thread setting is this machine's: its processes share it
     use_threads(max(1, thread_count(cfg.train.threads) // world.local_size))
     torch.manual_seed(cfg.train.seed)
@@ -392,7 +396,8 @@ def build_session(cfg: Config, out: Path, monitor: str, quiet: bool = False,
         mixup=cfg.train.mixup, cutmix=cfg.train.cutmix, monitor=monitor,
         seed=cfg.train.seed, device=device, amp_dtype=amp,
         channels_last=resolve_channels_last(cfg.train.channels_last, device),
-        feature_cache=cfg.train.feature_cache, freeze_bn=cfg.train.freeze_bn, topk=cfg.train.topk,
+        feature_cache=cfg.train.feature_cache, feature_engine=cfg.train.feature_engine,
+        freeze_bn=cfg.train.freeze_bn, topk=cfg.train.topk,
         target_mean=ts.get("mean", 0.0), target_std=ts.get("std", 1.0),
         semi=SemiSettings(semi_threshold(cfg, stages), cfg.semi.rounds, cfg.semi.balance,
                           cfg.semi.mu, cfg.semi.lambda_u, cfg.semi.align, modality.weak_view,

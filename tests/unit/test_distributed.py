@@ -188,3 +188,4 @@ def test_incomplete_torchrun_environment(monkeypatch: pytest.MonkeyPatch) -> Non
     assert world_from_env() == World(1, 2, 1, 2)
     monkeypatch.setenv("WORLD_SIZE", "1")
     assert world_from_env() == World()
+

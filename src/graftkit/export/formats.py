@@ -35,7 +35,7 @@ from torch import nn
 
 from .. import modalities
 from ..errors import GraftError
-from ..modalities.base import ExportSignature
+from ..modalities.base import ExportSignature, dynamic_shapes
 from ..models.base import restore_head
 from ..registry import Registry
 from ..train.checkpoint import atomic_save, load_weights
@@ -71,19 +71,6 @@ def _torch_runner(module: Callable[..., torch.Tensor], bundle: dict[str, Any]) -
     return run
 
 
-def _dynamic_shapes(sig: ExportSignature) -> tuple[dict[int, Any], ...]:
-    """torch.export's dynamic dimensions: one ``Dim`` per axis name ("batch", "sequence"), shared
-    by every input that has that axis."""
-    dims: dict[str, Any] = {}
-    shapes = []
-    for spec in sig.inputs:
-        named = {axis: d for axis, d in enumerate(spec["shape"]) if isinstance(d, str)}
-        for d in named.values():
-            dims.setdefault(d, torch.export.Dim(d))
-        shapes.append({axis: dims[d] for axis, d in named.items()})
-    return tuple(shapes)
-
-
 def _write_onnx(model: nn.Module, sig: ExportSignature, path: Path, opset: int | None
                 ) -> dict[str, Any]:
     import onnx
@@ -94,7 +81,7 @@ def _write_onnx(model: nn.Module, sig: ExportSignature, path: Path, opset: int |
             warnings.filterwarnings("ignore", message=r"# The axis name: .* will not be used")
             torch.onnx.export(sig.module, sig.example, str(path),
                               input_names=[i["name"] for i in sig.inputs], output_names=[OUTPUT],
-                              opset_version=opset, dynamo=True, dynamic_shapes=_dynamic_shapes(sig),
+                              opset_version=opset, dynamo=True, dynamic_shapes=dynamic_shapes(sig),
                               external_data=False, verbose=False)
     except Exception as e:  # noqa: BLE001 - exporter failures come in many types
         first = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip().splitlines()[0]  # no colours

@@ -45,6 +45,21 @@ class ExportSignature:
     feeds: Callable[[Any], tuple[Any, ...]]
 
 
+def dynamic_shapes(sig: ExportSignature) -> tuple[dict[int, Any], ...]:
+    """torch.export's dynamic dimensions: one ``Dim`` per axis name ("batch", "sequence"), shared
+    by every input that has that axis."""
+    import torch
+
+    dims: dict[str, Any] = {}
+    shapes = []
+    for spec in sig.inputs:
+        named = {axis: d for axis, d in enumerate(spec["shape"]) if isinstance(d, str)}
+        for d in named.values():
+            dims.setdefault(d, torch.export.Dim(d))
+        shapes.append({axis: dims[d] for axis, d in named.items()})
+    return tuple(shapes)
+
+
 class Modality:
     """The base: defaults and the one-line refusals. Subclasses set the names and override."""
 

@@ -42,7 +42,7 @@ from torchvision.transforms import v2
 from ..errors import TrainingDiverged
 from ..evaluate.metrics import classification_metrics, regression_metrics
 from ..strategies import Stage
-from . import distributed
+from . import distributed, engines
 from . import features as feature_cache
 from .checkpoint import load_model_state, load_state
 from .hooks import Hook, LoopState
@@ -239,24 +239,33 @@ class Batches:
 
 def features_for(model: nn.Module, items: Sequence[tuple[str, float]], split: str,
                  data: LoopData, s: LoopSettings, reporter: Reporter, mode: str | None = None,
-                 fingerprint: str | None = None) -> TensorDataset:
+                 fingerprint: str | None = None, engine: str | None = None) -> TensorDataset:
     """Backbone features of a split, from the cache when the same backbone has seen the same data
     (``data.fingerprint`` covers every split's files and targets; the unlabeled pool has its
     own)."""
-    key = feature_cache.cache_key(feature_cache.weights_digest(model.backbone),
-                                  fingerprint or data.fingerprint, model.input_signature(),
-                                  f"{split}|{s.device.type}|{s.amp_dtype}")
-    was_training = model.training
-    model.eval()
+    digest = feature_cache.weights_digest(model.backbone)
     w, mode = s.world, mode or s.feature_cache
     shard = w.active and len(items) >= w.size  # several processes: each extracts a shard
+    engine = engines.choose(engine or s.feature_engine, s.device, s.amp_dtype, len(items), digest,
+                            model.input_signature(), export=not w.active)
+    key = feature_cache.cache_key(digest, fingerprint or data.fingerprint,
+                                  model.input_signature(),
+                                  f"{split}|{s.device.type}|{s.amp_dtype}"
+                                  + ("|onnx" if engine == "onnx" else ""))
+    was_training = model.training
+    model.eval()
 
     def compute() -> tuple[torch.Tensor, torch.Tensor]:
         part = [items[i] for i in w.shard(len(items))] if shard else items
+        if engine == "onnx":
+            run: Callable[[Any], torch.Tensor] = _EngineFeatures(model, digest, reporter.warn)
+        else:
+            run = model.features
+            engines.note_torch()
         reporter.start(f"features {split}", len(part))
         try:
             with torch.autocast(s.device.type, s.amp_dtype, enabled=s.amp_dtype is not None):
-                x, y = feature_cache.extract(model.features, model.make_dataset(part, s.task),
+                x, y = feature_cache.extract(run, model.make_dataset(part, s.task),
                                              s.eval_batch_size, s.device, s.num_workers,
                                              on_batch=reporter.advance,
                                              channels_last=s.channels_last,
@@ -275,6 +284,21 @@ def features_for(model: nn.Module, items: Sequence[tuple[str, float]], split: st
     if origin == "disk":  # (memory hits, e.g. each self-training round's, go unsaid)
         reporter.line(f"  features {split}: {len(y)} from the {origin} cache")
     return TensorDataset(x.to(s.device), y)
+
+
+class _EngineFeatures:
+    """The backbone's features through ONNX Runtime, set up on the first batch (exported once
+    per backbone, checked against torch on that batch); torch's when the engine is refused."""
+
+    def __init__(self, model: nn.Module, digest: str, warn: Callable[[str], None]) -> None:
+        self.model, self.digest, self.warn = model, digest, warn
+        self.fn: Callable[[Any], torch.Tensor] | None = None
+
+    def __call__(self, x: Any) -> torch.Tensor:
+        if self.fn is None:
+            self.fn = engines.onnx_features(self.model, self.digest, x, self.warn) or (
+                self.model.features)
+        return self.fn(x)
 
 
 def pool_features(model: nn.Module, data: LoopData, s: LoopSettings, reporter: Reporter

@@ -40,6 +40,7 @@ class LoopSettings:
     amp_dtype: torch.dtype | None = None
     channels_last: bool = False
     feature_cache: str = "disk"
+    feature_engine: str = "torch"  # or onnx, auto: see engines.py
     freeze_bn: bool = True
     topk: int = 5
     target_mean: float = 0.0  # regression targets are standardised for training

@@ -1,0 +1,193 @@
+"""A faster engine for frozen backbones: ONNX Runtime on the CPU.
+
+Feature extraction of a frozen backbone (the cached probe, LP-FT's probe stage, the final scoring
+of a run whose backbone never trained, the audit) can run through ONNX Runtime instead of eager
+torch. The backbone (the model with its head replaced by the identity, traced through the
+modality's export signature) is exported once per weights digest and input signature into
+``$GRAFT_CACHE_DIR/engines``; at export its features are compared with torch's on the
+signature's example and on the first real batch, and an engine whose features differ by more
+than :data:`PARITY` (max abs) is not used (torch is, with a warning, and the refusal is kept so
+the export is not retried).
+
+``train.feature_engine``: ``torch``; ``onnx`` (needs ``pip install 'graftkit[export]'``); ``auto``
+(the default): ONNX Runtime when it is installed, on the CPU in fp32, and when the extraction is
+large enough to repay a first export (:data:`AUTO_MIN_INPUTS`) or the engine was exported before.
+What ran is in meta.json's ``feature_engine``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+from .features import cache_dir
+
+PARITY = 1e-4  # max abs difference from torch's features, checked at export
+AUTO_MIN_INPUTS = 1000  # auto exports when one extraction has this many inputs (export: ~5-15 s)
+HINT = "pip install 'graftkit[export]' (onnx, onnxruntime, onnxscript)"
+
+_USED: dict[str, Any] = {}  # what this process's extractions ran on, for meta.json
+
+
+def available() -> bool:
+    return all(importlib.util.find_spec(m) is not None
+               for m in ("onnx", "onnxruntime", "onnxscript"))
+
+
+def check(engine: str) -> None:
+    """``train.feature_engine=onnx`` needs ONNX Runtime: a one-line error before any work."""
+    if engine == "onnx" and not available():
+        raise ConfigError(f"config key 'train.feature_engine': onnx needs ONNX Runtime; {HINT}")
+
+
+def engine_dir() -> Path:
+    return cache_dir().parent / "engines"
+
+
+def engine_key(weights_digest: str, input_signature: str) -> str:
+    import hashlib
+
+    import onnxruntime
+
+    raw = f"{weights_digest}|{input_signature}|torch {torch.__version__}|ort " \
+          f"{onnxruntime.__version__}"
+    return hashlib.sha256(raw.encode()).hexdigest()[:24]
+
+
+def choose(engine: str, device: torch.device, amp_dtype: torch.dtype | None, n_inputs: int,
+           weights_digest: str, input_signature: str, export: bool = True) -> str:
+    """``torch`` or ``onnx`` for one extraction (see the module's docstring); ``export=False``
+    (several processes) uses an engine only when it was exported before."""
+    if engine == "torch" or device.type != "cpu" or amp_dtype is not None or not available():
+        if engine == "onnx" and device.type != "cpu":
+            _USED.setdefault("note", f"onnx asked for, but the backbone runs on {device.type}")
+        return "torch"
+    exported = (engine_dir() / f"{engine_key(weights_digest, input_signature)}.onnx").is_file()
+    if exported or (export and (engine == "onnx" or n_inputs >= AUTO_MIN_INPUTS)):
+        return "onnx"
+    return "torch"
+
+
+def note_torch() -> None:
+    _USED.setdefault("engine", f"torch {torch.__version__} (eager)")
+
+
+def used() -> dict[str, Any]:
+    return dict(_USED)
+
+
+def reset() -> None:
+    _USED.clear()
+
+
+@torch.no_grad()
+def onnx_features(model: nn.Module, weights_digest: str, first_batch: Any,
+                  warn: Callable[[str], None]) -> Callable[[Any], torch.Tensor] | None:
+    """The backbone's features through ONNX Runtime (exported now if this backbone has no
+    engine yet), or None when it cannot be exported or does not match torch (warned once)."""
+    from .. import modalities
+
+    sig_owner = modalities.get(model.modality)  # type: ignore[attr-defined]
+    key = engine_key(weights_digest, model.input_signature())  # type: ignore[operator]
+    path, info_path = engine_dir() / f"{key}.onnx", engine_dir() / f"{key}.json"
+    head = model.head
+    model.head = nn.Identity()  # the adapter's forward is now its features
+    try:
+        sig = sig_owner.export_signature(model)
+        names = [i["name"] for i in sig.inputs]
+        info = json.loads(info_path.read_text()) if info_path.is_file() else None
+        if info is None or (info.get("ok") and not path.is_file()):
+            info = _export(sig, names, path, info_path)
+        if not info.get("ok"):
+            warn(f"feature engine: ONNX Runtime not used ({info.get('reason')}); torch runs "
+                 "the backbone")
+            _USED.update(engine="torch", onnx_refused=info.get("reason"))
+            return None
+        sess = _session(path)
+        run = _runner(sess, names, sig.feeds)
+        diff = _max_diff(sig.module(*sig.feeds(first_batch)), run(first_batch))
+    finally:
+        model.head = head
+    if diff > PARITY:
+        reason = f"features differ from torch's by {diff:.2e} on a real batch (> {PARITY:g})"
+        info_path.write_text(json.dumps({**info, "ok": False, "reason": reason}))
+        warn(f"feature engine: ONNX Runtime not used ({reason}); torch runs the backbone")
+        _USED.update(engine="torch", onnx_refused=reason)
+        return None
+    import onnxruntime
+
+    _USED.update(engine=f"onnxruntime {onnxruntime.__version__} (CPUExecutionProvider)",
+                 parity_max_abs=max(diff, info.get("parity_max_abs", 0.0)),
+                 threads=torch.get_num_threads(), file=str(path),
+                 export_s=_USED.get("export_s", 0.0) + info.pop("_export_s", 0.0))
+    return run
+
+
+@torch.no_grad()
+def _export(sig: Any, names: list[str], path: Path, info_path: Path) -> dict[str, Any]:
+    import warnings
+
+    from ..modalities.base import dynamic_shapes
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    t0 = time.perf_counter()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(sig.module, sig.example, tmp, input_names=names,
+                              output_names=["features"], dynamo=True,
+                              dynamic_shapes=dynamic_shapes(sig), external_data=False,
+                              verbose=False)
+        diff = _max_diff(sig.module(*sig.example),
+                         _runner(_session(Path(tmp)), names, lambda b: b)(sig.example))
+        ok = diff <= PARITY
+        info: dict[str, Any] = {"ok": ok, "parity_max_abs": diff}
+        if not ok:
+            info["reason"] = f"features differ from torch's by {diff:.2e} (> {PARITY:g})"
+        else:
+            os.replace(tmp, path)
+    except Exception as e:  # noqa: BLE001 - exporter failures come in many types
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        info = {"ok": False, "reason": f"export failed: {type(e).__name__}: {first}"}
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    info_path.write_text(json.dumps(info))
+    return {**info, "_export_s": time.perf_counter() - t0}
+
+
+def _session(path: Path) -> Any:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = torch.get_num_threads()  # the one thread setting
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def _runner(sess: Any, names: list[str], feeds: Callable[[Any], tuple[Any, ...]]
+            ) -> Callable[[Any], torch.Tensor]:
+    def run(batch: Any) -> torch.Tensor:
+        xs = feeds(batch)
+        out = sess.run(None, {n: x.detach().cpu().contiguous().numpy()
+                              for n, x in zip(names, xs)})[0]
+        return torch.from_numpy(out)
+
+    return run
+
+
+def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.float().cpu() - b.float()).abs().max())
