@@ -1,8 +1,8 @@
 """A faster engine for frozen backbones: ONNX Runtime on the CPU.
 
-Feature extraction of a frozen backbone (the cached probe, LP-FT's probe stage, the final scoring
-of a run whose backbone never trained, the audit) can run through ONNX Runtime instead of eager
-torch. The backbone (the model with its head replaced by the identity, traced through the
+Feature extraction of a frozen backbone during training (the cached probe, LP-FT's probe stage,
+the final scoring of a run whose backbone never trained) can run through ONNX Runtime instead of
+eager torch; ``graft audit`` still extracts with torch. The backbone (the model with its head replaced by the identity, traced through the
 modality's export signature) is exported once per weights digest and input signature into
 ``$GRAFT_CACHE_DIR/engines``; at export its features are compared with torch's on the
 signature's example and on the first real batch, and an engine whose features differ by more
