@@ -63,7 +63,7 @@ class World:
         more)."""
         per, extra = divmod(n, self.size)
         start = self.rank * per + min(self.rank, extra)
-        return range(start, start + per + (self.rank < extra))
+        return range(start, start + per + (self.rank < extra))  # (GlobalBatches cuts so too)
 
     def barrier(self) -> None:
         if self.active:
@@ -236,10 +236,8 @@ class GlobalBatches(Sampler[list[int]]):
         self.weights = []
         for i in range(len(self)):
             batch = order[i * self.batch_size:(i + 1) * self.batch_size]
-            per, extra = divmod(len(batch), self.world.size)
-            r = self.world.rank
-            start = r * per + min(r, extra)
-            mine = batch[start:start + per + (r < extra)]
+            part = self.world.shard(len(batch))
+            mine = batch[part.start:part.stop]
             if mine:
                 self.weights.append(len(mine) * self.world.size / len(batch))
                 yield mine

@@ -2,12 +2,12 @@
 
 Feature extraction of a frozen backbone during training (the cached probe, LP-FT's probe stage,
 the final scoring of a run whose backbone never trained) can run through ONNX Runtime instead of
-eager torch; ``graft audit`` still extracts with torch. The backbone (the model with its head replaced by the identity, traced through the
-modality's export signature) is exported once per weights digest and input signature into
-``$GRAFT_CACHE_DIR/engines``; at export its features are compared with torch's on the
-signature's example and on the first real batch, and an engine whose features differ by more
-than :data:`PARITY` (max abs) is not used (torch is, with a warning, and the refusal is kept so
-the export is not retried).
+eager torch; ``graft audit`` still extracts with torch. The backbone (the model with its head
+replaced by the identity, traced through the modality's export signature) is exported once per
+weights digest and input signature into ``$GRAFT_CACHE_DIR/engines``; at export its features
+are compared with torch's on the signature's example and on the first real batch, and an engine
+whose features differ by more than :data:`PARITY` (max abs) is not used (torch is, with a
+warning, and the refusal is kept so the export is not retried).
 
 ``train.feature_engine``: ``torch``; ``onnx`` (needs ``pip install 'graftkit[export]'``); ``auto``
 (the default): ONNX Runtime when it is installed, on the CPU in fp32, and when the extraction is
@@ -56,11 +56,11 @@ def engine_dir() -> Path:
 
 def engine_key(weights_digest: str, input_signature: str) -> str:
     import hashlib
+    from importlib.metadata import version
 
-    import onnxruntime
-
+    # the installed version, without importing onnxruntime (choose() runs on every extraction)
     raw = f"{weights_digest}|{input_signature}|torch {torch.__version__}|ort " \
-          f"{onnxruntime.__version__}"
+          f"{version('onnxruntime')}"
     return hashlib.sha256(raw.encode()).hexdigest()[:24]
 
 

@@ -99,18 +99,21 @@ def _seed_epoch(seed: int, stage: int, epoch: int, rank: int = 0) -> torch.Gener
     process's slice of sharded batches) offsets the augmentation and dropout draws, never the
     order: every rank must cut the same batches, and each must draw its own randomness."""
     s = (seed * 1_000_003 + stage * 10_007 + epoch) % (2**63)
+    _seed_draws(s, rank)
+    return torch.Generator().manual_seed(s)
+
+
+def _seed_draws(s: int, rank: int) -> None:
+    """torch's and numpy's random draws from ``s``, offset by ``rank``."""
     own = (s + rank * 7_919) % (2**63)
     torch.manual_seed(own)
     np.random.seed(own % (2**32))
-    return torch.Generator().manual_seed(s)
 
 
 def _rank_worker_seed(rank: int, worker_id: int) -> None:
     """A DataLoader worker of a sharded stage: its seed (from the shared batch generator) offset
     by the rank, so ranks augment differently."""
-    own = (torch.initial_seed() + rank * 7_919) % (2**63)
-    torch.manual_seed(own)
-    np.random.seed(own % (2**32))
+    _seed_draws(torch.initial_seed(), rank)
 
 
 def _mixer(s: LoopSettings, num_classes: int) -> Callable | None:
