@@ -444,27 +444,22 @@ def calibrate(
 
 
 @app.command("list")
-def list_cmd() -> None:
-    """Show registered models, strategies, optimizers, schedules, losses, augmentations."""
+def list_cmd(
+    live: bool = typer.Option(False, "--live", help="read the registries themselves (imports "
+                              "torch) instead of the catalogue written from them"),
+) -> None:
+    """Show registered modalities, models, strategies, optimizers, schedules, losses,
+    augmentations and corruptions."""
     from rich.console import Console
     from rich.table import Table
 
-    from ..data.transforms import AUGMENTATIONS
-    from ..modalities import MODALITIES
-    from ..models.vision import MODELS
-    from ..robustness.perturbations import PERTURBATIONS
-    from ..strategies import STRATEGIES
-    from ..train.losses import LOSSES
-    from ..train.optim import OPTIMIZERS, SCHEDULES
+    from . import catalogue
 
     console = Console()
-    for reg in (MODALITIES, MODELS, STRATEGIES, OPTIMIZERS, SCHEDULES, LOSSES, AUGMENTATIONS,
-                PERTURBATIONS):
-        table = Table(title=reg.plural, title_justify="left", show_header=False, box=None)
-        for name in reg.names():
-            table.add_row(f"  [bold]{name}[/]", reg.help(name))
-        if reg is MODELS:
-            table.add_row("  [bold]<timm name>[/]", "any timm model (hub weights need a network)")
+    for section in catalogue.build() if live else catalogue.load():
+        table = Table(title=section["title"], title_justify="left", show_header=False, box=None)
+        for name, help_ in section["rows"]:
+            table.add_row(f"  [bold]{name}[/]", help_)
         console.print(table)
 
 
