@@ -229,6 +229,18 @@ class ReportConfig(_Section):
     top_losses: int = Field(12, ge=0, description="most confidently wrong examples to show")
 
 
+class TrackingConfig(_Section):
+    backends: list[Literal["mlflow", "tensorboard"]] = Field(
+        default_factory=list, description="experiment trackers, several at once: mlflow (the "
+        "config as parameters, every epoch's metrics, the final metrics, the model and report as"
+        " artifacts), tensorboard (event files in RUN_DIR/tensorboard)")
+    uri: str | None = Field(
+        None, description="mlflow: the tracking URI, e.g. http://host:5000 (default: "
+        "$MLFLOW_TRACKING_URI, else MLflow's local store in the working folder)")
+    experiment: str = Field("graftkit", description="mlflow: the experiment runs go into")
+    log_model: bool = Field(True, description="mlflow: upload model.safetensors as an artifact")
+
+
 class Config(_Section):
     task: Literal["classification", "regression"] = "classification"
     data: DataSection = DataSection()
@@ -240,6 +252,7 @@ class Config(_Section):
     semi: SemiConfig = SemiConfig()
     calibration: CalibrationConfig = CalibrationConfig()
     report: ReportConfig = ReportConfig()
+    tracking: TrackingConfig = TrackingConfig()
 
 
 def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:

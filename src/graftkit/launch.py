@@ -84,6 +84,10 @@ def validate(cfg: Config, resuming: bool = False) -> None:
     from .train.engines import check as check_engine
 
     check_engine(cfg.train.feature_engine)
+    if cfg.tracking.backends:
+        from .train.tracking import check as check_tracking
+
+        check_tracking(cfg.tracking.backends)
     if not resuming and cfg.model.weights and not Path(cfg.model.weights).expanduser().is_file():
         raise ConfigError(f"config key 'model.weights': file {cfg.model.weights!r} not found")
     if cfg.data.path is None:
@@ -167,7 +171,8 @@ def train(cfg: Config, out: str | Path | None = None, overwrite: bool = False,
         build_dir.mkdir(parents=True, exist_ok=True)
     try:
         session = build_session(cfg, build_dir, monitor_metric(cfg), quiet=quiet,
-                                resuming=resume_dir is not None, world=world)
+                                resuming=resume_dir is not None, world=world,
+                                name=out_dir.name)
     except GraftError as e:
         problem = e
     problem = world.agree(problem)

@@ -44,7 +44,7 @@ ROBUSTNESS, ROBUSTNESS_RESULTS = "robustness", "results.json"  # robustness/resu
 # Everything a run writes at its top level; a folder holding only these is a graft run (perhaps
 # one that failed before writing meta.json) and may be replaced with --overwrite.
 OWN = {CONFIG, META, WEIGHTS, METRICS, HISTORY, DATA_REPORT, "checkpoints", EVAL, ROBUSTNESS,
-       TEXT_ASSETS, AUDIO_ASSETS, REFERENCE}
+       TEXT_ASSETS, AUDIO_ASSETS, REFERENCE, "tensorboard"}
 
 
 _UMASK = os.umask(0)

@@ -63,6 +63,7 @@ class Session:
     reporter: Reporter
     resume_info: dict[str, Any] | None = None
     extra_hooks: list[Any] = field(default_factory=list)  # e.g. the search's pruning hook
+    tracking: Any = None  # a train.tracking.Tracking when tracking.backends names any
 
     def fit(self) -> None:
         metric = self.settings.monitor
@@ -75,6 +76,8 @@ class Session:
         if self.cfg.train.wise_ft is not None:  # the probe the fine-tuned weights are mixed with
             hooks.append(H.SnapshotAtStage(self.out / wise_ft.PROBE, len(self.stages) - 1))
         hooks += [H.History(self.out / rd.HISTORY), H.StateCheckpoint(self.out / rd.STATE)]
+        if self.tracking is not None:
+            hooks.append(self.tracking)
         hooks += self.extra_hooks  # last: they see the epoch after it is recorded and saved
         if not self.settings.world.main:  # rank 0 writes and decides; the others follow it
             hooks = []
@@ -92,6 +95,8 @@ class Session:
             meta["failure"] = reason
         meta["train_time_s"] = meta.get("train_time_s", 0.0) + seconds
         rd.write_json(self.out / rd.META, meta)
+        if self.tracking is not None:
+            self.tracking.end(status)
 
     def finish(self, seconds: float) -> None:
         """Reload the best weights, score every split, calibrate on validation, write
@@ -141,6 +146,19 @@ class Session:
             with self.reporter.phase("report"):
                 self._reports(analyses, meta)
         self._write_timings()
+        if self.tracking is not None:
+            with self.reporter.phase("tracking"):
+                self._track(metrics)
+
+    def _track(self, metrics: dict[str, Any]) -> None:
+        """The final metrics and the run's files to the trackers, then end their runs."""
+        files = [(self.out / n, None) for n in (rd.CONFIG, rd.META, rd.METRICS, rd.HISTORY,
+                                                rd.DATA_REPORT)]
+        if self.cfg.tracking.log_model:
+            files.append((self.out / rd.WEIGHTS, None))
+        files.append((self.out / rd.EVAL, rd.EVAL))
+        self.tracking.final(metrics, files, self.out)
+        self.tracking.end("completed")
 
     def _write_timings(self) -> None:
         """meta.json's ``timings``: seconds per phase of this run (a resumed run adds each
@@ -336,7 +354,8 @@ def _loss(cfg: Config, spec: DataSpec) -> LossFn:
 
 
 def build_session(cfg: Config, out: Path, monitor: str, quiet: bool = False,
-                  resuming: bool = False, world: World | None = None) -> Session:
+                  resuming: bool = False, world: World | None = None, name: str | None = None
+                  ) -> Session:
     """``cfg`` validated and resolved (``graftkit.launch``); ``monitor`` the validation metric
     that selects the best epoch. With several processes (``world``) every rank builds the same
     session; rank 0 alone prints and writes."""
@@ -430,6 +449,8 @@ def build_session(cfg: Config, out: Path, monitor: str, quiet: bool = False,
         (out / rd.CONFIG).write_text(to_yaml(cfg))
         rd.write_json(out / rd.META, _meta(cfg, spec, modality, model, stages, data.fingerprint,
                                            settings, pool))
+    tracking = _tracking(cfg, out, name or out.name, resume_info, reporter) if (
+        cfg.tracking.backends and world.main) else None
     if world.size > 1 and world.main:  # (a resumed run may have another number than before)
         meta = rd.read_json(out / rd.META)
         meta["distributed"] = {"world_size": world.size, "nodes": world.size // world.local_size,
@@ -437,7 +458,27 @@ def build_session(cfg: Config, out: Path, monitor: str, quiet: bool = False,
                                "threads_per_process": torch.get_num_threads()}
         rd.write_json(out / rd.META, meta)
     return Session(cfg, out, spec, modality, strat, model, stages, loss_fn, settings,
-                   data, reporter, resume_info)
+                   data, reporter, resume_info, tracking=tracking)
+
+
+def _tracking(cfg: Config, out: Path, name: str, resume_info: dict[str, Any] | None,
+              reporter: Reporter) -> Any:
+    """Start the run's trackers (or continue those of its first attempt); their ids go into
+    meta.json."""
+    from .train import tracking
+
+    meta = rd.read_json(out / rd.META)
+    t = cfg.tracking
+    tags = {"graft.model": str(cfg.model.name), "graft.strategy": cfg.strategy.name,
+            "graft.modality": cfg.data.modality, "graft.data": str(cfg.data.path)}
+    started = tracking.start(
+        t.backends, out, uri=t.uri, experiment=t.experiment, run_name=name,
+        config=cfg.model_dump(mode="json"), config_yaml=to_yaml(cfg), tags=tags,
+        resume=meta.get("tracking") if resume_info else None,
+        next_step=(resume_info["epoch"] + 2) if resume_info else 1, warn=reporter.warn)
+    meta["tracking"] = started.ids()
+    rd.write_json(out / rd.META, meta)
+    return started
 
 
 def _check_world(cfg: Config, world: World) -> None:

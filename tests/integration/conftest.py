@@ -15,8 +15,9 @@ TINY = ["--model", "test_efficientnet", "model.pretrained=false", "model.image_s
         "train.threads=1"]
 
 
-def graft(*args: str, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = dict(os.environ, COLUMNS="200")
+def graft(*args: str, check: bool = True, timeout: int = 600,
+          env_extra: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ, COLUMNS="200", **(env_extra or {}))
     proc = subprocess.run([sys.executable, "-m", "graftkit.cli.main", *map(str, args)],
                           capture_output=True, text=True, timeout=timeout, env=env)
     if check and proc.returncode != 0:

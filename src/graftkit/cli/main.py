@@ -82,6 +82,10 @@ def train(
     nproc: int | None = typer.Option(None, "--nproc", min=1, help="training processes on this "
                                      "machine (torchrun; gloo on CPU, NCCL on GPUs); the batch "
                                      "size stays the global one and --threads is shared"),
+    track: list[str] | None = typer.Option(None, "--track", help="mlflow | tensorboard "
+                                           "(repeat for both): track the run there"),
+    tracking_uri: str | None = typer.Option(None, "--tracking-uri", help="mlflow: tracking "
+                                            "server or store, e.g. http://127.0.0.1:5000"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="print where the time went "
                                  "(meta.json's timings)"),
@@ -100,7 +104,8 @@ def train(
                        config=config,
                        out=out, lr=lr, augment=augment, weights=weights, batch_size=batch_size,
                        task=task, val_fraction=val_fraction, test_fraction=test_fraction,
-                       device=device, unlabeled=unlabeled, semi=semi, shots=shots) or \
+                       device=device, unlabeled=unlabeled, semi=semi, shots=shots,
+                       track=track or None, tracking_uri=tracking_uri) or \
             overrides or overwrite or wise_ft or no_audit or drop_duplicates or drop_leaks or \
             unlabeled_rest
         if given:
@@ -129,6 +134,8 @@ def train(
             "data.drop_leaks": True if drop_leaks else None,
             "data.unlabeled": unlabeled, "semi.method": semi, "data.shots": shots,
             "data.unlabeled_rest": True if unlabeled_rest else None,
+            "tracking.backends": list(dict.fromkeys(track)) if track else None,
+            "tracking.uri": tracking_uri,
         })
         extra = dict(parse_override(o) for o in overrides or [])
         cfg = api.build_config(config, {**flags, **extra})
