@@ -87,14 +87,15 @@ class Run(LoadedRun):
     def load(cls, path: str | Path) -> Run:
         return cls(path)
 
-    def predict(self, inputs: list[Any] | Any, topk: int = 5, batch_size: int | None = None
-                ) -> list[dict[str, Any]]:
+    def predict(self, inputs: list[Any] | Any, topk: int = 5, batch_size: int | None = None,
+                tta: int | None = None) -> list[dict[str, Any]]:
         """Top-k classes with probabilities (or the value, for regression) for each input.
-        ``batch_size`` defaults to the run's ``data.eval_batch_size`` (as evaluate does)."""
+        ``batch_size`` defaults to the run's ``data.eval_batch_size`` (as evaluate does);
+        ``tta``: test-time views averaged (default: the run's ``report.tta``; 1 = off)."""
         from .inference import predict
 
         items = inputs if isinstance(inputs, (list, tuple)) else [inputs]
-        return predict(self, list(items), topk=topk, batch_size=batch_size)
+        return predict(self, list(items), topk=topk, batch_size=batch_size, tta=tta)
 
     def robustness(self, data: str | Path | None = None, split: str | None = None,
                    corruptions: str = "all", severities: str = "1-5",
@@ -117,12 +118,15 @@ class Run(LoadedRun):
         return calibrate(self, temperature=temperature, threshold=threshold, target=target)
 
     def evaluate(self, data: str | Path | None = None, split: str | None = None,
-                 name: str | None = None, quiet: bool = True) -> dict[str, Any]:
+                 name: str | None = None, quiet: bool = True, tta: int | None = None
+                 ) -> dict[str, Any]:
         """Metrics, plots and report.html on any labeled folder or CSV (default: the run's own
-        test or validation split), written to ``eval/<name>/``."""
+        test or validation split), written to ``eval/<name>/``; ``tta``: test-time views
+        averaged (default: the run's ``report.tta``), compared with the plain model in
+        ``tta``."""
         from .inference import evaluate
 
-        return evaluate(self, data, split=split, name=name, quiet=quiet)
+        return evaluate(self, data, split=split, name=name, quiet=quiet, tta=tta)
 
 
 def load_run(path: str | Path) -> Run:

@@ -227,6 +227,9 @@ class CalibrationConfig(_Section):
 class ReportConfig(_Section):
     enabled: bool = Field(True, description="write eval/<name>/report.html at the end of training")
     top_losses: int = Field(12, ge=0, description="most confidently wrong examples to show")
+    tta: int = Field(1, ge=1, le=12, description="test-time augmentation: views graft predict and "
+                     "evaluate average by default (1 = off; --tta overrides); the training "
+                     "report shows each split with and without")
 
 
 class TrackingConfig(_Section):
@@ -238,6 +241,9 @@ class TrackingConfig(_Section):
         None, description="mlflow: the tracking URI, e.g. http://host:5000 (default: "
         "$MLFLOW_TRACKING_URI, else MLflow's local store in the working folder)")
     experiment: str = Field("graftkit", description="mlflow: the experiment runs go into")
+    parent_run_id: str | None = Field(
+        None, description="mlflow: nest the run under this run (graft search sets it: each "
+        "trial is a child of its study's run)")
     log_model: bool = Field(True, description="mlflow: upload model.safetensors as an artifact")
 
 
@@ -344,3 +350,12 @@ def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
 
 def to_yaml(cfg: Config) -> str:
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested config tree as dotted keys: ``{"optim": {"lr": 1}}`` -> ``{"optim.lr": 1}``."""
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        key = f"{prefix}{k}"
+        out.update(flat(v, key + ".") if isinstance(v, dict) else {key: v})
+    return out

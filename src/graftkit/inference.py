@@ -17,6 +17,7 @@ import torch
 from . import modalities
 from . import run as rd
 from .config import Config, build_config
+from .data.tta import Averaged
 from .errors import DataError, GraftError
 from .evaluate.calibration import Calibration
 from .modalities import Modality
@@ -82,16 +83,25 @@ def load_model(path: Path, meta: dict[str, Any]) -> Any:
     return model.eval().to(memory_format=torch.channels_last)
 
 
+def tta_model(run: LoadedRun, tta: int | None) -> Averaged:
+    """The run's model averaged over ``tta`` test-time views (None: the run's ``report.tta``;
+    1: the model itself)."""
+    n = run.config.report.tta if tta is None else tta
+    return Averaged(run.model, run.modality.tta_views(n, run.model, run.config))
+
+
 @torch.no_grad()
-def predict(run: LoadedRun, items: list[Any], topk: int = 5, batch_size: int | None = None
-            ) -> list[dict[str, Any]]:
-    """Top-k classes with calibrated probabilities (or the value) of each input."""
-    model, mod, cal = run.model, run.modality, run.calibration
-    view, batch_size = mod.model_view(model), batch_size or run.eval_batch
+def predict(run: LoadedRun, items: list[Any], topk: int = 5, batch_size: int | None = None,
+            tta: int | None = None) -> list[dict[str, Any]]:
+    """Top-k classes with calibrated probabilities (or the value) of each input; ``tta``: test-
+    time views averaged (default: the run's ``report.tta``)."""
+    mod, cal = run.modality, run.calibration
+    model = tta_model(run, tta)
+    view, batch_size = mod.model_view(run.model), batch_size or run.eval_batch
     results: list[dict[str, Any]] = []
     for start in range(0, len(items), batch_size):
         named = [mod.load(it) for it in items[start:start + batch_size]]
-        out = model(mod.batch(model, [view(x) for _, x in named])).float()  # (B, K)
+        out = model(mod.batch(run.model, [view(x) for _, x in named])).float()  # (B, K)
         results += [describe(name, row, run.meta, topk, cal) for (name, _), row in zip(named, out)]
     return results
 
@@ -126,20 +136,23 @@ def run_split(run: LoadedRun, split: str | None
     return list(spec.splits[used]), spec.skipped, used
 
 
-def outputs(run: LoadedRun, items: list[tuple[str, float]], quiet: bool = True
-            ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The run's raw outputs (logits) and targets on labeled items."""
+def outputs(run: LoadedRun, items: list[tuple[str, float]], quiet: bool = True,
+            tta: Averaged | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The run's raw outputs (logits) and targets on labeled items; with ``tta``, its outputs
+    averaged over the views (``tta.plain`` keeps the plain model's)."""
     from .train.loop import LoopSettings, predict_batches
     from .train.progress import Reporter
 
     s = LoopSettings(task=run.meta["task"], classes=run.meta["classes"], channels_last=True)
     model = run.model
+    forward = tta or model
     loader = torch.utils.data.DataLoader(model.make_dataset(items, run.meta["task"]),
                                          batch_size=run.eval_batch, collate_fn=model.collate)
     reporter = Reporter(quiet)
-    reporter.start("predict", len(loader))
+    reporter.start("predict" if tta is None or len(tta.views) == 1 else
+                   f"predict ({len(tta.views)} test-time views)", len(loader))
     try:
-        return predict_batches(lambda x: (reporter.advance(1), model(x))[1], loader, s)
+        return predict_batches(lambda x: (reporter.advance(1), forward(x))[1], loader, s)
     finally:
         reporter.stop()
 
@@ -191,18 +204,27 @@ def eval_items(run: LoadedRun, data: str | Path | None, split: str | None = None
 
 
 def evaluate(run: LoadedRun, data: str | Path | None, split: str | None = None,
-             name: str | None = None, quiet: bool = True) -> dict[str, Any]:
-    """Metrics, plots and report.html of a run on labeled data, in ``RUN_DIR/eval/<name>/``."""
-    from .evaluate.analysis import analyze
+             name: str | None = None, quiet: bool = True, tta: int | None = None
+             ) -> dict[str, Any]:
+    """Metrics, plots and report.html of a run on labeled data, in ``RUN_DIR/eval/<name>/``;
+    with ``tta`` views (default: the run's ``report.tta``) the metrics are those of the
+    averaged model, and ``tta`` in metrics.json compares them with the plain model's."""
+    from .evaluate.analysis import analyze, compare_tta
     from .evaluate.report import write_eval
 
     meta, cfg = run.meta, run.config
+    averaged = tta_model(run, tta)
     items, skipped, used, data = eval_items(run, data, split)
-    logits, targets = outputs(run, items, quiet)
+    logits, targets = outputs(run, items, quiet, tta=averaged)
     a = analyze(logits, targets, meta["task"], meta["classes"], run.calibration, cfg.train.topk,
                 meta.get("target_stats"), items=[str(p) for p, _ in items])
     out = rd.eval_dir(run.path, data, used, name)
-    info = {"data": str(data), "split": used, "n_skipped": len(skipped), "skipped": skipped}
+    info: dict[str, Any] = {"data": str(data), "split": used, "n_skipped": len(skipped),
+                            "skipped": skipped}
+    if len(averaged.views) > 1:
+        plain = analyze(torch.cat(averaged.plain).cpu(), targets, meta["task"], meta["classes"],
+                        run.calibration, cfg.train.topk, meta.get("target_stats"))
+        info["tta"] = compare_tta(plain, a, [n for n, _ in averaged.views], averaged.seconds)
     metrics = write_eval(out, a, run.path, meta, info, top_losses=cfg.report.top_losses,
                          gallery=gallery_for(run))
     metrics.update(written_to=str(out / rd.METRICS), report=str(out / rd.REPORT))

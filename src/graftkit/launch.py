@@ -193,7 +193,7 @@ def train(cfg: Config, out: str | Path | None = None, overwrite: bool = False,
     try:
         session.fit()
         if world.size > 1:  # the others are done: rank 0 finishes with the machine's threads
-            distributed.leave()
+            distributed.leave(sync=True)
             use_threads(thread_count(cfg.train.threads))
     except KeyboardInterrupt:
         session.mark("interrupted", time.perf_counter() - t0)
@@ -228,8 +228,10 @@ def _fit_worker(session: Any) -> None:
     process died), so it reports none."""
     from .train import distributed
 
+    done = False
     try:
         session.fit()
+        done = True
     except (GraftError, KeyboardInterrupt) as e:
         raise distributed.peer_failed(str(e) if isinstance(e, GraftError) else "interrupted"
                                       ) from None
@@ -238,7 +240,7 @@ def _fit_worker(session: Any) -> None:
             raise
         raise distributed.peer_failed() from None
     finally:
-        distributed.leave()
+        distributed.leave(sync=done)
 
 
 def _lost_peer(session: Any, out_dir: Path, e: RuntimeError, seconds: float) -> GraftError:

@@ -18,8 +18,9 @@ from . import run as rd
 from .config import Config, to_yaml
 from .data.sources import DataSpec
 from .data.spec import UnlabeledPool, take_shots
+from .data.tta import Averaged
 from .errors import ConfigError, DataError
-from .evaluate.analysis import Analysis, analyze
+from .evaluate.analysis import Analysis, analyze, compare_tta
 from .evaluate.calibration import Calibration, fit_calibration
 from .evaluate.metrics import LOWER_IS_BETTER, SUMMARY_METRICS
 from .modalities import Modality
@@ -143,8 +144,12 @@ class Session:
                 write_reference(self.out, from_analysis(analyses["val"], self.modality))
         self._summary(metrics, meta["train_time_s"])
         if self.cfg.report.enabled:
+            tta = {}
+            if self.cfg.report.tta > 1:  # the report shows the averaged model, and the plain one
+                with self.reporter.phase("test-time augmentation"):
+                    tta = self._tta(analyses, cal)
             with self.reporter.phase("report"):
-                self._reports(analyses, meta)
+                self._reports(analyses, meta, tta)
         self._write_timings()
         if self.tracking is not None:
             with self.reporter.phase("tracking"):
@@ -239,8 +244,36 @@ class Session:
             self.reporter.warn(warning)
         return cal
 
-    def _reports(self, analyses: dict[str, Analysis], meta: dict[str, Any]) -> None:
-        """The report of the validation split, and of the test split when there is one; its
+    def _tta(self, analyses: dict[str, Analysis], cal: Calibration) -> dict[str, Any]:
+        """``report.tta`` views: the val and test splits scored by the averaged model (its
+        analysis replaces the plain one in ``analyses``); returns each split's comparison."""
+        s, out = self.settings, {}
+        model = self.model.eval()
+        for split in ("val", "test"):
+            items = self.spec.splits.get(split)
+            if not items:
+                continue
+            averaged = Averaged(model, self.modality.tta_views(self.cfg.report.tta, model,
+                                                               self.cfg))
+            loader = torch.utils.data.DataLoader(model.make_dataset(items, s.task),
+                                                 batch_size=s.eval_batch_size,
+                                                 collate_fn=model.collate)
+            o, t = predict_batches(averaged, loader, s)
+            a = analyze(o, t, s.task, list(s.classes), cal, s.topk, self.spec.target_stats,
+                        items=[str(p) for p, _ in items])
+            plain = analyze(torch.cat(averaged.plain).cpu(), t, s.task, list(s.classes), cal,
+                            s.topk, self.spec.target_stats)
+            out[split] = compare_tta(plain, a, [n for n, _ in averaged.views], averaged.seconds)
+            analyses[split] = a
+            said = ", ".join(f"{k} {out[split]['without'][k]:.4f} -> {v:.4f}"
+                             for k, v in out[split]["with"].items() if isinstance(v, float))
+            self.reporter.line(f"  {split} with {len(averaged.views)} test-time views: {said}")
+        return out
+
+    def _reports(self, analyses: dict[str, Analysis], meta: dict[str, Any],
+                 tta: dict[str, Any] | None = None) -> None:
+        """The report of the validation split, and of the test split when there is one (with
+        ``tta``, of the view-averaged model: each split's comparison with the plain one); its
         gallery is drawn with the model in memory."""
         from .evaluate.report import write_eval
 
@@ -258,7 +291,8 @@ class Session:
                 audit = rd.read_json(self.out / rd.DATA_REPORT).get("audit")
                 write_eval(out, analyses[split], self.out, meta,
                            {"data": data, "split": split, "n_skipped": len(self.spec.skipped),
-                            "audit": audit},
+                            "audit": audit, **({"tta": tta[split]} if tta and split in tta
+                                               else {})},
                            top_losses=self.cfg.report.top_losses, gallery=gallery)
                 self.reporter.line(f"  report: {out / rd.REPORT}")
 
@@ -391,6 +425,7 @@ def build_session(cfg: Config, out: Path, monitor: str, quiet: bool = False,
     reporter.line(f"[bold]model[/] {m.name}  [bold]strategy[/] {cfg.strategy.name}")
     with reporter.phase("model load"):
         model, about_model = modality.create_model(m, spec, n_out, out, resuming)
+        modality.tta_views(cfg.report.tta, model, cfg)  # report.tta: views it has, or one line
         strat = STRATEGIES.get(cfg.strategy.name)
         if strat.prepare is not None:  # e.g. LoRA wraps the model with its adapters
             strat.prepare(model, _strategy_params(cfg))
@@ -475,7 +510,8 @@ def _tracking(cfg: Config, out: Path, name: str, resume_info: dict[str, Any] | N
         t.backends, out, uri=t.uri, experiment=t.experiment, run_name=name,
         config=cfg.model_dump(mode="json"), config_yaml=to_yaml(cfg), tags=tags,
         resume=meta.get("tracking") if resume_info else None,
-        next_step=(resume_info["epoch"] + 2) if resume_info else 1, warn=reporter.warn)
+        next_step=(resume_info["epoch"] + 2) if resume_info else 1, warn=reporter.warn,
+        parent=t.parent_run_id)
     meta["tracking"] = started.ids()
     rd.write_json(out / rd.META, meta)
     return started

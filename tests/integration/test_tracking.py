@@ -21,13 +21,12 @@ pytest.importorskip("tensorboard")
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def mlflow_server(tmp_path: Path):
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    store = tmp_path / "mlflow"
-    store.mkdir()
+    store = tmp_path_factory.mktemp("mlflow")
     proc = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
          "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}",
@@ -96,6 +95,46 @@ def test_mlflow_server_and_tensorboard_get_every_epoch(small_csv: Path, tmp_path
     assert [e.value for e in events] == pytest.approx([h["val_accuracy"] for h in history])
     assert [e.step for e in acc.Scalars("train_loss")] == [1, 2, 3]
     assert "config/text_summary" in acc.Tags()["tensors"]
+
+
+def test_search_trials_are_child_runs_of_the_study(small_csv: Path, tmp_path: Path,
+                                                  mlflow_server: str) -> None:
+    from mlflow.tracking import MlflowClient
+
+    space = tmp_path / "space.yaml"
+    space.write_text("optim.lr: {low: 1.0e-3, high: 3.0e-2, log: true}\n")
+    out = tmp_path / "s"
+    graft("search", "--data", small_csv, "--space", space, "--trials", "2", "--out", out,
+          "--track", "mlflow", "--tracking-uri", mlflow_server, "-q", "--pruner", "none",
+          "--no-default-trial",
+          "model.name=test_efficientnet", "model.pretrained=false", "model.image_size=64",
+          "train.threads=1", "strategy.name=linear_probe", "train.epochs=2",
+          "tracking.experiment=graft-search")
+    result = json.loads((out / "result.json").read_text())
+    client = MlflowClient(tracking_uri=mlflow_server)
+    exp = client.get_experiment_by_name("graft-search")
+    runs = client.search_runs([exp.experiment_id])
+    (study,) = [r for r in runs if r.data.tags.get("graft.kind") == "search"]
+    assert study.info.status == "FINISHED" and study.info.run_name == "s"
+    assert study.data.metrics["best_value"] == pytest.approx(result["best_value"])
+    assert study.data.metrics["trials_complete"] == 2
+    assert "leaderboard.csv" in {a.path for a in client.list_artifacts(study.info.run_id)}
+    trials = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == study.info.run_id]
+    assert len(trials) == 2 and all(t.info.status == "FINISHED" for t in trials)
+    for t in trials:  # each trial's run: its sampled lr, every epoch, its run directory
+        run_dir = Path(t.data.tags["graft.run_dir"])
+        meta = json.loads((run_dir / "meta.json").read_text())
+        assert meta["tracking"]["mlflow"]["run_id"] == t.info.run_id
+        assert len(client.get_metric_history(t.info.run_id, "val_accuracy")) == 2
+    assert sorted(float(t.data.params["optim.lr"]) for t in trials) == pytest.approx(
+        sorted(float(r["optim.lr"]) for r in _leaderboard(out)), rel=1e-3)
+
+
+def _leaderboard(search: Path) -> list[dict[str, str]]:
+    import csv
+
+    with (search / "leaderboard.csv").open() as f:
+        return list(csv.DictReader(f))
 
 
 def test_a_tracker_that_cannot_start_is_one_line(small_csv: Path, tmp_path: Path) -> None:

@@ -51,8 +51,20 @@ def test_evaluate_matches_training_metrics(probe_run: Path, hymenoptera: Path) -
     assert ev["n"] == 153
     assert ev["accuracy"] == pytest.approx(val["accuracy"])
     assert ev["confusion_matrix"] == val["confusion_matrix"]
-    own = json.loads(graft("evaluate", probe_run, "--split", "val", "--json").stdout)
-    assert own["accuracy"] == pytest.approx(val["accuracy"])
+    # the run's own val split, with two test-time views: the plain model's numbers come from
+    # the same pass and are the training metrics; the report shows both
+    own = json.loads(graft("evaluate", probe_run, "--split", "val", "--json", "--tta", "2"
+                           ).stdout)
+    tta = own["tta"]
+    assert tta["views"] == 2 and tta["names"] == ["identity", "flip"]
+    assert tta["without"]["accuracy"] == pytest.approx(val["accuracy"])
+    assert tta["without"]["ece"] == pytest.approx(val["ece"], abs=1e-4)
+    assert own["accuracy"] == tta["with"]["accuracy"] and own["n"] == 153
+    assert tta["with"]["accuracy"] == pytest.approx(
+        tta["without"]["accuracy"] + (tta["fixed"] - tta["broken"]) / 153)
+    assert tta["model_seconds_with"] > tta["model_seconds_without"] > 0
+    page = (Path(own["report"])).read_text()
+    assert "Test-time augmentation" in page and 'data-key="tta.with.accuracy"' in page
 
 
 def test_second_probe_hits_the_feature_cache(probe_run: Path, hymenoptera: Path,

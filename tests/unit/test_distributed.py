@@ -114,6 +114,7 @@ def _worker(rank: int, size: int, n: int, port: int, out: str) -> None:
         rows = gather_rows(torch.full((len(world.shard(7)), 2), float(rank)), world)
         if rank == 0:
             torch.save({"state": model.state_dict(), "losses": model.losses, "rows": rows}, out)
+        dist.barrier()  # as graftkit's own leave(sync=True): nobody tears down mid-collective
     finally:
         dist.destroy_process_group()
 

@@ -226,12 +226,15 @@ def predict(
     inputs: list[str] = typer.Argument(..., help="image files or folders (a text run: texts)"),
     topk: int = typer.Option(5, "--topk", "-k", min=1),
     as_json: bool = typer.Option(False, "--json", help="print JSON"),
+    tta: int | None = typer.Option(None, "--tta", help="test-time augmentation: average the "
+                                   "model over N views (flips and crops of an image, time shifts "
+                                   "of a sound; 1 = off; default: the run's report.tta)"),
 ) -> None:
     """Predict the top-k classes (with probabilities) of images."""
     from ..api import Run
 
     run = Run(run_dir)
-    results = run.predict(run.modality.expand_inputs(inputs), topk=topk)
+    results = run.predict(run.modality.expand_inputs(inputs), topk=topk, tta=tta)
     if as_json:
         typer.echo(json.dumps(results, indent=2))
         return
@@ -251,6 +254,9 @@ def evaluate(
     split: str | None = typer.Option(None, "--split", help="train | val | test"),
     name: str | None = typer.Option(None, "--name", help="name of the eval/<name> folder"),
     as_json: bool = typer.Option(False, "--json", help="print the metrics as JSON"),
+    tta: int | None = typer.Option(None, "--tta", help="test-time augmentation: average the "
+                                   "model over N views (flips and crops of an image, time shifts "
+                                   "of a sound; 1 = off; default: the run's report.tta)"),
 ) -> None:
     """Metrics, plots and an HTML report of a run on labeled data (RUN_DIR/eval/<name>/)."""
     from ..api import Run
@@ -258,7 +264,7 @@ def evaluate(
 
     if split is not None and split not in ("train", "val", "test"):
         raise GraftError(f"--split {split!r}: use train, val or test")
-    m = Run(run_dir).evaluate(data, split=split, name=name, quiet=as_json)
+    m = Run(run_dir).evaluate(data, split=split, name=name, quiet=as_json, tta=tta)
     if as_json:
         typer.echo(json.dumps(m, indent=2))
         return
@@ -267,6 +273,13 @@ def evaluate(
         f" ({m['n_skipped']} skipped)" if m["n_skipped"] else ""))
     for k in keys:
         typer.echo(f"  {k:<18} {m[k]:.4f}")
+    if m.get("tta"):
+        t = m["tta"]
+        said = ", ".join(f"{k} {t['without'][k]:.4f} -> {t['with'][k]:.4f}" for k in t["with"]
+                         if isinstance(t["with"].get(k), float))
+        typer.echo(f"  test-time augmentation, {t['views']} views (without -> with): {said}; "
+                   f"model time {t['model_seconds_without']:.1f} s -> "
+                   f"{t['model_seconds_with']:.1f} s")
     typer.echo(f"written to {m['written_to']}")
     typer.echo(f"report: {m['report']}")
 

@@ -66,6 +66,11 @@ def search(
                                         "other training examples are the unlabeled pool"),
     resume: Path | None = typer.Option(None, "--resume", help="continue (or join) the search "
                                        "in this folder"),
+    track: list[str] | None = typer.Option(None, "--track", help="mlflow | tensorboard (repeat "
+                                           "for both): every trial is tracked; in MLflow as a "
+                                           "child of the study's run"),
+    tracking_uri: str | None = typer.Option(None, "--tracking-uri", help="mlflow: tracking "
+                                            "URI, e.g. http://127.0.0.1:5000"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
     overrides: list[str] | None = typer.Argument(None, help="base config overrides key=value"),
 ) -> None:
@@ -77,7 +82,7 @@ def search(
 
     budget = parse_duration(time_budget)
     if resume is not None:
-        if data or space or config or overrides or model or unlabeled or shots:
+        if data or space or config or overrides or model or unlabeled or shots or track:
             raise GraftError("--resume continues a search with its saved settings; only "
                              "--trials, --time-budget and --workers may change")
         if not (resume / SETTINGS).is_file():
@@ -111,7 +116,9 @@ def search(
     extra = dict(parse_override(o) for o in overrides or [])
     flags = {k: v for k, v in {"model.name": model, "data.val": val, "data.test": test,
                                "data.unlabeled": unlabeled, "data.shots": shots,
-                               "data.unlabeled_rest": True if unlabeled_rest else None}.items()
+                               "data.unlabeled_rest": True if unlabeled_rest else None,
+                               "tracking.backends": list(dict.fromkeys(track)) if track else None,
+                               "tracking.uri": tracking_uri}.items()
              if v is not None}
     s = SearchSettings(data=data, study=study or out.resolve().name, metric=metric,
                        trials=trials or 20, time_budget_s=budget,

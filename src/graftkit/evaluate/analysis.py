@@ -82,3 +82,25 @@ def analyze(outputs: torch.Tensor, targets: torch.Tensor, task: str, classes: li
                          **probability_scores(raw, y, len(classes))}
     m["confused_pairs"] = confused_pairs(m["confusion_matrix"], classes)
     return Analysis(task, classes, m, y, list(items or []), probs, raw, pred)
+
+
+TTA_KEYS = {"classification": ("accuracy", "macro_f1", "ece", "log_loss"),
+            "regression": ("mae", "rmse", "r2")}
+
+
+def compare_tta(plain: Analysis, tta: Analysis, views: list[str], seconds: list[float]
+                ) -> dict[str, Any]:
+    """metrics.json's ``tta``: the plain model's and the view-averaged model's headline metrics
+    on the same inputs, how many decisions the averaging fixed and broke, and the model time of
+    one view against all of them."""
+    keys = TTA_KEYS[tta.task]
+    out: dict[str, Any] = {
+        "views": len(views), "names": views,
+        "without": {k: plain.metrics.get(k) for k in keys},
+        "with": {k: tta.metrics.get(k) for k in keys},
+        "model_seconds_without": round(seconds[0], 3), "model_seconds_with": round(sum(seconds), 3),
+    }
+    if tta.task == "classification":
+        out["fixed"] = int((~plain.correct & tta.correct).sum())
+        out["broken"] = int((plain.correct & ~tta.correct).sum())
+    return out

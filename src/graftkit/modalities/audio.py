@@ -211,6 +211,16 @@ class AudioModality(Modality):
 
         return stack_inputs(prepared)
 
+    def tta_views(self, n: int, model: Any, cfg: Any) -> list[Any]:
+        from ..data.tta import audio_views, first
+
+        dc = model.data_config
+        if dc.frontend == "log_mel":  # spectrogram frames; silence is a clip's lowest value
+            views = audio_views(dc.sample_rate / dc.hop_length)
+        else:  # samples, normalised over the clip's own: the window's padding is 0
+            views = audio_views(float(dc.sample_rate), silence=0.0)
+        return first(views, n, "audio runs")
+
     # --- inputs -------------------------------------------------------------------------------
     def load(self, item: Any) -> tuple[str, Any]:
         if isinstance(item, np.ndarray):  # an already decoded 16 kHz waveform

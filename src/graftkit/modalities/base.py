@@ -133,6 +133,13 @@ class Modality:
         """A model input from prepared inputs (``model_view``)."""
         raise NotImplementedError
 
+    def tta_views(self, n: int, model: Any, cfg: Any) -> list[Any]:
+        """``n`` test-time views of a model batch (:mod:`graftkit.data.tta`; the first is the
+        batch itself) for the run's model and config; a ConfigError when it has fewer."""
+        from ..data.tta import first, identity
+
+        return first([("identity", identity)], n, f"{self.name} runs")
+
     # --- inputs -------------------------------------------------------------------------------
     def load(self, item: Any) -> tuple[str, Any]:
         """(name, decoded) of one input to predict: a path, or an already decoded object."""

@@ -188,6 +188,13 @@ class ImageModality(Modality):
         # NHWC is what oneDNN/cuDNN convolutions run fastest (train.device.resolve_channels_last)
         return torch.stack(prepared).contiguous(memory_format=torch.channels_last)  # (B,C,H,W)
 
+    def tta_views(self, n: int, model: Any, cfg: Any) -> list[Any]:
+        from ..data.tta import first, image_views
+
+        flips = cfg.train.augment != "none"  # "none" said: a mirrored input is another input
+        return first(image_views(flips), n, "image runs" if flips else
+                     "image runs trained with augment: none (no flips)")
+
     # --- inputs -------------------------------------------------------------------------------
     def load(self, item: Any) -> tuple[str, Any]:
         return load_or_fail(item)

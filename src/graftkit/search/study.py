@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import run as rd
+from ..config import flat
 from ..errors import ConfigError, GraftError
 from .results import finish
 from .settings import SETTINGS, SearchSettings
@@ -120,14 +121,6 @@ def base_config(s: SearchSettings) -> Any:
     return cfg
 
 
-def flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in tree.items():
-        key = f"{prefix}{k}"
-        out.update(flat(v, key + ".") if isinstance(v, dict) else {key: v})
-    return out
-
-
 def check_space(space: Space, base: Any) -> None:
     """Every categorical choice must make a valid config on this data: a typo fails now, not as
     a failed trial an hour later."""
@@ -178,6 +171,9 @@ def make_objective(s: SearchSettings, space: Space, out: Path, threads: int | No
             trial.set_user_attr("seconds", time.perf_counter() - t0)
             raise Duplicate(f"same parameters as trial {twin}")
         overrides = {**params, "train.early_stop.metric": s.metric, "report.enabled": False}
+        parent = trial.study.user_attrs.get(MLFLOW_RUN)
+        if parent:  # MLflow: the trial's run is a child of the study's
+            overrides["tracking.parent_run_id"] = parent["run_id"]
         if trial.number > 0 and not (base.data.drop_duplicates or base.data.drop_leaks):
             overrides["data.audit"] = False  # the data is the same in every trial: trial 0 warns
         if threads:
@@ -377,6 +373,7 @@ def search(s: SearchSettings, out: Path, space_file: str | Path | None = None,
         (out / SPACE).write_text(space.to_yaml())
     storage = open_storage(storage_url, out, s.heartbeat_s)  # a bad URL fails before any write
     study = open_study(s, storage, space, create=True)
+    tracked = _study_run(study, s)  # an unreachable tracker fails before the folder is kept
     rd.write_json(out / SETTINGS, {"settings": asdict(s), "storage": describe(storage_url, out),
                                    "storage_url": storage_url if _local(storage_url) else None})
     requeue_dead(study, storage)
@@ -393,7 +390,36 @@ def search(s: SearchSettings, out: Path, space_file: str | Path | None = None,
         optimize(s, out, storage_url, threads, quiet)
     else:
         run_workers(s, out, storage_url, threads, study, storage, quiet)
-    return finish(study, space, s, out, quiet)
+    result = finish(study, space, s, out, quiet)
+    if tracked:
+        from ..train.progress import console
+        from ..train.tracking import end_study_run
+
+        end_study_run(tracked, result, [out / "leaderboard.csv", out / "result.json",
+                                        Path(result["summary"])],
+                      lambda m: console.print(f"[yellow]warning[/]: {m}", highlight=False))
+    return result
+
+
+MLFLOW_RUN = "mlflow_run"  # the study's user attribute: its MLflow run's ids
+
+
+def _study_run(study: Any, s: SearchSettings) -> dict[str, Any] | None:
+    """With mlflow among the trials' trackers: the study's MLflow run (made by the first process
+    that opens the study, kept in the study so every worker nests its trials under it)."""
+    from ..config import build_config
+
+    t = build_config(s.config, s.overrides).tracking
+    if "mlflow" not in t.backends:
+        return None
+    ids = study.user_attrs.get(MLFLOW_RUN)
+    if ids is None:
+        from ..train.tracking import check, study_run
+
+        check(t.backends)
+        ids = study_run(t.uri, t.experiment, s.study, {"search": asdict(s)})
+        study.set_user_attr(MLFLOW_RUN, ids)
+    return ids
 
 
 def _local(url: str | None) -> bool:

@@ -189,10 +189,15 @@ def lost_peer(e: BaseException) -> bool:
         k in text for k in ("gloo", "NCCL", "Connection reset", "Connection closed", "Broken pipe"))
 
 
-def leave() -> None:
+def leave(sync: bool = False) -> None:
+    """Leave the process group. ``sync`` (every rank finished normally): wait for the others
+    first, so that no rank tears down gloo's connections while a peer's last collective is still
+    in flight (that aborts the peer: "terminate called without an active exception")."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
+        if sync:
+            dist.barrier()
         dist.destroy_process_group()
 
 

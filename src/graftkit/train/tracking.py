@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..config import flat
 from ..errors import ConfigError, GraftError
 from .hooks import BaseHook, LoopState
 
@@ -37,22 +38,17 @@ def numbers(record: dict[str, Any], skip: tuple[str, ...] = ("epoch", "stage_epo
             if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in skip}
 
 
-def flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in tree.items():
-        if isinstance(v, dict):
-            out.update(flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
+def _experiment(client: Any, name: str) -> str:
+    exp = client.get_experiment_by_name(name)
+    return exp.experiment_id if exp else client.create_experiment(name)
 
 
 class MlflowTracker:
     name = "mlflow"
 
     def __init__(self, uri: str | None, experiment: str, run_name: str,
-                 params: dict[str, Any], tags: dict[str, str], resume: dict[str, Any] | None
-                 ) -> None:
+                 params: dict[str, Any], tags: dict[str, str], resume: dict[str, Any] | None,
+                 parent: str | None = None) -> None:
         from mlflow.entities import Param
         from mlflow.tracking import MlflowClient
 
@@ -62,8 +58,9 @@ class MlflowTracker:
             self.run_id = resume["run_id"]
             self.client.update_run(self.run_id, status="RUNNING")
             return
-        exp = self.client.get_experiment_by_name(experiment)
-        exp_id = exp.experiment_id if exp else self.client.create_experiment(experiment)
+        exp_id = _experiment(self.client, experiment)
+        if parent:  # MLflow's own nesting tag: the UI shows the run under its parent
+            tags = {**tags, "mlflow.parentRunId": parent}
         self.run_id = self.client.create_run(exp_id, run_name=run_name, tags=tags).info.run_id
         items = [Param(k, str(v)[:6000]) for k, v in flat(params).items()]
         for i in range(0, len(items), 100):  # log_batch takes at most 100 params
@@ -160,7 +157,8 @@ class Tracking(BaseHook):
 
 def start(backends: list[str], out: Path, *, uri: str | None, experiment: str, run_name: str,
           config: dict[str, Any], config_yaml: str, tags: dict[str, str],
-          resume: dict[str, Any] | None, next_step: int, warn: Any) -> Tracking:
+          resume: dict[str, Any] | None, next_step: int, warn: Any, parent: str | None = None
+          ) -> Tracking:
     """Start (or, with the ids a first attempt saved, continue) every tracker named."""
     trackers: list[Any] = []
     resume = resume or {}
@@ -168,7 +166,7 @@ def start(backends: list[str], out: Path, *, uri: str | None, experiment: str, r
         try:
             if name == "mlflow":
                 trackers.append(MlflowTracker(uri, experiment, run_name, config, tags,
-                                              resume.get("mlflow")))
+                                              resume.get("mlflow"), parent))
             else:
                 trackers.append(TensorBoardTracker(out, config_yaml, resume.get("tensorboard"),
                                                    next_step))
@@ -180,3 +178,46 @@ def start(backends: list[str], out: Path, *, uri: str | None, experiment: str, r
             raise GraftError(f"tracking: {name} could not start{where} ({type(e).__name__}: "
                              f"{first})") from None
     return Tracking(trackers, warn)
+
+
+def study_run(uri: str | None, experiment: str, name: str, params: dict[str, Any]
+              ) -> dict[str, Any]:
+    """A study's own MLflow run (``graft search``), the parent of its trials' runs: the search
+    settings as parameters. Returns its ids; a one-line error when MLflow cannot be reached."""
+    from mlflow.entities import Param
+    from mlflow.tracking import MlflowClient
+
+    try:
+        client = MlflowClient(tracking_uri=uri)
+        run = client.create_run(_experiment(client, experiment), run_name=name,
+                                tags={"graft.kind": "search"})
+        items = [Param(k, str(v)[:6000]) for k, v in flat(params).items()]
+        for i in range(0, len(items), 100):
+            client.log_batch(run.info.run_id, params=items[i:i + 100])
+    except Exception as e:
+        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+        raise GraftError(f"tracking: mlflow could not start the study's run"
+                         f"{f' at {uri}' if uri else ''} ({type(e).__name__}: {first})") from None
+    return {"run_id": run.info.run_id, "uri": client.tracking_uri}
+
+
+def end_study_run(ids: dict[str, Any], result: dict[str, Any], files: list[Path],
+                  warn: Any) -> None:
+    """The study's outcome on its run (best value and trial, trial counts, the leaderboard and
+    summary as artifacts), then FINISHED; a failure is one warning (the search folder has it)."""
+    from mlflow.tracking import MlflowClient
+
+    try:
+        client = MlflowClient(tracking_uri=ids["uri"])
+        values = {"best_value": result.get("best_value"), "best_trial": result.get("best_trial"),
+                  **{f"trials_{k}": v for k, v in (result.get("states") or {}).items()}}
+        for k, v in values.items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                client.log_metric(ids["run_id"], k, float(v))
+        for f in files:
+            if f.is_file():
+                client.log_artifact(ids["run_id"], str(f))
+        client.set_terminated(ids["run_id"], status="FINISHED")
+    except Exception as e:
+        warn(f"tracking: mlflow could not record the study's outcome ({type(e).__name__}: "
+             f"{str(e).strip()[:200]})")
