@@ -22,6 +22,12 @@ def _start(tmp_path: Path, resume=None, next_step=1, warnings=None):
         next_step=next_step, warn=(warnings if warnings is not None else []).append)
 
 
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # a sqlite tracking URI keeps artifacts in ./mlruns: the working folder, not the checkout
+    monkeypatch.chdir(tmp_path)
+
+
 def test_resume_continues_the_same_runs(tmp_path: Path) -> None:
     from mlflow.tracking import MlflowClient
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
