@@ -140,6 +140,10 @@ class EarlyStopConfig(_Section):
 class TrainConfig(_Section):
     epochs: int | None = Field(None, ge=1, description="default: the strategy's")
     augment: str = Field("auto", description="preset; auto = none for head-only stages, else light")
+    ema: float | None = Field(
+        None, gt=0, lt=1, description="exponential moving average of the weights with this decay "
+        "(e.g. 0.999; warmed up over the first steps): validated every epoch beside the weights, "
+        "and kept when it scores better")
     mixup: float = Field(0.0, ge=0, description="MixUp alpha (0 = off)")
     cutmix: float = Field(0.0, ge=0, description="CutMix alpha (0 = off)")
     grad_clip: float | None = Field(None, gt=0)

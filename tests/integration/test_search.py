@@ -253,3 +253,45 @@ def test_the_robust_objective_adds_corruption_accuracy(data: Path, space: Path,
     proc = graft("search", "--data", data, "--objective", "robust", "--metric", "log_loss",
                  "--out", tmp_path / "o", check=False)
     assert proc.returncode == 2 and "better lower" in proc.stderr
+
+
+def test_a_greedy_soup_of_kept_trials_is_a_run_no_worse_than_the_best(
+        small_csv: Path, tmp_path: Path) -> None:
+    space = tmp_path / "space.yaml"
+    space.write_text("optim.lr: {low: 3.0e-4, high: 3.0e-3, log: true}\n")
+    out = tmp_path / "s"
+    graft("search", "--data", small_csv, "--space", space, "--trials", "2", "--out", out,
+          "--no-default-trial", "--pruner", "none", "--keep-weights", "-q", *TINY,
+          "strategy.name=full", "train.epochs=2")
+    kept = sorted(p.parent.name for p in (out / "trials").glob("*/model.safetensors"))
+    assert kept == ["0000", "0001"]  # --keep-weights: every finished trial's
+    r = json.loads(graft("soup", out, "--json").stdout)
+    soup = Path(r["out"])
+    assert soup == out / "soup" and r["monitor"] == "accuracy"
+    assert [t["trial"] for t in r["tried"]][0] == r["best_trial"] == r["ingredients"][0]
+    # the soup of two is kept only if validation does not drop: never worse than the best
+    assert len(r["tried"]) == 2 and r["val"] >= r["best_trial_val"]
+    assert r["ingredients"] == [t["trial"] for t in r["tried"] if t["kept"]]
+    values = [t["value"] for t in r["tried"]]
+    assert values == sorted(values, reverse=True)  # best first
+    # an ordinary run: its own metrics and calibration, a report, predict reads it
+    meta = json.loads((soup / "meta.json").read_text())
+    assert meta["soup"]["ingredients"] == r["ingredients"] and meta["status"] == "completed"
+    assert meta["calibration"]["fitted_on"] == "val"
+    metrics = json.loads((soup / "metrics.json").read_text())
+    assert metrics["val"]["accuracy"] == pytest.approx(r["val"])
+    assert not (soup / "checkpoints").exists() and list((soup / "eval").glob("*/report.html"))
+    img = sorted((shared_dataset("hymenoptera_256") / "val" / "bees").glob("*.jpg"))[0]
+    pred = json.loads(graft("predict", soup, img, "--json").stdout)
+    assert pred[0]["label"] in {"ants", "bees"}
+    again = graft("soup", out, check=False)  # nothing the user made is replaced silently
+    assert again.returncode == 2 and "--overwrite" in again.stderr
+    # a search that freed its trials' weights: one line that says how to keep them
+    for name in ("0000", "0001"):
+        d = tmp_path / "freed" / "trials" / name
+        d.mkdir(parents=True)
+        (d / "meta.json").write_text(json.dumps({"status": "completed", "best_value": 0.5,
+                                                 "monitor": "accuracy"}))
+    bad = graft("soup", tmp_path / "freed", check=False)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert "search with --keep-weights" in bad.stderr

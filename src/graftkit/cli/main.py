@@ -498,6 +498,7 @@ from . import search as _search  # noqa: E402
 
 app.command("search")(_search.search)
 app.command("lr-find")(_search.lr_find)
+app.command("soup")(_search.soup)
 
 
 def main() -> None:

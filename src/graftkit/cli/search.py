@@ -66,6 +66,9 @@ def search(
                                         "other training examples are the unlabeled pool"),
     resume: Path | None = typer.Option(None, "--resume", help="continue (or join) the search "
                                        "in this folder"),
+    keep_weights: bool = typer.Option(False, "--keep-weights", help="keep every finished "
+                                      "trial's weights (for graft soup); by default only the "
+                                      "best trial's stay"),
     track: list[str] | None = typer.Option(None, "--track", help="mlflow | tensorboard (repeat "
                                            "for both): every trial is tracked; in MLflow as a "
                                            "child of the study's run"),
@@ -126,7 +129,7 @@ def search(
                        sampler=sampler, pruner=pruner, seed=seed, workers=workers,
                        default_trial=not no_default_trial, heartbeat_s=heartbeat,
                        lr_find=lr_find, objective=objective, robust_weight=robust_weight,
-                       robust_corruptions=robust_corruptions)
+                       robust_corruptions=robust_corruptions, keep_weights=keep_weights)
     created = not out.exists()
     try:
         run_search(s, out, space_file=space, storage_url=storage, quiet=quiet)
@@ -137,6 +140,30 @@ def search(
             shutil.rmtree(out, ignore_errors=True)
         raise
     typer.echo(str(out / "best"))
+
+
+def soup(
+    search_dir: Path = typer.Argument(..., help="a graft search folder (its --out)"),
+    out: Path | None = typer.Option(None, "--out", help="run directory to write (default: "
+                                    "SEARCH_DIR/soup)"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an earlier soup there"),
+    as_json: bool = typer.Option(False, "--json", help="print what meta.json's soup says"),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Greedy soup of a search's trials (Wortsman et al. 2022): average the weights of the best
+    ones while validation does not drop; written as an ordinary run directory."""
+    import json
+
+    from ..search.soup import soup as cook
+
+    say = None if (quiet or as_json) else typer.echo
+    r = cook(search_dir, out, overwrite=overwrite, progress=say)
+    if as_json:
+        typer.echo(json.dumps(r, indent=2))
+        return
+    typer.echo(f"soup of trials {', '.join(f'{n:04d}' for n in r['ingredients'])}: val "
+               f"{r['monitor']} {r['val']:.4f} (best trial alone {r['best_trial_val']:.4f})")
+    typer.echo(f"run directory: {r['out']}")
 
 
 def lr_find(

@@ -63,9 +63,11 @@ def write_leaderboard(rows: list[dict[str, Any]], path: Path, metric: str) -> No
     rd.usual_mode(path)
 
 
-def materialize_best(study: Any, out: Path) -> tuple[Any, Path | None]:
+def materialize_best(study: Any, out: Path, keep_weights: bool = False
+                     ) -> tuple[Any, Path | None]:
     """Copy the best finished trial's run to ``out/best`` (if this machine has it) and free the
-    weights and checkpoints of the other finished trials (their metrics and history stay)."""
+    weights and checkpoints of the other finished trials (their metrics and history stay;
+    ``keep_weights``: their ``model.safetensors`` stays too, for ``graft soup``)."""
     try:
         best = study.best_trial
     except ValueError:
@@ -89,7 +91,8 @@ def materialize_best(study: Any, out: Path) -> tuple[Any, Path | None]:
         d = Path(t.user_attrs.get("run_dir", ""))
         if t.number != best.number and t.state.name != "RUNNING" and d.is_dir():
             for name in WEIGHT_FILES:
-                (d / name).unlink(missing_ok=True)
+                if not (keep_weights and name == rd.WEIGHTS):
+                    (d / name).unlink(missing_ok=True)
     return best, dst
 
 
@@ -168,7 +171,7 @@ def finish(study: Any, space: Space, s: SearchSettings, out: Path, quiet: bool =
     rows = leaderboard(study, space)
     label = s.metric if s.objective == "clean" else "objective"
     write_leaderboard(rows, out / "leaderboard.csv", label)
-    best, best_dir = materialize_best(study, out)
+    best, best_dir = materialize_best(study, out, s.keep_weights)
     made = plots(study, out)
     html = summary_html(study, rows, s, made, best_dir, out)
     result = {"study": study.study_name, "objective": label, "trials": len(rows),

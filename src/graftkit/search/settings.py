@@ -30,6 +30,7 @@ class SearchSettings:
     robust_corruptions: str | None = None
     robust_severities: str = "3"
     robust_limit: int | None = 200
+    keep_weights: bool = False  # keep every finished trial's model.safetensors (graft soup)
 
     @property
     def direction(self) -> str:

@@ -86,8 +86,13 @@ def save_state(
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     info: dict[str, Any],
+    extra: dict[str, torch.nn.Module] | None = None,
 ) -> None:
+    """One file (written atomically): the model's and the optimizer's tensors, the scheduler and
+    ``info``; ``extra`` modules (the weights' moving average) under their own prefix."""
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    for name, module in (extra or {}).items():
+        tensors.update({f"{name}.{k}": v for k, v in module.state_dict().items()})
     opt_tensors, opt_meta = _split_optimizer(optimizer)
     tensors.update(opt_tensors)
     sched = {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"}
@@ -101,10 +106,12 @@ def read_state_info(path: str | Path) -> dict[str, Any]:
         return json.loads(f.metadata()["info"])
 
 
-def load_model_state(path: str | Path, model: torch.nn.Module) -> None:
-    """Only the model weights of a resumable state file."""
+def load_model_state(path: str | Path, model: torch.nn.Module, prefix: str = "model") -> None:
+    """Only the model weights of a resumable state file (or those of an ``extra`` module saved
+    under ``prefix``)."""
     with safe_open(str(path), framework="pt") as f:
-        sd = {k[len("model."):]: f.get_tensor(k) for k in f.keys() if k.startswith("model.")}
+        sd = {k[len(prefix) + 1:]: f.get_tensor(k) for k in f.keys()
+              if k.startswith(prefix + ".")}
     model.load_state_dict(sd, strict=True)
 
 

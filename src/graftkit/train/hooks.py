@@ -45,6 +45,7 @@ class LoopState:
             "stop_reason": self.stop_reason,
             "scaler": (self.scaler.state_dict()
                        if self.scaler and self.scaler.is_enabled() else None),
+            "ema_steps": self.extra["ema"].steps if self.extra.get("ema") else None,
         }
 
 
@@ -81,7 +82,9 @@ class BestCheckpoint(BaseHook):
 
     The choice is made among the epochs of the last stage only: a multi-stage strategy's result is
     the model its last stage produced (LP-FT's is the fine-tuned model, not its probe), so the
-    best-so-far restarts when the last stage begins.
+    best-so-far restarts when the last stage begins. With ``train.ema`` an epoch's candidate is
+    its moving average when that validated better (``ema_val_<metric>``); the record says which
+    (``kept``: ``weights`` or ``ema``).
     """
 
     def __init__(self, path: Path, metric: str, min_delta: float = 0.0, last_stage: int = 0
@@ -94,14 +97,20 @@ class BestCheckpoint(BaseHook):
             state.best, state.best_epoch = None, None
 
     def on_epoch_end(self, state: LoopState, record: dict[str, Any]) -> None:
-        value = record[f"val_{self.metric}"]
+        value, model = record[f"val_{self.metric}"], state.model
+        ema, averaged = state.extra.get("ema"), record.get(f"ema_val_{self.metric}")
+        if ema is not None and averaged is not None:
+            use = is_better(averaged, value, self.metric)  # a tie keeps the weights themselves
+            record["kept"] = "ema" if use else "weights"
+            if use:
+                value, model = averaged, ema.module
         # The first epoch is always kept, even with a NaN metric (e.g. R² of one example), so a
         # finished run always has weights.
         first = state.best_epoch is None
         record["best"] = first or is_better(value, state.best, self.metric, self.min_delta)
         if record["best"]:
             state.best, state.best_epoch, state.bad_epochs = value, state.epoch, 0
-            save_weights(state.model, self.path)
+            save_weights(model, self.path)
         else:
             state.bad_epochs += 1
 
@@ -135,7 +144,9 @@ class StateCheckpoint(BaseHook):
 
     def on_epoch_end(self, state: LoopState, record: dict[str, Any]) -> None:
         assert state.optimizer is not None and state.scheduler is not None
-        save_state(self.path, state.model, state.optimizer, state.scheduler, state.info())
+        ema = state.extra.get("ema")
+        save_state(self.path, state.model, state.optimizer, state.scheduler, state.info(),
+                   extra={"ema": ema.module} if ema is not None else None)
 
 
 class SnapshotAtStage(BaseHook):

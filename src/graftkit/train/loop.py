@@ -45,6 +45,7 @@ from ..strategies import Stage
 from . import distributed, engines
 from . import features as feature_cache
 from .checkpoint import load_model_state, load_state
+from .ema import Ema
 from .hooks import Hook, LoopState
 from .losses import LossFn
 from .optim import build_optimizer, build_scheduler
@@ -212,15 +213,17 @@ class Batches:
             self._ddp_params = params
         return self.ddp
 
-    def validate(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def validate(self, model: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Outputs and targets on the validation split (on several processes each rank scores
-        a shard, and every rank gets all of them back in order)."""
+        a shard, and every rank gets all of them back in order); ``model``: another model of the
+        same structure (the weights' moving average) instead of the trained one."""
         w = self.s.world
         n = len(self.val_set)  # type: ignore[arg-type]
+        forward = self.forward if model is None else (model.head if self.cached else model)
         if not self.sharded or n < w.size:
-            return predict_batches(self.forward, self.loader("val"), self.s)
+            return predict_batches(forward, self.loader("val"), self.s)
         part = Subset(self.val_set, list(w.shard(n)))
-        o, t = predict_batches(self.forward, DataLoader(
+        o, t = predict_batches(forward, DataLoader(
             part, batch_size=self.s.eval_batch_size, num_workers=self.s.num_workers,
             collate_fn=self.collate), self.s)
         return distributed.gather_rows(o, w), distributed.gather_rows(t, w)
@@ -397,8 +400,8 @@ def _cycle(loader: DataLoader) -> Iterator[Any]:
 
 def train_epoch(model: nn.Module, batches: Batches, loader: DataLoader, state: LoopState,
                 loss_fn: LossFn, s: LoopSettings, n_blocks: int, reporter: Reporter,
-                scaler: torch.amp.GradScaler, unlabeled: DataLoader | None = None
-                ) -> dict[str, float]:
+                scaler: torch.amp.GradScaler, unlabeled: DataLoader | None = None,
+                ema: Ema | None = None) -> dict[str, float]:
     opt, sched = state.optimizer, state.scheduler
     assert opt is not None and sched is not None
     train_mode(model, n_blocks, s.freeze_bn)
@@ -434,6 +437,8 @@ def train_epoch(model: nn.Module, batches: Batches, loader: DataLoader, state: L
         if update:
             sched.step()
             state.step += 1
+            if ema is not None:
+                ema.update(model)
         total += loss * n
         seen += n
         reporter.advance(1, f"loss {total / seen:.4f}", seen / (time.perf_counter() - t0))
@@ -501,11 +506,15 @@ def fit(
                 model.head.to(s.device)
         batches = Batches(model, stage, s, data, reporter, pseudo)
         state.optimizer, state.scheduler = _stage_optimizer(model, stage, s, batches.steps())
+        ema = Ema(model, s.ema) if s.ema and stage.solve is None else None
+        state.extra["ema"] = ema
         if resuming:
             info = load_state(resume_from, model, state.optimizer, state.scheduler)
             for k in ("stage_epoch", "epoch", "step", "best", "best_epoch", "bad_epochs",
                       "stop", "stop_stage", "stop_reason"):
                 setattr(state, k, info[k])
+            if ema is not None and info.get("ema_steps"):
+                ema.load(resume_from, info["ema_steps"])
             if info.get("scaler"):
                 scaler.load_state_dict(info["scaler"])
             s.world.barrier()  # every rank has read the state before rank 0 writes a new one
@@ -527,7 +536,7 @@ def fit(
                                len(loader) if unlabeled is None else len(unlabeled))
                 try:
                     rec = train_epoch(model, batches, loader, state, loss_fn, s, n_blocks,
-                                      reporter, scaler, unlabeled)
+                                      reporter, scaler, unlabeled, ema)
                 finally:
                     reporter.stop()
             model.eval()
@@ -537,6 +546,12 @@ def fit(
                     f"validation outputs became non-finite after epoch {state.epoch + 2}: lower "
                     "optim.lr or set train.grad_clip; the last good checkpoint is kept")
             val = score(outputs, targets, loss_fn, s)
+            if ema is not None:  # the moving average, scored the same way (ema_val_*)
+                o_ema, t_ema = batches.validate(ema.module)
+                if torch.isfinite(o_ema).all():
+                    rec.update({f"ema_val_{k}": v for k, v in score(o_ema, t_ema, loss_fn,
+                                                                     s).items()
+                                if isinstance(v, (int, float))})
             state.epoch, state.stage_epoch = state.epoch + 1, e
             record = {"epoch": state.epoch + 1, "stage": stage.name, "stage_epoch": e + 1,
                       "trainable_params": trainable,
@@ -586,6 +601,8 @@ def _defer_sigint() -> Iterator[None]:
 
 def _epoch_line(r: dict[str, Any], monitor: str) -> str:
     star = " [green]*[/]" if r.get("best") else ""
+    ema = r.get(f"ema_val_{monitor}")
+    avg = "" if ema is None else f" (ema {ema:.4f}{', kept' if r.get('kept') == 'ema' else ''})"
     return (f"  epoch {r['epoch']:>3} {r['stage'][:8]:<8} loss {r['train_loss']:.4f} | val loss "
-            f"{r['val_loss']:.4f} {monitor[:8]} {r[f'val_{monitor}']:.4f} | "
+            f"{r['val_loss']:.4f} {monitor[:8]} {r[f'val_{monitor}']:.4f}{avg} | "
             f"{r['samples_per_s']:.0f}/s{star}")

@@ -42,6 +42,7 @@ class LoopSettings:
     feature_cache: str = "disk"
     feature_engine: str = "torch"  # or onnx, auto: see engines.py
     freeze_bn: bool = True
+    ema: float | None = None  # train.ema: the decay of the weights' moving average (ema.py)
     topk: int = 5
     target_mean: float = 0.0  # regression targets are standardised for training
     target_std: float = 1.0
