@@ -100,14 +100,15 @@ class Run(LoadedRun):
     def robustness(self, data: str | Path | None = None, split: str | None = None,
                    corruptions: str = "all", severities: str = "1-5",
                    reference: str | Path | None = None, seed: int = 0,
-                   workers: int | None = None, limit: int | None = None, quiet: bool = True
-                   ) -> dict[str, Any]:
+                   workers: int | None = None, limit: int | None = None, quiet: bool = True,
+                   engine: str | None = None) -> dict[str, Any]:
         """Accuracy under the ImageNet-C corruptions (text runs: text perturbations); written
-        to ``RUN_DIR/robustness/``."""
+        to ``RUN_DIR/robustness/``. ``engine``: auto | onnx | torch for the model (default: the
+        run's ``train.feature_engine``)."""
         from .robustness.evaluate import robustness
 
         return robustness(self, data, split, corruptions, severities, reference, seed, workers,
-                          limit, quiet)
+                          limit, quiet, engine)
 
     def calibrate(self, temperature: bool = True, threshold: str = "keep",
                   target: float | None = None) -> dict[str, Any]:

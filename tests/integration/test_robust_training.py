@@ -66,9 +66,10 @@ def test_robustness_benchmark_report_and_mce(probe_run: Path, small_csv: Path,
                                              tmp_path: Path) -> None:
     args = ["--corruptions", "gaussian_noise,defocus_blur", "--severities", "1,5", "--limit",
             "24", "--workers", "2", "-q"]
-    proc = graft("robustness", probe_run, *args)
-    assert "mCA" in proc.stdout and "report:" in proc.stdout
+    proc = graft("robustness", probe_run, *args, "--engine", "torch")
+    assert "mCA" in proc.stdout and "report:" in proc.stdout and "model: torch" in proc.stdout
     res = json.loads((probe_run / "robustness" / "results.json").read_text())
+    assert res["engine"].startswith("torch")
     assert res["n"] == 24 and res["severities"] == [1, 5] and res["split"] == "val"
     assert set(res["corruptions"]) == {"gaussian_noise", "defocus_blur"}
     cells = [a for c in res["corruptions"].values() for a in c["severity"].values()]
@@ -88,8 +89,14 @@ def test_robustness_benchmark_report_and_mce(probe_run: Path, small_csv: Path,
           "report.enabled=false")
     bad = graft("robustness", other, "--reference", other, *args, check=False)
     assert bad.returncode == 2 and "no robustness results" in bad.stderr
-    graft("robustness", other, "--reference", probe_run, *args)
+    # the same cells with the backbone on ONNX Runtime (the default where it is installed, in
+    # process: --workers 0) and on torch: the same accuracies
+    graft("robustness", other, *args, "--engine", "torch")
+    on_torch = json.loads((other / "robustness" / "results.json").read_text())
+    graft("robustness", other, "--reference", probe_run, *args, "--workers", "0")
     mine = json.loads((other / "robustness" / "results.json").read_text())
+    assert mine["engine"].startswith("onnxruntime")
+    assert mine["corruptions"] == on_torch["corruptions"] and mine["mca"] == on_torch["mca"]
     ref = mine["reference"]
     errs = [1 - a for a in mine["corruptions"]["gaussian_noise"]["severity"].values()]
     ref_errs = [1 - a for a in noise.values()]

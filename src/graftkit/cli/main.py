@@ -342,7 +342,11 @@ def robustness(
     limit: int | None = typer.Option(None, "--limit", min=1, help="score a seeded sample of "
                                      "this many images (texts)"),
     workers: int | None = typer.Option(None, "--workers", min=0, help="corrupting processes "
-                                       "(default: one per core; images only)"),
+                                       "(default: the cores the model's --threads leave free; "
+                                       "images only)"),
+    engine: str | None = typer.Option(None, "--engine", help="what runs the model: auto | onnx "
+                                      "(ONNX Runtime for the backbone) | torch (default: the "
+                                      "run's train.feature_engine)"),
     seed: int = typer.Option(0, "--seed"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
@@ -352,9 +356,11 @@ def robustness(
 
     if split is not None and split not in ("train", "val", "test"):
         raise GraftError(f"--split {split!r}: use train, val or test")
+    if engine is not None and engine not in ("auto", "onnx", "torch"):
+        raise GraftError(f"--engine {engine!r}: use auto, onnx or torch")
     r = Run(run_dir).robustness(data, split=split, corruptions=corruptions,
                                 severities=severities, reference=reference, seed=seed,
-                                workers=workers, limit=limit, quiet=quiet)
+                                workers=workers, limit=limit, quiet=quiet, engine=engine)
     def num(v: float | None) -> str:  # None: undefined (a 0/0 ratio, see corruption_errors)
         return "n/a" if v is None else f"{v:.4f}"
 
@@ -366,6 +372,7 @@ def robustness(
         typer.echo(f"mCE {num(r['reference']['mce'])}  relative mCE "
                    f"{num(r['reference']['relative_mce'])}  (vs {r['reference']['run']})")
     typer.echo("weakest: " + ", ".join(f"{n} {v['mean']:.3f}" for n, v in worst))
+    typer.echo(f"model: {r['engine']}")
     typer.echo(f"written to {r['written_to']}\nreport: {r['report']}")
 
 

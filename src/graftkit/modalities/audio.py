@@ -272,8 +272,8 @@ class AudioModality(Modality):
         return ",".join(AUDIO_FAMILY_SUBSET)
 
     def robustness(self, model: Any, cal: Any, items: Items, names: list[str], sevs: list[int],
-                   seed: int, batch_size: int, workers: int | None, progress: Any
-                   ) -> tuple[dict[str, Any], Any]:
+                   seed: int, batch_size: int, workers: int | None, progress: Any,
+                   forward: Any = None) -> tuple[dict[str, Any], Any]:  # (torch runs it)
         """Clips are perturbed as decoded (16 kHz mono, before the window and the log-mel)."""
         import torch
 

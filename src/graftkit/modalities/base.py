@@ -202,9 +202,10 @@ class Modality:
         raise GraftError(f"graft robustness has no perturbations for {self.name} runs yet")
 
     def robustness(self, model: Any, cal: Any, items: Items, names: list[str], sevs: list[int],
-                   seed: int, batch_size: int, workers: int | None, progress: Any
-                   ) -> tuple[dict[str, Any], Any]:
-        """(results, what to show) of the modality's perturbation family on labeled items."""
+                   seed: int, batch_size: int, workers: int | None, progress: Any,
+                   forward: Any = None) -> tuple[dict[str, Any], Any]:
+        """(results, what to show) of the modality's perturbation family on labeled items;
+        ``forward`` (a faster engine of the same frozen model) may replace ``model``'s call."""
         raise GraftError(f"graft robustness has no perturbations for {self.name} runs yet")
 
     def robustness_figures(self, shown: Any, names: list[str], sevs: list[int], out: Path,

@@ -267,8 +267,8 @@ class ImageModality(Modality):
         return ",".join(FAMILY_SUBSET)
 
     def robustness(self, model: Any, cal: Any, items: Items, names: list[str], sevs: list[int],
-                   seed: int, batch_size: int, workers: int | None, progress: Any
-                   ) -> tuple[dict[str, Any], Any]:
+                   seed: int, batch_size: int, workers: int | None, progress: Any,
+                   forward: Any = None) -> tuple[dict[str, Any], Any]:
         """Images are corrupted as the model sees them (after the evaluation resize and centre
         crop, as ImageNet-C corrupts 224 px crops), then normalised."""
         import numpy as np
@@ -280,9 +280,11 @@ class ImageModality(Modality):
         images = [view(load_or_fail(path)[1]) for path, _ in items]
         targets = np.array([int(t) for _, t in items])
 
+        run = forward or model
+
         @torch.no_grad()
         def predict_probs(imgs: list) -> np.ndarray:
-            return cal.probs(model(self.batch(model, [finish(im) for im in imgs]))).numpy()
+            return cal.probs(run(self.batch(model, [finish(im) for im in imgs]))).numpy()
 
         results = run_corruptions(predict_probs, images, targets, names, sevs, seed=seed,
                                   workers=workers, batch_size=max(batch_size, 16),

@@ -189,8 +189,8 @@ class TextModality(Modality):
         return "all"
 
     def robustness(self, model: Any, cal: Any, items: Items, names: list[str], sevs: list[int],
-                   seed: int, batch_size: int, workers: int | None, progress: Any
-                   ) -> tuple[dict[str, Any], Any]:
+                   seed: int, batch_size: int, workers: int | None, progress: Any,
+                   forward: Any = None) -> tuple[dict[str, Any], Any]:  # (torch runs it)
         """Texts are perturbed as read, before tokenization."""
         import numpy as np
 

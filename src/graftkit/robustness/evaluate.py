@@ -69,9 +69,29 @@ def _reference(reference: str | Path | None, names: list[str], sevs: list[int]
 
 
 def _score(run: LoadedRun, items: list[tuple[str, float]], names: list[str], sevs: list[int],
-           seed: int, workers: int | None, progress: Any) -> tuple[dict[str, Any], Any]:
-    return run.modality.robustness(run.model, run.calibration, items, names, sevs, seed,
-                                   run.eval_batch, workers, progress)
+           seed: int, workers: int | None, progress: Any, warn: Any = None,
+           engine: str = "torch") -> tuple[dict[str, Any], Any]:
+    """The modality's perturbation benchmark; the backbone runs on ONNX Runtime unless
+    ``engine`` is torch or it is not installed (onnx then is a one-line error); results.json's
+    ``engine`` says what ran."""
+    from ..train import engines
+
+    engines.check(engine)
+    engines.reset()
+    forward = None
+    if engine != "torch" and engines.available():
+        forward = engines.FrozenModel(run.model, warn or (lambda _m: None))
+    results, shown = run.modality.robustness(run.model, run.calibration, items, names, sevs,
+                                             seed, run.eval_batch, workers, progress,
+                                             forward=forward)
+    results["engine"] = engines.used().get("engine") or f"torch {torch_version()} (eager)"
+    return results, shown
+
+
+def torch_version() -> str:
+    import torch
+
+    return torch.__version__
 
 
 def quick_mca(run: LoadedRun, corruptions: str | None, severities: str, limit: int | None,
@@ -93,9 +113,12 @@ def quick_mca(run: LoadedRun, corruptions: str | None, severities: str, limit: i
 def robustness(run: LoadedRun, data: str | Path | None = None, split: str | None = None,
                corruptions: str = "all", severities: str = "1-5",
                reference: str | Path | None = None, seed: int = 0, workers: int | None = None,
-               limit: int | None = None, quiet: bool = True) -> dict[str, Any]:
+               limit: int | None = None, quiet: bool = True, engine: str | None = None
+               ) -> dict[str, Any]:
     """Corruption benchmark of ``run`` on labeled data (default: its own test/val split); a
-    text run gets the text perturbations (``corruptions`` names them; ``workers`` is unused)."""
+    text run gets the text perturbations (``corruptions`` names them; ``workers`` is unused).
+    ``engine`` (auto | onnx | torch; default the run's ``train.feature_engine``): what runs the
+    image model's backbone."""
     from ..train.progress import Reporter
     from . import plots
     from .bench import corruption_errors
@@ -117,7 +140,8 @@ def robustness(run: LoadedRun, data: str | Path | None = None, split: str | None
     reporter.start("perturb + predict", len(items) * (1 + len(names) * len(sevs)))
     t0 = time.perf_counter()
     try:
-        results, shown = _score(run, items, names, sevs, seed, workers, reporter.advance)
+        results, shown = _score(run, items, names, sevs, seed, workers, reporter.advance,
+                                reporter.warn, engine or run.config.train.feature_engine)
     finally:
         reporter.stop()
     results.update(data=data, split=used, model=meta["model"]["name"], modality=modality.name,

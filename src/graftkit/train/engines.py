@@ -133,6 +133,28 @@ def onnx_features(model: nn.Module, weights_digest: str, first_batch: Any,
     return run
 
 
+class FrozenModel:
+    """A whole frozen model for long gradient-free passes (``graft robustness``): the backbone's
+    features through ONNX Runtime (set up on the first batch, as for a probe's extraction: one
+    export per weights digest, parity checked), then the head in torch; the model itself when
+    the engine is refused."""
+
+    def __init__(self, model: nn.Module, warn: Callable[[str], None]) -> None:
+        self.model, self.warn = model, warn
+        self.fn: Callable[[Any], torch.Tensor] | None = None
+
+    @torch.no_grad()
+    def __call__(self, x: Any) -> torch.Tensor:
+        if self.fn is None:
+            from .features import weights_digest
+
+            feats = onnx_features(self.model, weights_digest(self.model.backbone), x,
+                                  self.warn)
+            head = self.model.head
+            self.fn = self.model if feats is None else (lambda b: head(feats(b)))
+        return self.fn(x)
+
+
 @torch.no_grad()
 def _export(sig: Any, names: list[str], path: Path, info_path: Path) -> dict[str, Any]:
     import warnings
