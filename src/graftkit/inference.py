@@ -90,13 +90,22 @@ def tta_model(run: LoadedRun, tta: int | None) -> Averaged:
     return Averaged(run.model, run.modality.tta_views(n, run.model, run.config))
 
 
+def tta_calibration(run: LoadedRun, views: int) -> Calibration:
+    """The calibration of the model averaged over ``views``: the one fitted on its own
+    validation outputs at the end of training (``report.tta`` = ``views``), else the run's."""
+    fitted = run.meta.get("calibration_tta") or {}
+    if views > 1 and fitted.get("views") == views:
+        return Calibration.from_meta({"calibration": fitted})
+    return run.calibration
+
+
 @torch.no_grad()
 def predict(run: LoadedRun, items: list[Any], topk: int = 5, batch_size: int | None = None,
             tta: int | None = None) -> list[dict[str, Any]]:
     """Top-k classes with calibrated probabilities (or the value) of each input; ``tta``: test-
     time views averaged (default: the run's ``report.tta``)."""
-    mod, cal = run.modality, run.calibration
-    model = tta_model(run, tta)
+    mod, model = run.modality, tta_model(run, tta)
+    cal = tta_calibration(run, len(model.views))
     view, batch_size = mod.model_view(run.model), batch_size or run.eval_batch
     results: list[dict[str, Any]] = []
     for start in range(0, len(items), batch_size):
@@ -216,7 +225,8 @@ def evaluate(run: LoadedRun, data: str | Path | None, split: str | None = None,
     averaged = tta_model(run, tta)
     items, skipped, used, data = eval_items(run, data, split)
     logits, targets = outputs(run, items, quiet, tta=averaged)
-    a = analyze(logits, targets, meta["task"], meta["classes"], run.calibration, cfg.train.topk,
+    cal = tta_calibration(run, len(averaged.views))
+    a = analyze(logits, targets, meta["task"], meta["classes"], cal, cfg.train.topk,
                 meta.get("target_stats"), items=[str(p) for p, _ in items])
     out = rd.eval_dir(run.path, data, used, name)
     info: dict[str, Any] = {"data": str(data), "split": used, "n_skipped": len(skipped),
@@ -224,7 +234,8 @@ def evaluate(run: LoadedRun, data: str | Path | None, split: str | None = None,
     if len(averaged.views) > 1:
         plain = analyze(torch.cat(averaged.plain).cpu(), targets, meta["task"], meta["classes"],
                         run.calibration, cfg.train.topk, meta.get("target_stats"))
-        info["tta"] = compare_tta(plain, a, [n for n, _ in averaged.views], averaged.seconds)
+        info["tta"] = compare_tta(plain, a, [n for n, _ in averaged.views], averaged.seconds,
+                                  run.calibration.temperature, cal.temperature)
     metrics = write_eval(out, a, run.path, meta, info, top_losses=cfg.report.top_losses,
                          gallery=gallery_for(run))
     metrics.update(written_to=str(out / rd.METRICS), report=str(out / rd.REPORT))

@@ -246,24 +246,32 @@ class Session:
 
     def _tta(self, analyses: dict[str, Analysis], cal: Calibration) -> dict[str, Any]:
         """``report.tta`` views: the val and test splits scored by the averaged model (its
-        analysis replaces the plain one in ``analyses``); returns each split's comparison."""
-        s, out = self.settings, {}
+        analysis replaces the plain one in ``analyses``), calibrated on its own val outputs
+        (``calibration_tta`` in meta.json, which predict and evaluate use for that many views);
+        returns each split's comparison."""
+        s, out, n = self.settings, {}, self.cfg.report.tta
         model = self.model.eval()
+        cal_tta = cal
         for split in ("val", "test"):
             items = self.spec.splits.get(split)
             if not items:
                 continue
-            averaged = Averaged(model, self.modality.tta_views(self.cfg.report.tta, model,
-                                                               self.cfg))
+            averaged = Averaged(model, self.modality.tta_views(n, model, self.cfg))
             loader = torch.utils.data.DataLoader(model.make_dataset(items, s.task),
                                                  batch_size=s.eval_batch_size,
                                                  collate_fn=model.collate)
             o, t = predict_batches(averaged, loader, s)
-            a = analyze(o, t, s.task, list(s.classes), cal, s.topk, self.spec.target_stats,
+            if split == "val" and s.task == "classification":
+                cal_tta = self._calibrate(o, t)
+                meta = rd.read_json(self.out / rd.META)
+                meta["calibration_tta"] = {**cal_tta.to_dict(), "views": n, "fitted_on": "val"}
+                rd.write_json(self.out / rd.META, meta)
+            a = analyze(o, t, s.task, list(s.classes), cal_tta, s.topk, self.spec.target_stats,
                         items=[str(p) for p, _ in items])
             plain = analyze(torch.cat(averaged.plain).cpu(), t, s.task, list(s.classes), cal,
                             s.topk, self.spec.target_stats)
-            out[split] = compare_tta(plain, a, [n for n, _ in averaged.views], averaged.seconds)
+            out[split] = compare_tta(plain, a, [n for n, _ in averaged.views], averaged.seconds,
+                                     cal.temperature, cal_tta.temperature)
             analyses[split] = a
             said = ", ".join(f"{k} {out[split]['without'][k]:.4f} -> {v:.4f}"
                              for k, v in out[split]["with"].items() if isinstance(v, float))

@@ -32,6 +32,13 @@ def test_a_run_default_of_three_views(small_csv: Path, hymenoptera: Path, tmp_pa
     assert 'id="tta"' in page and "identity, flip, zoom centre" in page
     meta = json.loads((out / "meta.json").read_text())
     assert "test-time augmentation" in meta["timings"]
+    # the averaged model has its own temperature, fitted on its val outputs; evaluate uses it
+    fitted = meta["calibration_tta"]
+    assert fitted["views"] == 3 and fitted["fitted_on"] == "val"
+    assert t["temperature_with"] == pytest.approx(fitted["temperature"])
+    assert t["temperature_without"] == pytest.approx(meta["calibration"]["temperature"])
+    again = json.loads(graft("evaluate", out, "--split", "val", "--json").stdout)
+    assert again["ece"] == pytest.approx(m["ece"], abs=1e-6)  # the run default: 3 views
 
     import graftkit
 

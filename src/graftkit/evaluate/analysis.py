@@ -88,17 +88,19 @@ TTA_KEYS = {"classification": ("accuracy", "macro_f1", "ece", "log_loss"),
             "regression": ("mae", "rmse", "r2")}
 
 
-def compare_tta(plain: Analysis, tta: Analysis, views: list[str], seconds: list[float]
+def compare_tta(plain: Analysis, tta: Analysis, views: list[str], seconds: list[float],
+                temperature: float | None = None, temperature_tta: float | None = None
                 ) -> dict[str, Any]:
     """metrics.json's ``tta``: the plain model's and the view-averaged model's headline metrics
-    on the same inputs, how many decisions the averaging fixed and broke, and the model time of
-    one view against all of them."""
+    on the same inputs (each under its temperature), how many decisions the averaging fixed and
+    broke, and the model time of one view against all of them."""
     keys = TTA_KEYS[tta.task]
     out: dict[str, Any] = {
         "views": len(views), "names": views,
         "without": {k: plain.metrics.get(k) for k in keys},
         "with": {k: tta.metrics.get(k) for k in keys},
         "model_seconds_without": round(seconds[0], 3), "model_seconds_with": round(sum(seconds), 3),
+        "temperature_without": temperature, "temperature_with": temperature_tta,
     }
     if tta.task == "classification":
         out["fixed"] = int((~plain.correct & tta.correct).sum())
