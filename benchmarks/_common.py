@@ -11,6 +11,19 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = Path(os.environ.get("GRAFT_DATA_DIR", ROOT.parent / "shared" / "data"))
+IMAGE_SETS = {"hymenoptera": DATA_DIR / "hymenoptera_256",
+              "caltech": DATA_DIR / "caltech101_10_160"}
+
+
+def graft_cli(threads: int, *args: str, env: dict[str, str]) -> tuple[float, str]:
+    """Run ``graft --threads N ARGS`` in a new process: (whole-process wall seconds, stdout)."""
+    import subprocess
+    import sys
+
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "graftkit.cli.main", "--threads", str(threads),
+                           *args], check=True, capture_output=True, text=True, env=env)
+    return time.perf_counter() - t0, proc.stdout
 
 
 def machine() -> dict[str, Any]:

@@ -13,15 +13,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
-from _common import DATA_DIR, write_result
-
-SETS = {"hymenoptera": DATA_DIR / "hymenoptera_256", "caltech": DATA_DIR / "caltech101_10_160"}
+from _common import IMAGE_SETS as SETS
+from _common import graft_cli, write_result
 
 
 def main() -> None:
@@ -39,12 +35,8 @@ def main() -> None:
                 out = Path(tmp) / f"{name}-{ema}"
                 extra = [f"train.ema={ema}"] if ema else []
                 load = round(os.getloadavg()[0], 2)
-                t0 = time.perf_counter()
-                subprocess.run([sys.executable, "-m", "graftkit.cli.main", "--threads",
-                                str(args.threads), "train", "--data", str(SETS[name]), "--out",
-                                str(out), "--strategy", args.strategy, "-q", *extra],
-                               check=True, capture_output=True, env=env)
-                wall = time.perf_counter() - t0
+                wall, _ = graft_cli(args.threads, "train", "--data", str(SETS[name]), "--out",
+                                    str(out), "--strategy", args.strategy, "-q", *extra, env=env)
                 m = json.loads((out / "metrics.json").read_text())
                 hist = [json.loads(x) for x in (out / "history.jsonl").read_text().splitlines()]
                 best = hist[m["best_epoch"] - 1]

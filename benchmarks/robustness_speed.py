@@ -22,23 +22,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
-from _common import DATA_DIR, write_result
+from _common import IMAGE_SETS as SETS
+from _common import graft_cli, write_result
 
-SETS = {"hymenoptera": DATA_DIR / "hymenoptera_256", "caltech": DATA_DIR / "caltech101_10_160"}
 MODES = {"before": ["--engine", "torch", "--workers", str(os.cpu_count() or 1)], "after": []}
 
 
 def graft(threads: int, *args: str, env: dict[str, str]) -> float:
-    t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "graftkit.cli.main", "--threads", str(threads), *args],
-                   check=True, capture_output=True, text=True, env=env)
-    return time.perf_counter() - t0
+    return graft_cli(threads, *args, env=env)[0]
 
 
 def main() -> None:

@@ -18,22 +18,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
-from _common import DATA_DIR, write_result
-
-SETS = {"hymenoptera": DATA_DIR / "hymenoptera_256", "caltech": DATA_DIR / "caltech101_10_160"}
-
-
-def graft(threads: int, *args: str, env: dict[str, str]) -> tuple[float, str]:
-    t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "graftkit.cli.main", "--threads", str(threads),
-                           *args], check=True, capture_output=True, text=True, env=env)
-    return time.perf_counter() - t0, proc.stdout
+from _common import IMAGE_SETS as SETS
+from _common import graft_cli as graft
+from _common import write_result
 
 
 def main() -> None:

@@ -84,14 +84,10 @@ def _score(run: LoadedRun, items: list[tuple[str, float]], names: list[str], sev
     results, shown = run.modality.robustness(run.model, run.calibration, items, names, sevs,
                                              seed, run.eval_batch, workers, progress,
                                              forward=forward)
-    results["engine"] = engines.used().get("engine") or f"torch {torch_version()} (eager)"
+    if not engines.used().get("engine"):  # the model ran on torch, as it is
+        engines.note_torch()
+    results["engine"] = engines.used()["engine"]
     return results, shown
-
-
-def torch_version() -> str:
-    import torch
-
-    return torch.__version__
 
 
 def quick_mca(run: LoadedRun, corruptions: str | None, severities: str, limit: int | None,

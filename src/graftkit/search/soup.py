@@ -122,7 +122,7 @@ def soup(search: Path, out: Path | None = None, overwrite: bool = False,
         model.load_state_dict(weights, strict=True)
         logits, targets = outputs(run, items)
         m = analyze(logits, targets, run.meta["task"], run.meta["classes"]).metrics
-        return float(m["loss"] if monitor == "loss" else m[monitor])
+        return float(m[monitor])
 
     first = load_file(str(best.path / rd.WEIGHTS))
     sums = {k: v.double() if v.is_floating_point() else v for k, v in first.items()}
@@ -159,7 +159,7 @@ def _write(best: Path, out: Path, weights: dict[str, torch.Tensor], info: dict[s
            save_file: Any) -> None:
     """The soup's run directory: a copy of the best trial's, built beside ``out`` and put in its
     place once complete."""
-    from ..inference import LoadedRun, calibrate, evaluate, run_split
+    from ..inference import LoadedRun, calibrate, ensure_reference, evaluate, run_split
 
     build = rd.sibling(out, "soup")
     shutil.copytree(best, build, dirs_exist_ok=True, ignore=shutil.ignore_patterns(
@@ -179,8 +179,6 @@ def _write(best: Path, out: Path, weights: dict[str, torch.Tensor], info: dict[s
     for split in ("val", "test"):
         if split in spec.splits:
             evaluate(run, None, split)
-    from ..inference import ensure_reference
-
     ensure_reference(run)
     if out.exists():
         rd.replace_dir(out, build)

@@ -133,26 +133,35 @@ def onnx_features(model: nn.Module, weights_digest: str, first_batch: Any,
     return run
 
 
+class EngineFeatures:
+    """The backbone's features through ONNX Runtime, set up on the first batch (exported once
+    per backbone, checked against torch on that batch); torch's when the engine is refused."""
+
+    def __init__(self, model: nn.Module, digest: str, warn: Callable[[str], None]) -> None:
+        self.model, self.digest, self.warn = model, digest, warn
+        self.fn: Callable[[Any], torch.Tensor] | None = None
+
+    def __call__(self, x: Any) -> torch.Tensor:
+        if self.fn is None:
+            self.fn = onnx_features(self.model, self.digest, x, self.warn) or (
+                self.model.features)
+        return self.fn(x)
+
+
 class FrozenModel:
-    """A whole frozen model for long gradient-free passes (``graft robustness``): the backbone's
-    features through ONNX Runtime (set up on the first batch, as for a probe's extraction: one
-    export per weights digest, parity checked), then the head in torch; the model itself when
-    the engine is refused."""
+    """A whole frozen model for long gradient-free passes (``graft robustness``): the head on
+    :class:`EngineFeatures` (the model's own forward, ``head(features(x))``, with the backbone
+    on ONNX Runtime where it is not refused)."""
 
     def __init__(self, model: nn.Module, warn: Callable[[str], None]) -> None:
-        self.model, self.warn = model, warn
-        self.fn: Callable[[Any], torch.Tensor] | None = None
+        from .features import weights_digest
+
+        self.head = model.head
+        self.features = EngineFeatures(model, weights_digest(model.backbone), warn)
 
     @torch.no_grad()
     def __call__(self, x: Any) -> torch.Tensor:
-        if self.fn is None:
-            from .features import weights_digest
-
-            feats = onnx_features(self.model, weights_digest(self.model.backbone), x,
-                                  self.warn)
-            head = self.model.head
-            self.fn = self.model if feats is None else (lambda b: head(feats(b)))
-        return self.fn(x)
+        return self.head(self.features(x))
 
 
 @torch.no_grad()

@@ -264,7 +264,8 @@ def features_for(model: nn.Module, items: Sequence[tuple[str, float]], split: st
     def compute() -> tuple[torch.Tensor, torch.Tensor]:
         part = [items[i] for i in w.shard(len(items))] if shard else items
         if engine == "onnx":
-            run: Callable[[Any], torch.Tensor] = _EngineFeatures(model, digest, reporter.warn)
+            run: Callable[[Any], torch.Tensor] = engines.EngineFeatures(model, digest,
+                                                                           reporter.warn)
         else:
             run = model.features
             engines.note_torch()
@@ -290,21 +291,6 @@ def features_for(model: nn.Module, items: Sequence[tuple[str, float]], split: st
     if origin == "disk":  # (memory hits, e.g. each self-training round's, go unsaid)
         reporter.line(f"  features {split}: {len(y)} from the {origin} cache")
     return TensorDataset(x.to(s.device), y)
-
-
-class _EngineFeatures:
-    """The backbone's features through ONNX Runtime, set up on the first batch (exported once
-    per backbone, checked against torch on that batch); torch's when the engine is refused."""
-
-    def __init__(self, model: nn.Module, digest: str, warn: Callable[[str], None]) -> None:
-        self.model, self.digest, self.warn = model, digest, warn
-        self.fn: Callable[[Any], torch.Tensor] | None = None
-
-    def __call__(self, x: Any) -> torch.Tensor:
-        if self.fn is None:
-            self.fn = engines.onnx_features(self.model, self.digest, x, self.warn) or (
-                self.model.features)
-        return self.fn(x)
 
 
 def pool_features(model: nn.Module, data: LoopData, s: LoopSettings, reporter: Reporter
