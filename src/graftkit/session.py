@@ -26,7 +26,7 @@ from .evaluate.metrics import LOWER_IS_BETTER, SUMMARY_METRICS
 from .modalities import Modality
 from .strategies import STRATEGIES, Stage, Strategy, StrategyParams
 from .threads import thread_count, use_threads
-from .train import distributed, engines, wise_ft
+from .train import distributed, engines, select, wise_ft
 from .train import hooks as H
 from .train.checkpoint import load_weights, read_state_info, save_weights
 from .train.device import (
@@ -429,18 +429,7 @@ def build_session(cfg: Config, out: Path, monitor: str, quiet: bool = False,
                           f"classification; this data has {len(spec.classes)} classes")
     loss_fn = _loss(cfg, spec)  # checks loss.class_weights against the classes, before the model
     n_out = 1 if cfg.task == "regression" else len(spec.classes)
-    m = cfg.model
-    reporter.line(f"[bold]model[/] {m.name}  [bold]strategy[/] {cfg.strategy.name}")
-    with reporter.phase("model load"):
-        model, about_model = modality.create_model(m, spec, n_out, out, resuming)
-        modality.tta_views(cfg.report.tta, model, cfg)  # report.tta: views it has, or one line
-        strat = STRATEGIES.get(cfg.strategy.name)
-        if strat.prepare is not None:  # e.g. LoRA wraps the model with its adapters
-            strat.prepare(model, _strategy_params(cfg))
-    if world.main:
-        rd.write_json(out / rd.DATA_REPORT, {**spec.report(), **about_model,
-                                             **({"audit": checked} if checked else {}),
-                                             **({"unlabeled": pool.report()} if pool else {})})
+    strat = STRATEGIES.get(cfg.strategy.name)
     stages = plan_stages(cfg, strat)
     if world.size > 1 and any(st.fixmatch for st in stages):
         raise ConfigError("config key 'semi.method': FixMatch does not train on several "
@@ -470,6 +459,22 @@ def build_session(cfg: Config, out: Path, monitor: str, quiet: bool = False,
     if pool is not None:
         data.pool, data.pool_hidden = pool.items, pool.hidden
         data.pool_fingerprint, data.run_dir = pool.fingerprint(), out
+    selection = None
+    if cfg.model.name == select.AUTO and not resuming:
+        with reporter.phase("model selection"):
+            cfg, selection = _select_model(cfg, spec, modality, n_out, data, settings, reporter,
+                                           out)
+    m = cfg.model
+    reporter.line(f"[bold]model[/] {m.name}  [bold]strategy[/] {cfg.strategy.name}")
+    with reporter.phase("model load"):
+        model, about_model = modality.create_model(m, spec, n_out, out, resuming)
+        modality.tta_views(cfg.report.tta, model, cfg)  # report.tta: views it has, or one line
+        if strat.prepare is not None:  # e.g. LoRA wraps the model with its adapters
+            strat.prepare(model, _strategy_params(cfg))
+    if world.main:
+        rd.write_json(out / rd.DATA_REPORT, {**spec.report(), **about_model,
+                                             **({"audit": checked} if checked else {}),
+                                             **({"unlabeled": pool.report()} if pool else {})})
     resume_info = None
     if resuming:
         resume_info = read_state_info(out / rd.STATE)
@@ -490,8 +495,13 @@ def build_session(cfg: Config, out: Path, monitor: str, quiet: bool = False,
         rd.write_json(out / rd.META, meta)
     elif world.main:
         (out / rd.CONFIG).write_text(to_yaml(cfg))
-        rd.write_json(out / rd.META, _meta(cfg, spec, modality, model, stages, data.fingerprint,
-                                           settings, pool))
+        meta = _meta(cfg, spec, modality, model, stages, data.fingerprint, settings, pool)
+        if selection is not None:
+            meta["model_selection"] = {"file": select.FILE, "chosen": selection["chosen"],
+                                       "seconds": selection["seconds"],
+                                       "n_scored": len(selection["candidates"]),
+                                       "n_skipped": len(selection["skipped"])}
+        rd.write_json(out / rd.META, meta)
     tracking = _tracking(cfg, out, name or out.name, resume_info, reporter) if (
         cfg.tracking.backends and world.main) else None
     if world.size > 1 and world.main:  # (a resumed run may have another number than before)
@@ -525,8 +535,36 @@ def _tracking(cfg: Config, out: Path, name: str, resume_info: dict[str, Any] | N
     return started
 
 
+def _select_model(cfg: Config, spec: DataSpec, modality: Modality, n_out: int, data: LoopData,
+                  settings: LoopSettings, reporter: Reporter, out: Path
+                  ) -> tuple[Config, dict[str, Any]]:
+    """``model.name: auto``: every built-in backbone of the modality scored by a cached probe
+    (see :mod:`graftkit.train.select`); the config of the winner."""
+    names = modality.auto_candidates()
+
+    def extract(name: str) -> tuple[Any, Any]:
+        m = cfg.model.model_copy(update={"name": name})
+        with select.scratch_dir(out) as tmp:  # a text model's tokenizer files, dropped after
+            model, _ = modality.create_model(m, spec, n_out, Path(tmp), False)
+        train = features_for(model, data.train, "train", data, settings, reporter).tensors
+        val = features_for(model, data.val, "val", data, settings, reporter).tensors if (
+            data.val) else (None, None)
+        return train, val
+
+    reporter.line(f"[bold]model[/] auto: {len(names)} built-in {modality.noun} backbones "
+                  f"({', '.join(names)}), scored by cached probes")
+    chosen, report = select.select(names, extract, modality.combines, cfg.train.seed,
+                                   cfg.model.budget, out, reporter.line)
+    reporter.line(f"  chosen: [bold]{chosen}[/] (ranking in {out / select.FILE})")
+    return cfg.model_copy(update={"model": cfg.model.model_copy(update={"name": chosen})}), report
+
+
 def _check_world(cfg: Config, world: World) -> None:
     """What several processes need of the config (the global batch splits evenly)."""
+    if cfg.model.name == select.AUTO:
+        raise ConfigError("config key 'model.name': auto chooses on one process; run graft "
+                          "train --model auto once (the ranking is in its run directory), then "
+                          "launch the chosen model on several")
     if cfg.data.batch_size % world.size:
         raise ConfigError(f"config key 'data.batch_size': the global batch of "
                           f"{cfg.data.batch_size} does not split over {world.size} processes; "
@@ -646,7 +684,9 @@ def _meta(cfg: Config, spec: DataSpec, modality: Modality, model: Any, stages: l
                   "head": getattr(model, "head_kind", "linear"),
                   "dropout": cfg.model.dropout, "num_features": model.num_features,
                   "total_params": sum(p.numel() for p in model.parameters()),
-                  "weights": cfg.model.weights, "pretrained": cfg.model.pretrained},
+                  "weights": cfg.model.weights, "pretrained": cfg.model.pretrained,
+                  **({"parts": model.parts_meta()}
+                     if hasattr(model, "parts_meta") else {})},
         "preprocessing": model.data_config.to_dict(),
         "strategy": cfg.strategy.name,
         "stages": [{"name": st.name, "epochs": st.epochs, "lr": st.lr} for st in stages],

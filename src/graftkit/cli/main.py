@@ -46,7 +46,11 @@ def train(
     text_column: str | None = typer.Option(None, "--text-column", help="text: column name"),
     label_column: str | None = typer.Option(None, "--label-column", help="label column name"),
     model: str | None = typer.Option(None, "--model", help="built-in, timm or Hugging Face "
-                                     "model name (or a local model folder)"),
+                                     "model name (or a local model folder); auto: the best "
+                                     "built-in by cached probes; a+b: one head on several "
+                                     "image backbones"),
+    budget: float | None = typer.Option(None, "--budget", help="--model auto: seconds the "
+                                        "selection may take"),
     strategy: str | None = typer.Option(None, "--strategy", help="see `graft list`"),
     epochs: int | None = typer.Option(None, "--epochs", help="default: the strategy's"),
     out: Path | None = typer.Option(None, "--out", help="run directory to write"),
@@ -100,7 +104,8 @@ def train(
 
     if resume is not None:
         given = _flags(data=data, val=val, test=test, text_column=text_column,
-                       label_column=label_column, model=model, strategy=strategy, epochs=epochs,
+                       label_column=label_column, model=model, budget=budget,
+                       strategy=strategy, epochs=epochs,
                        config=config,
                        out=out, lr=lr, augment=augment, weights=weights, batch_size=batch_size,
                        task=task, val_fraction=val_fraction, test_fraction=test_fraction,
@@ -124,7 +129,7 @@ def train(
         flags = _flags(**{
             "data.path": data, "data.val": val, "data.test": test, "data.modality": modality,
             "data.text_column": text_column, "data.label_column": label_column,
-            "model.name": model, "strategy.name": strategy,
+            "model.name": model, "model.budget": budget, "strategy.name": strategy,
             "train.epochs": epochs, "model.weights": weights, "optim.lr": lr,
             "data.batch_size": batch_size, "train.augment": augment, "task": task,
             "data.val_fraction": val_fraction, "data.test_fraction": test_fraction,

@@ -63,7 +63,15 @@ def run_summary(run_path: Path, meta: dict[str, Any]) -> dict[str, Any]:
         "precision": meta.get("precision"), "created": meta.get("created"),
         "data_source": (meta.get("data") or {}).get("source"),
         "semi": _semi(meta, hist),
+        "selection": _selection(run_path, meta),
     }
+
+
+def _selection(run_path: Path, meta: dict[str, Any]) -> dict[str, Any] | None:
+    """``--model auto``'s ranking (model_selection.json), when the run chose its backbone."""
+    sel = meta.get("model_selection")
+    f = run_path / (sel or {}).get("file", "")
+    return rd.read_json(f) if sel and f.is_file() else None
 
 
 def _semi(meta: dict[str, Any], hist: list[dict[str, Any]]) -> dict[str, Any] | None:

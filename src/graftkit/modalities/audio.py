@@ -164,6 +164,11 @@ class AudioModality(Modality):
         return out
 
     # --- model --------------------------------------------------------------------------------
+    def auto_candidates(self) -> list[str]:
+        from ..models.audio import AUDIO_MODELS
+
+        return AUDIO_MODELS.names()
+
     def check_model(self, name: str) -> None:
         from ..models.audio import AUDIO_MODELS, is_audio_model
 

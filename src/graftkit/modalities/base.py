@@ -109,6 +109,12 @@ class Modality:
     def check_model(self, name: str) -> None:
         """A ConfigError when ``name`` is no model of this modality."""
 
+    combines = False  # one head on several backbones (``model.name: a+b``)
+
+    def auto_candidates(self) -> list[str]:
+        """The built-in backbones ``model.name: auto`` scores, in the order it tries them."""
+        return []
+
     def arch(self, name: str) -> str:
         return name
 

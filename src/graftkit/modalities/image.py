@@ -153,6 +153,13 @@ class ImageModality(Modality):
 
         resolve_arch(name)
 
+    combines = True  # CombinedBackbone: several timm backbones read one image
+
+    def auto_candidates(self) -> list[str]:
+        from ..models.vision import MODELS
+
+        return MODELS.names()
+
     def arch(self, name: str) -> str:
         from ..models.vision import resolve_arch
 
@@ -172,7 +179,7 @@ class ImageModality(Modality):
 
         dc = DataConfig.from_dict(meta["preprocessing"])
         return rebuild_model(meta["model"]["arch"], meta["num_outputs"],
-                             meta["model"]["dropout"], dc)
+                             meta["model"]["dropout"], dc, meta["model"].get("parts"))
 
     def eval_batch(self, d: Any, device: Any) -> int:
         from ..train.device import resolve_eval_batch

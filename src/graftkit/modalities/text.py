@@ -98,6 +98,11 @@ class TextModality(Modality):
         return items, skipped, split or "all"
 
     # --- model --------------------------------------------------------------------------------
+    def auto_candidates(self) -> list[str]:
+        from ..models.text import TEXT_MODELS
+
+        return TEXT_MODELS.names()
+
     def check_model(self, name: str) -> None:
         from ..models.text import is_text_model
 

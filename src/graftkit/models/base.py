@@ -15,6 +15,8 @@ from torch import nn
 
 from ..errors import GraftError
 
+SEPARATOR = "+"  # efficientnet_lite2+mobilenet_v2: one head on several backbones' features
+
 
 @runtime_checkable
 class ModelAdapter(Protocol):
@@ -146,3 +148,30 @@ def wheel_file(name: str, dist: str, suffix: str) -> Path:
         if str(f).endswith(suffix):
             return Path(str(f.locate()))
     raise GraftError(f"package {dist} is installed but holds no {suffix}; reinstall it")
+
+
+def onnx_linear_weights(graph: Any, prefix: str, where: Path) -> dict[str, torch.Tensor]:
+    """The weights of an ONNX export's linear layers, which its exporter left unnamed
+    (``onnx::MatMul_N``, stored ``(in, out)``): each is named after the bias (under ``prefix``)
+    of the ``Add`` that follows its ``MatMul``, and transposed to torch's ``(out, in)``."""
+    from onnx import numpy_helper
+
+    inits = {t.name: t for t in graph.initializer}
+    adds: dict[str, list[str]] = {}  # a MatMul's output -> the inputs of the Add consuming it
+    for node in graph.node:
+        if node.op_type == "Add":
+            for inp in node.input:
+                adds[inp] = list(node.input)
+    out = {}
+    for node in graph.node:
+        if node.op_type != "MatMul" or len(node.input) != 2:
+            continue
+        weight = node.input[1]
+        if weight not in inits or weight.startswith(prefix):
+            continue
+        biases = [i for i in adds.get(node.output[0], []) if i.startswith(prefix)]
+        if len(biases) != 1 or not biases[0].endswith(".bias"):
+            raise GraftError(f"{where}: cannot tell which layer the weight {weight} belongs to")
+        key = biases[0].removeprefix(prefix).removesuffix("bias") + "weight"
+        out[key] = torch.from_numpy(numpy_helper.to_array(inits[weight]).T.copy())
+    return out

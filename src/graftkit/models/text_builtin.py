@@ -19,7 +19,7 @@ import torch
 from transformers import BertConfig, BertModel
 
 from ..errors import GraftError
-from .base import wheel_file
+from .base import onnx_linear_weights, wheel_file
 
 ONNX_PREFIX = "model.0.auto_model."
 
@@ -82,22 +82,7 @@ def onnx_state_dict(path: Path) -> dict[str, torch.Tensor]:
         name.removeprefix(ONNX_PREFIX): torch.from_numpy(numpy_helper.to_array(t).copy())
         for name, t in inits.items() if name.startswith(ONNX_PREFIX)
     }
-    adds: dict[str, list[str]] = {}  # a MatMul's output -> the inputs of the Add consuming it
-    for node in graph.node:
-        if node.op_type == "Add":
-            for inp in node.input:
-                adds[inp] = list(node.input)
-    for node in graph.node:
-        if node.op_type != "MatMul" or len(node.input) != 2:
-            continue
-        weight = node.input[1]
-        if weight not in inits or weight.startswith(ONNX_PREFIX):
-            continue
-        biases = [i for i in adds.get(node.output[0], []) if i.startswith(ONNX_PREFIX)]
-        if len(biases) != 1 or not biases[0].endswith(".bias"):
-            raise GraftError(f"{path}: cannot tell which layer the weight {weight} belongs to")
-        key = biases[0].removeprefix(ONNX_PREFIX).removesuffix("bias") + "weight"
-        state[key] = torch.from_numpy(numpy_helper.to_array(inits[weight]).T.copy())
+    state.update(onnx_linear_weights(graph, ONNX_PREFIX, path))
     return state
 
 

