@@ -547,8 +547,11 @@ def _select_model(cfg: Config, spec: DataSpec, modality: Modality, n_out: int, d
         with select.scratch_dir(out) as tmp:  # a text model's tokenizer files, dropped after
             model, _ = modality.create_model(m, spec, n_out, Path(tmp), False)
         train = features_for(model, data.train, "train", data, settings, reporter).tensors
-        val = features_for(model, data.val, "val", data, settings, reporter).tensors if (
-            data.val) else (None, None)
+
+        def val() -> tuple[Any, Any]:
+            return features_for(model, data.val, "val", data, settings, reporter).tensors if (
+                data.val) else (None, None)
+
         return train, val
 
     reporter.line(f"[bold]model[/] auto: {len(names)} built-in {modality.noun} backbones "

@@ -75,3 +75,7 @@ def test_a_two_backbone_probe_exports_and_predicts_like_the_run(small_csv: Path,
     got = BundlePredictor(tmp_path / "bundle").predict(images, topk=2)
     assert [g["label"] for g in got] == [w["label"] for w in want]
     assert max(abs(g["prob"] - w["prob"]) for g, w in zip(got, want)) <= 1e-4
+    card = (tmp_path / "bundle" / "MODEL_CARD.md").read_text()
+    assert "one head on 2 backbones' concatenated features" in card
+    assert "weights of `efficientnet_lite0`: built-in offline" in card
+    assert "weights of `mobilenet_v2`: built-in offline" in card

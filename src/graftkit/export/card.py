@@ -169,5 +169,6 @@ def render_card(run: Any, bundle: dict[str, Any], bundle_name: str) -> str:
         b=bundle, bundle_name=bundle_name, meta=meta, run=run_summary(run.path, meta), rows=rows,
         counts=counts, columns=columns, robustness=robustness, worst=_worst(robustness),
         noun=noun, a_noun=f"{'an' if noun[:1] in 'aeiou' else 'a'} {noun}", notes=notes,
+        origins=run.modality.model_origin(meta["model"]["name"] or ""),
         limitations=limitations(meta, bundle, rows, counts, robustness, noun, notes),
         bundle_json=light.BUNDLE_JSON, generated=time.strftime("%Y-%m-%d %H:%M:%S"))

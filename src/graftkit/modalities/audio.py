@@ -169,6 +169,11 @@ class AudioModality(Modality):
 
         return AUDIO_MODELS.names()
 
+    def model_origin(self, name: str) -> list[str]:
+        from ..models.audio import AUDIO_MODELS
+
+        return [f"`{name}`: {AUDIO_MODELS.help(name)}"] if name in AUDIO_MODELS else []
+
     def check_model(self, name: str) -> None:
         from ..models.audio import AUDIO_MODELS, is_audio_model
 

@@ -115,6 +115,11 @@ class Modality:
         """The built-in backbones ``model.name: auto`` scores, in the order it tries them."""
         return []
 
+    def model_origin(self, name: str) -> list[str]:
+        """Where the pretrained weights of each built-in backbone in ``name`` come from and what
+        they were trained for (the model card's words); nothing for hub or local models."""
+        return []
+
     def arch(self, name: str) -> str:
         return name
 

@@ -156,9 +156,14 @@ class ImageModality(Modality):
     combines = True  # CombinedBackbone: several timm backbones read one image
 
     def auto_candidates(self) -> list[str]:
-        from ..models.vision import MODELS
+        from ..models.vision import AUTO_ORDER
 
-        return MODELS.names()
+        return list(AUTO_ORDER)
+
+    def model_origin(self, name: str) -> list[str]:
+        from ..models.vision import MODELS, parts_of
+
+        return [f"`{p}`: {MODELS.help(p)}" for p in parts_of(name) if p in MODELS]
 
     def arch(self, name: str) -> str:
         from ..models.vision import resolve_arch

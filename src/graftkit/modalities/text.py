@@ -99,9 +99,14 @@ class TextModality(Modality):
 
     # --- model --------------------------------------------------------------------------------
     def auto_candidates(self) -> list[str]:
+        from ..models.text_builtin import AUTO_ORDER
+
+        return list(AUTO_ORDER)
+
+    def model_origin(self, name: str) -> list[str]:
         from ..models.text import TEXT_MODELS
 
-        return TEXT_MODELS.names()
+        return [f"`{name}`: {TEXT_MODELS.help(name)}"] if name in TEXT_MODELS else []
 
     def check_model(self, name: str) -> None:
         from ..models.text import is_text_model

@@ -245,7 +245,7 @@ def _fail(name: str, e: Exception, local: bool) -> GraftError:
 
 def load_tokenizer(spec: str) -> PreTrainedTokenizerBase:
     """The tokenizer of a built-in name, a local directory or a hub name."""
-    source = str(tokenizer_dir()) if spec in TEXT_BUILTINS else spec
+    source = str(tokenizer_dir(spec)) if spec in TEXT_BUILTINS else spec
     try:
         return AutoTokenizer.from_pretrained(source)
     except Exception as e:  # noqa: BLE001 - hub and file errors come in many types

