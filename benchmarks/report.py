@@ -140,5 +140,51 @@ def main() -> None:
     print()
 
 
+def model_auto() -> None:
+    """--model auto against the default probe (benchmarks/model_auto.py)."""
+    r = load("model_auto")
+    if not r:
+        return
+    for name, label in (("hymenoptera", "hymenoptera_256"), ("caltech", "caltech101_10_160")):
+        s = r["sets"].get(name)
+        if not s:
+            continue
+        a, d = s["auto"], s["default"]
+        print(f"{label}: `--model auto` chose **{a['model']}**, val accuracy "
+              f"**{a['val_accuracy']:.4f}** after training (default efficientnet_lite0 probe: "
+              f"{d['val_accuracy']:.4f}; val has {a['val_n']} images); whole run "
+              f"{a['wall_s']:.0f} s against {d['wall_s']:.0f} s, so auto adds "
+              f"{s['auto_adds_s']:.0f} s (selection {s['selection_s']:.0f} s; load average "
+              f"{a['load_avg_1m_before']} / {d['load_avg_1m_before']} before).\n")
+        print("| backbone(s) | cv accuracy (train, 5-fold) | val accuracy (same regression) "
+              "| time |")
+        print("|---|---|---|---|")
+        for c in s["ranking"]:
+            v = "not read" if c["val_accuracy"] is None else f"{c['val_accuracy']:.4f}"
+            b = "**" if c["name"] == a["model"] else ""
+            print(f"| {b}{c['name']}{b} | {c['cv_accuracy']:.4f} | {v} | {c['seconds']:.1f} s |")
+        print()
+    print(f"`benchmarks/model_auto.py` on {machine_line(r)}.\n")
+
+
+def text_models() -> None:
+    """The built-in text encoders side by side (benchmarks/text_models.py)."""
+    r = load("text_models")
+    if not r:
+        return
+    print("| data | encoder | test accuracy | test macro-F1 | val accuracy | val macro-F1 | "
+          "features | wall | load avg |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for x in r["rows"]:
+        t = x["timings"] or {}
+        print(f"| {x['set']} | {x['model']} | {x['test']['accuracy']:.4f} | "
+              f"{x['test']['macro_f1']:.4f} | {x['val']['accuracy']:.4f} | "
+              f"{x['val']['macro_f1']:.4f} | {t.get('features', 0):.0f} s | {x['wall_s']:.0f} s "
+              f"| {x['load_avg_1m_before']} |")
+    print(f"\n`benchmarks/text_models.py` on {machine_line(r)}.\n")
+
+
 if __name__ == "__main__":
     main()
+    model_auto()
+    text_models()

@@ -8,6 +8,7 @@
       history.jsonl           one line per epoch
       data_report.json        counts per split/class, skipped files with reasons
       reference.json          the model on the val split: graft serve's drift baseline
+      model_selection.json    --model auto: every candidate backbone's probe score and time
       text_model/             text runs: the encoder's config.json and the tokenizer files
       checkpoints/last.safetensors   resumable state (weights, optimizer, scheduler, counters)
       checkpoints/probe.safetensors, finetuned.safetensors   WiSE-FT's two ends (lp_ft)
@@ -43,8 +44,9 @@ AUDIO_ASSETS = "audio_model"  # the encoder's config.json (audio runs)
 ROBUSTNESS, ROBUSTNESS_RESULTS = "robustness", "results.json"  # robustness/results.json
 # Everything a run writes at its top level; a folder holding only these is a graft run (perhaps
 # one that failed before writing meta.json) and may be replaced with --overwrite.
+MODEL_SELECTION = "model_selection.json"  # --model auto's ranking (graftkit.train.select)
 OWN = {CONFIG, META, WEIGHTS, METRICS, HISTORY, DATA_REPORT, "checkpoints", EVAL, ROBUSTNESS,
-       TEXT_ASSETS, AUDIO_ASSETS, REFERENCE, "tensorboard"}
+       TEXT_ASSETS, AUDIO_ASSETS, REFERENCE, "tensorboard", MODEL_SELECTION}
 
 
 _UMASK = os.umask(0)

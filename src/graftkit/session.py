@@ -546,6 +546,9 @@ def _select_model(cfg: Config, spec: DataSpec, modality: Modality, n_out: int, d
         m = cfg.model.model_copy(update={"name": name})
         with select.scratch_dir(out) as tmp:  # a text model's tokenizer files, dropped after
             model, _ = modality.create_model(m, spec, n_out, Path(tmp), False)
+        model.to(settings.device)  # as fit() places the model it trains
+        if settings.channels_last:
+            model.to(memory_format=torch.channels_last)
         train = features_for(model, data.train, "train", data, settings, reporter).tensors
 
         def val() -> tuple[Any, Any]:

@@ -125,6 +125,8 @@ def _cfg(tmp_path: Path, **over: object):  # noqa: ANN202
 def test_auto_and_combination_mistakes_are_config_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="model.weights.*auto"):
         validate(_cfg(tmp_path, **{"model.name": "auto", "model.weights": "w.pth"}))
+    with pytest.raises(ConfigError, match="model.image_size"):
+        validate(_cfg(tmp_path, **{"model.name": "auto", "model.image_size": 320}))
     with pytest.raises(ConfigError, match="model.budget"):
         validate(_cfg(tmp_path, **{"model.budget": 30}))
     with pytest.raises(ConfigError, match="regression"):
@@ -199,3 +201,10 @@ def test_auto_tries_every_builtin_of_each_modality_once() -> None:
         names = get(modality).auto_candidates()
         assert sorted(names) == sorted(reg.names()), modality
     assert get("image").auto_candidates()[-1] == "dinov2_vits14"  # the dearest last
+
+
+def test_the_ranking_file_belongs_to_the_run_directory() -> None:
+    """--overwrite replaces a folder holding only a run's own files: the ranking is one."""
+    from graftkit import run as rd
+
+    assert select.FILE == rd.MODEL_SELECTION and select.FILE in rd.OWN

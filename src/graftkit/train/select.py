@@ -73,6 +73,9 @@ def check(cfg: Any, candidates: Sequence[str]) -> None:
     if m.weights:
         raise ConfigError("config key 'model.weights': auto chooses among the built-in "
                           "backbones; a weights file is for one named model")
+    if m.image_size:
+        raise ConfigError("config key 'model.image_size': auto ranks each backbone at its own "
+                          "input size (and may combine several); drop model.image_size")
     if not m.pretrained:
         raise ConfigError("config key 'model.pretrained': auto ranks pretrained backbones by "
                           "their features; random ones have nothing to rank")
