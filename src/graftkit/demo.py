@@ -7,7 +7,6 @@ them: audit, stratified split, the built-in efficientnet_lite0, LP-FT, metrics, 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -32,8 +31,9 @@ def digits_folder(root: Path | None = None) -> Path:
     """Write sklearn's digits as ``<root>/<digit>/<index>.png`` (once) and return ``root``."""
     from sklearn.datasets import load_digits
 
-    base = Path(os.environ.get("GRAFT_CACHE_DIR", Path.home() / ".cache" / "graftkit"))
-    root = root or base / "demo" / "digits"
+    from .models.base import cache_root
+
+    root = root or cache_root() / "demo" / "digits"
     done = root / ".complete"
     if done.is_file():
         return root

@@ -136,6 +136,14 @@ def layerwise_param_groups(model: nn.Module, blocks: list[list[str]], lr: float,
     return [groups[k] for k in sorted(groups, key=lambda k: (k[0], k[1]))]
 
 
+def cache_root() -> Path:
+    """graftkit's cache folder: ``$GRAFT_CACHE_DIR``, default ``~/.cache/graftkit`` (features,
+    exported engines, reassembled built-in weights, the demo's data)."""
+    import os
+
+    return Path(os.environ.get("GRAFT_CACHE_DIR", Path.home() / ".cache" / "graftkit"))
+
+
 def wheel_file(name: str, dist: str, suffix: str) -> Path:
     """The file ending in ``suffix`` inside the installed distribution ``dist`` (the weights of
     built-in ``name``), found with importlib.metadata; a one-line error naming the install."""

@@ -35,6 +35,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from ..errors import GraftError
+from .base import cache_root as base_cache_root
 from .base import wheel_file
 
 NAME = "all-mpnet-base-v2"
@@ -79,9 +80,7 @@ def part_files() -> list[Path]:
 
 def cache_root(cache: Path | None = None) -> Path:
     """``cache``, else ``$GRAFT_CACHE_DIR``, else ``~/.cache/graftkit``."""
-    if cache is not None:
-        return Path(cache)
-    return Path(os.environ.get("GRAFT_CACHE_DIR", Path.home() / ".cache" / "graftkit"))
+    return Path(cache) if cache is not None else base_cache_root()
 
 
 def _complete(d: Path) -> bool:

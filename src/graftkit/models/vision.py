@@ -65,9 +65,7 @@ class TimmAdapter(HeadedAdapter):
 
     def blocks(self) -> list[list[str]]:
         """Backbone parameter names in coarse stages (timm's group_matcher), input -> output."""
-        groups = group_parameters(self.backbone, self.backbone.group_matcher(coarse=True))
-        ordered = [sorted(groups[k]) for k in sorted(groups)]
-        return [["backbone." + n for n in names] for names in ordered if names]
+        return _timm_blocks(self.backbone, "backbone.")
 
     @property
     def data_config(self) -> DataConfig:
@@ -75,11 +73,21 @@ class TimmAdapter(HeadedAdapter):
 
     @property
     def explain_layer(self) -> nn.Module:
-        # The last feature map before pooling: EfficientNet/MobileNet end in conv_head + bn2.
-        if hasattr(self.backbone, "conv_head") and hasattr(self.backbone, "bn2"):
-            return self.backbone.bn2
-        name = self.backbone.feature_info[-1]["module"]
-        return self.backbone.get_submodule(name)
+        return _last_feature_map(self.backbone)
+
+
+def _timm_blocks(model: nn.Module, prefix: str) -> list[list[str]]:
+    """``model``'s parameter names (under ``prefix``) in its coarse stages, input -> output."""
+    groups = group_parameters(model, model.group_matcher(coarse=True))
+    ordered = [sorted(groups[k]) for k in sorted(groups)]
+    return [[prefix + n for n in names] for names in ordered if names]
+
+
+def _last_feature_map(model: nn.Module) -> nn.Module:
+    """The last feature map before pooling: EfficientNet/MobileNet end in conv_head + bn2."""
+    if hasattr(model, "conv_head") and hasattr(model, "bn2"):
+        return model.bn2
+    return model.get_submodule(model.feature_info[-1]["module"])
 
 
 def parts_of(name: str) -> list[str]:
@@ -158,6 +166,12 @@ def _load_weights_file(model: nn.Module, path: Path) -> None:
     load_by_position(model, state, f"weights {str(path)!r}")
 
 
+def own_size(name: str, image_size: int | None) -> int | None:
+    """The input size ``name`` runs at: ``image_size``, else the built-in ViT's 224 (its grid,
+    not timm's 518), else None (the timm model's own)."""
+    return image_size or (dinov2.DEFAULT_IMG_SIZE if name == dinov2.NAME else None)
+
+
 def create_backbone(
     name: str, pretrained: bool = True, weights: str | None = None,
     image_size: int | None = None,
@@ -165,7 +179,8 @@ def create_backbone(
     """The timm model (with its original classifier) holding the requested weights
     (``image_size``: what a ViT's position grid is made for; CNNs take any size)."""
     arch = resolve_arch(name)
-    if name == dinov2.NAME and (image_size or dinov2.DEFAULT_IMG_SIZE) % dinov2.PATCH:
+    image_size = own_size(name, image_size)
+    if name == dinov2.NAME and image_size % dinov2.PATCH:
         raise ConfigError(f"config key 'model.image_size': {name} reads {dinov2.PATCH} px "
                           f"patches; give a multiple of {dinov2.PATCH} (default "
                           f"{dinov2.DEFAULT_IMG_SIZE})")
@@ -176,8 +191,7 @@ def create_backbone(
         model = timm.create_model(arch, pretrained=False)
         load_builtin(name, model)
     elif pretrained and name == dinov2.NAME:
-        model = dinov2.create_dinov2(num_classes=1000, img_size=image_size or (
-            dinov2.DEFAULT_IMG_SIZE))
+        model = dinov2.create_dinov2(num_classes=1000, img_size=image_size)
     elif pretrained:
         try:
             model = timm.create_model(arch, pretrained=True)
@@ -210,17 +224,14 @@ def create_model(
         parts, configs, archs = [], [], []
         for part in parts_of(name):
             backbone, arch = create_backbone(part, pretrained, None)
-            configs.append(_data_config(backbone, part, dinov2.DEFAULT_IMG_SIZE
-                                        if part == dinov2.NAME else None))
+            configs.append(_data_config(backbone, part, own_size(part, None)))
             backbone.reset_classifier(0)
             parts.append(backbone)
             archs.append(arch)
         combined = CombinedBackbone(parts, configs, parts_of(name), archs)
         return CombinedAdapter(combined, num_outputs, dropout, combined.data_config)
     backbone, _ = create_backbone(name, pretrained, weights, image_size)
-    if name == dinov2.NAME:
-        image_size = image_size or dinov2.DEFAULT_IMG_SIZE  # its grid's size, not timm's 518
-    dc = _data_config(backbone, name, image_size)
+    dc = _data_config(backbone, name, own_size(name, image_size))
     backbone.reset_classifier(0)
     return TimmAdapter(backbone, num_outputs, dropout, dc)
 
@@ -298,22 +309,15 @@ class CombinedAdapter(TimmAdapter):
     backbone: CombinedBackbone
 
     def blocks(self) -> list[list[str]]:
-        per_part = []
-        for i, part in enumerate(self.backbone.parts):
-            groups = group_parameters(part, part.group_matcher(coarse=True))
-            ordered = [sorted(groups[k]) for k in sorted(groups)]
-            per_part.append([[f"backbone.parts.{i}." + n for n in names]
-                             for names in ordered if names])
+        per_part = [_timm_blocks(part, f"backbone.parts.{i}.")
+                    for i, part in enumerate(self.backbone.parts)]
         depth = max(len(b) for b in per_part)
         return [[n for b in per_part if len(b) >= depth - d for n in b[len(b) - (depth - d)]]
                 for d in range(depth)]
 
     @property
     def explain_layer(self) -> nn.Module:
-        first = self.backbone.parts[0]
-        if hasattr(first, "conv_head") and hasattr(first, "bn2"):
-            return first.bn2
-        return first.get_submodule(first.feature_info[-1]["module"])
+        return _last_feature_map(self.backbone.parts[0])
 
     def parts_meta(self) -> list[dict]:
         """meta.json's ``model.parts``: each backbone's name, timm architecture, own

@@ -9,7 +9,6 @@ them as safetensors under ``$GRAFT_CACHE_DIR`` (default ``~/.cache/graftkit``)/f
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import torch
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader, Dataset
 
+from ..models.base import cache_root
 from .checkpoint import atomic_save
 
 _MEMORY: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -24,7 +24,7 @@ _DISK_OFF: str | None = None  # why the disk cache was turned off (full or unwri
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("GRAFT_CACHE_DIR", Path.home() / ".cache" / "graftkit")) / "features"
+    return cache_root() / "features"
 
 
 def weights_digest(module: torch.nn.Module) -> str:

@@ -57,6 +57,11 @@ class Scored:
     def key(self) -> tuple[float, float]:
         return (self.cv_accuracy - EXTRA_BACKBONE_COST * (len(self.parts) - 1), -self.cv_log_loss)
 
+    def line(self) -> str:
+        """The terminal's line for this candidate."""
+        val = f", val {self.val_accuracy:.4f}" if self.val_accuracy is not None else ""
+        return f"  {self.name}: cv accuracy {self.cv_accuracy:.4f}{val} ({self.seconds:.1f} s)"
+
     def row(self) -> dict[str, Any]:
         return {"name": self.name, "parts": self.parts, "cv_accuracy": round(self.cv_accuracy, 4),
                 "cv_log_loss": round(self.cv_log_loss, 4),
@@ -165,9 +170,7 @@ def select(candidates: Sequence[str],
         s = _score(name, [name], xt, yt, xv, yv, seed, time.perf_counter() - t1, (acc, loss))
         last = s.seconds
         scored.append(s)
-        line(f"  {name}: cv accuracy {s.cv_accuracy:.4f}"
-             + (f", val {s.val_accuracy:.4f}" if s.val_accuracy is not None else "")
-             + f" ({s.seconds:.1f} s)")
+        line(s.line())
     if not scored:
         raise GraftError("model.name auto: no backbone could be scored: " + "; ".join(
             f"{s['name']}: {s['reason']}" for s in skipped))
@@ -184,8 +187,7 @@ def select(candidates: Sequence[str],
                 s = _score(SEPARATOR.join(combo), list(combo), xt, feats[combo[0]][1], xv,
                            feats[combo[0]][3], seed, own + time.perf_counter() - t1)
                 scored.append(s)
-                line(f"  {s.name}: cv accuracy {s.cv_accuracy:.4f}"
-                     + (f", val {s.val_accuracy:.4f}" if s.val_accuracy is not None else ""))
+                line(s.line())
     ranking = sorted(scored, key=Scored.key, reverse=True)
     chosen = ranking[0]
     report = {
