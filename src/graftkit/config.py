@@ -128,7 +128,8 @@ class OptimConfig(_Section):
 
 
 class LossConfig(_Section):
-    name: str | None = Field(None, description="default: cross_entropy, or mse for regression")
+    name: str | None = Field(None, description="default: cross_entropy; mse for regression, "
+                                "bce for multilabel")
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
     class_weights: Literal["none", "auto"] | list[float] = "none"
     focal_gamma: float = Field(2.0, ge=0)
@@ -136,7 +137,8 @@ class LossConfig(_Section):
 
 
 class EarlyStopConfig(_Section):
-    metric: str = Field("auto", description="validation metric to watch (auto: accuracy or rmse)")
+    metric: str = Field("auto", description="validation metric to watch (auto: accuracy, rmse "
+                        "or mAP)")
     patience: int | None = Field(None, ge=1, description="epochs without improvement; off if unset")
     min_delta: float = Field(0.0, ge=0)
 
@@ -256,7 +258,7 @@ class TrackingConfig(_Section):
 
 
 class Config(_Section):
-    task: Literal["classification", "regression"] = "classification"
+    task: Literal["classification", "regression", "multilabel"] = "classification"
     data: DataSection = DataSection()
     model: ModelConfig = ModelConfig()
     strategy: StrategyConfig = StrategyConfig()

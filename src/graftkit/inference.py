@@ -12,6 +12,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from . import modalities
@@ -20,6 +21,7 @@ from .config import Config, build_config
 from .data.tta import Averaged
 from .errors import DataError, GraftError
 from .evaluate.calibration import Calibration
+from .evaluate.multilabel import describe_labels
 from .modalities import Modality
 from .models.base import restore_head
 from .threads import use_threads
@@ -123,6 +125,9 @@ def describe(name: str, row: torch.Tensor, meta: dict[str, Any], topk: int,
         value = float(row[0]) * ts.get("std", 1.0) + ts.get("mean", 0.0)
         return {"input": name, "value": value}
     probs = cal.probs(row[None])[0]
+    if meta["task"] == "multilabel":
+        return describe_labels(name, probs.double().numpy(), meta["classes"], cal.thresholds,
+                               topk)
     label = meta["classes"][int(cal.decide(probs[None].numpy())[0])]
     k = min(topk, len(probs))
     p, idx = probs.topk(k)
@@ -174,6 +179,8 @@ def calibrate(run: LoadedRun, temperature: bool = True, threshold: str = "keep",
     from .evaluate.metrics import probability_scores
 
     meta = run.meta
+    if meta["task"] == "multilabel":
+        return _calibrate_multilabel(run, temperature, threshold)
     if meta["task"] != "classification":
         raise GraftError("calibration is for classification runs")
     old = Calibration.from_meta(meta)
@@ -273,3 +280,31 @@ def ensure_reference(run: LoadedRun, write: bool = True) -> dict[str, Any]:
         except OSError:
             pass  # a read-only run: serve with the reference in memory
     return ref
+
+
+def _calibrate_multilabel(run: LoadedRun, temperature: bool, threshold: str) -> dict[str, Any]:
+    """Refit a multi-label run's temperature and per-label thresholds on its validation split;
+    before/after: macro-F1 and the mean per-label ECE there."""
+    from .evaluate.calibration import fit_multilabel_calibration
+    from .evaluate.multilabel import multilabel_ece, multilabel_metrics
+
+    if threshold not in ("keep", "f1"):
+        raise GraftError("a multi-label run tunes one threshold per label for F1; --threshold "
+                         f"{threshold} is for binary runs")
+    old = Calibration.from_meta(run.meta)
+    logits, targets = outputs(run, run_split(run, "val")[0])
+    cal, warning = fit_multilabel_calibration(logits, targets, temperature)
+    y = targets.numpy()
+
+    def scores(c: Calibration) -> dict[str, Any]:
+        p = c.probs(logits).double().numpy()
+        cut = None if c.thresholds is None else np.asarray(c.thresholds)
+        return {"macro_f1": multilabel_metrics(p, y, cut)["macro_f1"],
+                "ece": multilabel_ece(p, y)}
+
+    meta = rd.read_json(run.path / rd.META)
+    meta["calibration"] = {**cal.to_dict(), "fitted_on": "val"}
+    rd.write_json(run.path / rd.META, meta)
+    before = scores(old)
+    run.meta = meta
+    return {**cal.to_dict(), "before": before, "after": scores(cal), "warning": warning}

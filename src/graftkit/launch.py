@@ -13,6 +13,7 @@ from typing import Any
 from . import modalities
 from . import run as rd
 from .config import Config, build_config
+from .data.spec import MULTILABEL_COLUMN, csv_header
 from .errors import ConfigError, GraftError, TrainingDiverged
 from .evaluate.metrics import VALIDATION_METRICS
 from .inference import LoadedRun
@@ -23,18 +24,26 @@ from .train import select
 
 def resolve_inputs(cfg: Config) -> Config:
     """Fill what depends on the data: the modality (``auto``: the first modality that recognises
-    the data, e.g. a CSV with the text column and no path column is text) and its default
-    model."""
+    the data, e.g. a CSV with the text column and no path column is text), its default model,
+    and the task (a CSV with a ``labels`` column and no ``label`` one is multi-label)."""
     d = cfg.data
     name = modalities.detect(d)
     model = cfg.model.name or modalities.get(name).default_model
-    return cfg.model_copy(update={"data": d.model_copy(update={"modality": name}),
+    task, data = cfg.task, {"modality": name}
+    if task == "classification" and d.label_column == "label" and d.path:
+        header = csv_header(d.path)  # a "labels" column and no "label" one: multi-label data
+        if MULTILABEL_COLUMN in header and "label" not in header:
+            task, data["label_column"] = "multilabel", MULTILABEL_COLUMN
+    return cfg.model_copy(update={"task": task, "data": d.model_copy(update=data),
                                   "model": cfg.model.model_copy(update={"name": model})})
 
 
 def monitor_metric(cfg: Config) -> str:
     m = cfg.train.early_stop.metric
-    return m if m != "auto" else ("rmse" if cfg.task == "regression" else "accuracy")
+    return m if m != "auto" else AUTO_MONITOR[cfg.task]
+
+
+AUTO_MONITOR = {"classification": "accuracy", "regression": "rmse", "multilabel": "mAP"}
 
 
 def validate(cfg: Config, resuming: bool = False) -> None:
@@ -42,7 +51,7 @@ def validate(cfg: Config, resuming: bool = False) -> None:
     task; fail before any heavy work."""
     from .data.transforms import AUGMENTATIONS
     from .strategies import STRATEGIES
-    from .train.losses import LOSSES, REGRESSION_LOSSES
+    from .train.losses import LOSSES, loss_task
     from .train.optim import OPTIMIZERS, SCHEDULES
 
     cfg = resolve_inputs(cfg)
@@ -72,13 +81,13 @@ def validate(cfg: Config, resuming: bool = False) -> None:
     d = cfg.data
     if strategy.classification_only and cfg.task != "classification":
         raise ConfigError(f"config key 'strategy.name': {cfg.strategy.name} is for "
-                          "classification")
+                          "single-label classification")
     if d.unlabeled_rest and not d.shots:
         raise ConfigError("config key 'data.unlabeled_rest': the rest of what? give --shots K "
                           "too (K labeled examples per class kept, the others unlabeled)")
     if (d.unlabeled or d.unlabeled_rest or d.shots) and cfg.task != "classification":
         raise ConfigError("config key 'data.shots': few-shot and semi-supervised training are "
-                          "for classification")
+                          "for single-label classification")
     if cfg.semi.method != "auto" and not (d.unlabeled or d.unlabeled_rest):
         raise ConfigError(f"config key 'semi.method': {cfg.semi.method} needs unlabeled data: "
                           "--unlabeled POOL, or --shots K --unlabeled-rest")
@@ -105,18 +114,40 @@ def validate(cfg: Config, resuming: bool = False) -> None:
         raise ConfigError("config key 'data.path': no data given; pass --data DIR_OR_CSV")
     if not Path(cfg.data.path).expanduser().exists():
         raise ConfigError(f"config key 'data.path': {cfg.data.path!r} does not exist")
-    regression = cfg.task == "regression"
-    if cfg.loss.name and (cfg.loss.name in REGRESSION_LOSSES) != regression:
-        raise ConfigError(f"config key 'loss.name': {cfg.loss.name!r} does not fit task {cfg.task}")
-    if regression and (cfg.train.mixup or cfg.train.cutmix):
-        raise ConfigError("config key 'train.mixup': MixUp/CutMix are for classification")
-    if cfg.train.augment == "augmix_jsd" and (cfg.train.mixup or cfg.train.cutmix or regression):
-        raise ConfigError("config key 'train.augment': augmix_jsd is for classification without "
-                          "MixUp/CutMix")
+    single = cfg.task == "classification"  # one label per example
+    if cfg.loss.name and loss_task(cfg.loss.name) != cfg.task:
+        fits = ", ".join(n for n in LOSSES.names() if loss_task(n) == cfg.task)
+        raise ConfigError(f"config key 'loss.name': {cfg.loss.name!r} does not fit task "
+                          f"{cfg.task} (losses for it: {fits})")
+    if not single and (cfg.train.mixup or cfg.train.cutmix):
+        raise ConfigError("config key 'train.mixup': MixUp/CutMix are for single-label "
+                          "classification")
+    if cfg.train.augment == "augmix_jsd" and (cfg.train.mixup or cfg.train.cutmix or not single):
+        raise ConfigError("config key 'train.augment': augmix_jsd is for single-label "
+                          "classification without MixUp/CutMix")
+    if cfg.task == "multilabel":
+        _check_multilabel(cfg)
     metric, allowed = monitor_metric(cfg), VALIDATION_METRICS[cfg.task]
     if metric not in allowed:
         raise ConfigError(f"config key 'train.early_stop.metric': {metric!r} is not a validation "
                           f"metric for {cfg.task}; choose one of: {', '.join(sorted(allowed))}")
+
+
+def _check_multilabel(cfg: Config) -> None:
+    """What a multi-label run cannot do yet, refused before any work."""
+    if cfg.loss.class_weights != "none":
+        raise ConfigError("config key 'loss.class_weights': class weights are for single-label "
+                          "classification (a multi-label run tunes one threshold per label)")
+    if cfg.calibration.threshold != "none":
+        raise ConfigError("config key 'calibration.threshold': a multi-label run tunes one "
+                          "threshold per label on validation (F1) itself")
+    if cfg.train.wise_ft_objective != "clean":
+        raise ConfigError("config key 'train.wise_ft_objective': the corruption objective scores "
+                          "single-label accuracy; a multi-label run sweeps WiSE-FT on clean "
+                          "validation data")
+    if cfg.report.tta > 1:
+        raise ConfigError("config key 'report.tta': test-time augmentation is for single-label "
+                          "classification and regression runs, not multi-label ones yet")
 
 
 def resume_config(run_dir: str | Path) -> tuple[Path, Config]:

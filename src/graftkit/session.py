@@ -21,9 +21,10 @@ from .data.spec import UnlabeledPool, take_shots
 from .data.tta import Averaged
 from .errors import ConfigError, DataError
 from .evaluate.analysis import Analysis, analyze, compare_tta
-from .evaluate.calibration import Calibration, fit_calibration
+from .evaluate.calibration import Calibration, fit_calibration, fit_multilabel_calibration
 from .evaluate.metrics import LOWER_IS_BETTER, SUMMARY_METRICS
 from .modalities import Modality
+from .models.base import label_prior_bias
 from .strategies import STRATEGIES, Stage, Strategy, StrategyParams
 from .threads import thread_count, use_threads
 from .train import distributed, engines, select, wise_ft
@@ -134,7 +135,7 @@ class Session:
         meta.update(status="completed", best_epoch=metrics["best_epoch"],
                     best_value=self.best_value, stop_reason=self.stop_reason,
                     train_time_s=meta.get("train_time_s", 0.0) + seconds)
-        if s.task == "classification":
+        if s.task in ("classification", "multilabel"):
             meta["calibration"] = {**cal.to_dict(), "fitted_on": "val"}
         rd.write_json(self.out / rd.META, meta)
         if "val" in analyses and len(analyses["val"].targets):  # graft serve's drift baseline
@@ -235,9 +236,14 @@ class Session:
         return wise_ft.pick_alpha(rows), rows
 
     def _calibrate(self, logits: torch.Tensor, targets: torch.Tensor) -> Calibration:
+        c = self.cfg.calibration
+        if self.settings.task == "multilabel":
+            cal, warning = fit_multilabel_calibration(logits, targets, c.temperature)
+            if warning:
+                self.reporter.warn(warning)
+            return cal
         if self.settings.task != "classification":
             return Calibration()
-        c = self.cfg.calibration
         cal, warning = fit_calibration(logits, targets, list(self.settings.classes),
                                        c.temperature, c.threshold, c.target)
         if warning:
@@ -380,7 +386,8 @@ def plan_stages(cfg: Config, strat: Strategy) -> list[Stage]:
 
 
 def _loss(cfg: Config, spec: DataSpec) -> LossFn:
-    name = cfg.loss.name or ("mse" if cfg.task == "regression" else "cross_entropy")
+    name = cfg.loss.name or {"regression": "mse", "multilabel": "bce"}.get(cfg.task,
+                                                                            "cross_entropy")
     weights = None
     if cfg.task == "classification":
         k = len(spec.classes)
@@ -468,6 +475,8 @@ def build_session(cfg: Config, out: Path, monitor: str, quiet: bool = False,
     reporter.line(f"[bold]model[/] {m.name}  [bold]strategy[/] {cfg.strategy.name}")
     with reporter.phase("model load"):
         model, about_model = modality.create_model(m, spec, n_out, out, resuming)
+        if cfg.task == "multilabel" and not resuming:
+            label_prior_bias(model, [t for _, t in spec.splits["train"]])
         modality.tta_views(cfg.report.tta, model, cfg)  # report.tta: views it has, or one line
         if strat.prepare is not None:  # e.g. LoRA wraps the model with its adapters
             strat.prepare(model, _strategy_params(cfg))
@@ -610,7 +619,8 @@ def _quick_audit(cfg: Config, spec: DataSpec, modality: Modality, reporter: Repo
 
 def _data_line(spec: DataSpec) -> str:
     counts = ", ".join(f"{s} {len(v)}" for s, v in spec.splits.items())
-    what = f"{len(spec.classes)} classes" if spec.task == "classification" else "regression"
+    what = {"classification": f"{len(spec.classes)} classes",
+            "multilabel": f"{len(spec.classes)} labels (multi-label)"}.get(spec.task, spec.task)
     return f"  {spec.layout}: {what}; {counts}; {len(spec.skipped)} files skipped"
 
 

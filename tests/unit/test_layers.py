@@ -19,7 +19,8 @@ ROOT = Path(__file__).resolve().parents[2] / "src" / "graftkit"
 LAYERS: list[tuple[str, list[str]]] = [
     ("leaves", ["errors", "registry", "threads", "train.progress", "train.device"]),
     ("config and run directory", ["config", "run"]),
-    ("pure evaluation", ["evaluate.metrics", "evaluate.calibration", "evaluate.analysis",
+    ("pure evaluation", ["evaluate.metrics", "evaluate.multilabel", "evaluate.calibration",
+                         "evaluate.analysis",
                          "evaluate.reference", "evaluate.plots"]),
     ("data and weight files", ["data", "data.*", "train.checkpoint"]),
     ("model adapters", ["models", "models.*"]),

@@ -28,7 +28,8 @@ def test_each_optimizer_reduces_a_quadratic(name: str) -> None:
 def test_every_optimizer_schedule_and_loss_is_tested() -> None:
     assert set(OPTIMIZERS.names()) == {"sgd", "adam", "adamw", "adagrad", "rmsprop"}
     assert set(SCHEDULES.names()) == {"constant", "cosine", "step", "one_cycle"}
-    assert set(LOSSES.names()) == {"cross_entropy", "focal", "mse", "huber", "l1"}
+    # bce and asl: tests/unit/test_multilabel.py::test_losses
+    assert set(LOSSES.names()) == {"cross_entropy", "focal", "mse", "huber", "l1", "bce", "asl"}
 
 
 def test_schedules() -> None:

@@ -239,12 +239,12 @@ def test_plans_of_semi_supervised_runs(tmp_path: Path) -> None:
 @pytest.mark.parametrize("overrides, message", [
     ({"data.unlabeled_rest": True}, "give --shots K"),
     ({"semi.method": "fixmatch"}, "needs unlabeled data"),
-    ({"data.shots": 2, "task": "regression"}, "for classification"),
+    ({"data.shots": 2, "task": "regression"}, "for single-label classification"),
     ({"data.unlabeled": "/no/such/pool"}, "does not exist"),
     ({"data.unlabeled": "POOL", "semi.method": "fixmatch"}, "keeps it frozen"),
     ({"data.unlabeled": "POOL", "strategy.name": "full", "semi.method": "self_training"},
      "trains the backbone from the start"),
-    ({"strategy.name": "prototype", "task": "regression"}, "is for classification"),
+    ({"strategy.name": "prototype", "task": "regression"}, "is for single-label classification"),
     ({"strategy.name": "prototype", "data.unlabeled": "POOL", "train.augment": "light"},
      "takes no augmentation"),
 ])

@@ -42,15 +42,22 @@ FOLDS = 5
 class Entry:
     item: str
     split: str
-    label: str  # the class name (a number for regression)
-    target: int  # the class index (-1 for regression)
+    label: str  # the class name (a number for regression, names joined by ";" for multilabel)
+    target: int  # the class index (-1 for regression and multilabel)
 
 
 def entries_of(spec: Any) -> list[Entry]:
     """The inputs of a :class:`graftkit.data.spec.DataSpec`, split by split in its order."""
     classification = spec.task == "classification"
-    return [Entry(str(item), split, spec.classes[int(t)] if classification else f"{t:g}",
-                  int(t) if classification else -1)
+
+    def label(t: Any) -> str:
+        if classification:
+            return spec.classes[int(t)]
+        if spec.task == "multilabel":  # its names, as the CSV gives them
+            return ";".join(c for c, v in zip(spec.classes, t) if v)
+        return f"{t:g}"
+
+    return [Entry(str(item), split, label(t), int(t) if classification else -1)
             for split, items in spec.splits.items() for item, t in items]
 
 

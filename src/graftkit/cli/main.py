@@ -60,7 +60,7 @@ def train(
     batch_size: int | None = typer.Option(None, "--batch-size"),
     augment: str | None = typer.Option(None, "--augment", help="augmentation preset"),
     task: str | None = typer.Option(None, "--task", help="classification | regression | "
-                                    "text-classification"),
+                                    "multilabel | text-classification"),
     val_fraction: float | None = typer.Option(None, "--val-fraction"),
     test_fraction: float | None = typer.Option(None, "--test-fraction"),
     device: str | None = typer.Option(None, "--device", help="auto | cpu | cuda | mps"),
@@ -246,6 +246,9 @@ def predict(
     for r in results:
         if "value" in r:
             typer.echo(f"{r['input']}: {r['value']:.4f}")
+        elif "labels" in r:  # multi-label: every label at or above its threshold
+            tops = ", ".join(f"{t['label']} {t['prob']:.3f}" for t in r["top"])
+            typer.echo(f"{r['input']}: {'; '.join(r['labels']) or '(no label)'}  ({tops})")
         else:
             tops = ", ".join(f"{t['label']} {t['prob']:.3f}" for t in r["top"])
             typer.echo(f"{r['input']}: {r['label']}  ({tops})")
@@ -471,8 +474,11 @@ def calibrate(
     typer.echo(f"temperature {cal['temperature']:.4f}" + (
         f"; threshold P({cal['positive_class']}) >= {cal['threshold']:.4f} ({cal['criterion']})"
         if cal.get("threshold") is not None else ""))
-    for k in ("ece", "log_loss"):
-        typer.echo(f"  val {k:<9} {cal['before'][k]:.4f} -> {cal['after'][k]:.4f}")
+    if cal.get("thresholds") is not None:  # multi-label: one per label
+        typer.echo("thresholds " + ", ".join(f"{t:.3f}" for t in cal["thresholds"]))
+    for k in ("ece", "log_loss", "macro_f1"):
+        if k in cal["before"]:
+            typer.echo(f"  val {k:<9} {cal['before'][k]:.4f} -> {cal['after'][k]:.4f}")
 
 
 @app.command("list")

@@ -33,7 +33,8 @@ def search(
                                            "after this long, e.g. 30m"),
     space: Path | None = typer.Option(None, "--space", help="search space YAML (default: the "
                                       "shipped one)"),
-    metric: str = typer.Option("accuracy", "--metric", help="validation metric to optimise"),
+    metric: str = typer.Option("auto", "--metric", help="validation metric to optimise "
+                               "(auto: accuracy, rmse for regression, mAP for multilabel)"),
     objective: str = typer.Option("clean", "--objective", help="clean (the metric) | robust "
                                   "(the metric + --robust-weight x mCA under corruptions)"),
     robust_weight: float = typer.Option(0.5, "--robust-weight"),

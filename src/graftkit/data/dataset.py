@@ -9,6 +9,7 @@ from torch.utils.data import Dataset
 
 from ..errors import DataError
 from .images import BadImage, load_image
+from .spec import typed_target
 
 
 class ImageDataset(Dataset):
@@ -33,5 +34,5 @@ class ImageDataset(Dataset):
                 f"{path}: {e.reason} (it was readable when the data was audited)"
             ) from None
         x = self.transform(img)
-        y = torch.tensor(int(target)) if self.task == "classification" else torch.tensor(target)
+        y = torch.tensor(typed_target(target, self.task))
         return x, y

@@ -6,7 +6,8 @@ Three layouts are understood:
   ``validation``), optionally ``test``;
 * ``<root>/<class>/*``: split here, seeded and stratified per class;
 * a CSV manifest with a path column and a label column (paths relative to the CSV), optionally a
-  ``split`` column; for ``task: regression`` the label is a number.
+  ``split`` column; for ``task: regression`` the label is a number, for ``task: multilabel``
+  (or a ``labels`` column) ``;``-separated names.
 
 Every file is decoded once up front (in threads). Unreadable, truncated, zero-byte and non-image
 files are skipped and listed in the data report with the reason; they never crash training.
@@ -35,10 +36,14 @@ from .spec import (  # noqa: F401  (re-exported: the names this module always ha
     label_map,
     label_target,
     oversized,
+    split_keys,
     stratified_split,
     target_stats,
     wide_csv_fields,
 )
+
+MULTILABEL_FOLDERS = ("a folder of class folders gives each file one label; multi-label data "
+                      "comes as a CSV manifest with a 'labels' column of ';'-separated names")
 
 
 def _check_image(p: Path) -> str | None:
@@ -282,9 +287,9 @@ def _from_csv(
             for s in ("train", "val", "test")
         }
     else:
-        keys = {"all": [p for p, _, _ in entries]} if task == "regression" else {
-            c: [p for p, lab, _ in entries if lab == c] for c in classes
-        }
+        keys: dict[str, list[Path]] = {}
+        for (p, _, _), key in zip(entries, split_keys([lab for _, lab, _ in entries], task)):
+            keys.setdefault(key, []).append(p)
         parts = stratified_split(keys, val_fraction, test_fraction, seed)
         splits = {
             s: [(str(p), by_path[str(p)]) for group in pc.values() for p in group]
@@ -293,9 +298,11 @@ def _from_csv(
     splits = {s: items for s, items in splits.items() if items}
     if has_split_col and "train" in splits and "val" not in splits:
         # train (+ test) given, as split folders may be: a stratified val is carved out of train
+        label_of = {str(p): lab for p, lab, _ in entries}
+        train = [p for p, _ in splits["train"]]
         by_key: dict[str, list[str]] = {}
-        for p, t in splits["train"]:
-            by_key.setdefault("all" if task == "regression" else str(t), []).append(p)
+        for p, key in zip(train, split_keys([label_of[p] for p in train], task)):
+            by_key.setdefault(key, []).append(p)
         parts = stratified_split(by_key, val_fraction or 0.2, 0.0, seed)
         for s in ("train", "val"):
             splits[s] = [(p, by_path[p]) for group in parts[s].values() for p in group]
@@ -345,6 +352,8 @@ def discover(
                          progress, kind)
     if task == "regression":
         raise DataError("task: regression needs a CSV manifest with a numeric target column")
+    if task == "multilabel":
+        raise DataError(MULTILABEL_FOLDERS)
     return _from_folders(p, val_fraction, test_fraction, seed, progress, kind)
 
 
@@ -418,6 +427,8 @@ def discover_eval(
         raise DataError(f"{str(p)!r} has no split folders; drop --split to use it whole")
     if task == "regression":
         raise DataError("a regression run is evaluated on a CSV manifest, not a folder")
+    if task == "multilabel":
+        raise DataError(MULTILABEL_FOLDERS)
     per_class, skipped = _scan_class_tree(p, kind=kind)
     for name in per_class:
         if name not in index:

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..errors import DataError
 
@@ -36,6 +37,27 @@ def oversized(fields: Iterable[str]) -> bool:
     return any(len(f) > MAX_FIELD for f in fields)
 
 
+LABEL_SEPARATOR = ";"  # a multi-label row's names: "cat;dog"
+MULTILABEL_COLUMN = "labels"  # a CSV with this column (and no "label") is a multi-label one
+
+
+def csv_header(path: str | Path) -> list[str]:
+    """The column names of a CSV file ([] when it is not a readable CSV)."""
+    p = Path(path).expanduser()
+    if not p.is_file() or p.suffix.lower() != ".csv":
+        return []
+    try:
+        with p.open(newline="", encoding="utf-8-sig", errors="replace") as f:
+            return [h.strip() for h in next(csv.reader(f), [])]
+    except (OSError, csv.Error):
+        return []
+
+
+def names_of(label: str) -> list[str]:
+    """The label names of a multi-label cell, ``"b; a;b"`` -> ``["a", "b"]``."""
+    return sorted({n.strip() for n in label.split(LABEL_SEPARATOR) if n.strip()})
+
+
 SPLIT_ALIASES = {
     "train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test",
 }
@@ -43,7 +65,8 @@ SPLIT_ALIASES = {
 
 @dataclass
 class DataSpec:
-    """The examples of every split, as ``(path, target)``; targets are class indices or floats."""
+    """The examples of every split, as ``(path, target)``; targets are class indices, floats
+    (regression) or, for ``multilabel``, tuples of 0/1 floats, one per class."""
 
     task: str
     classes: list[str]
@@ -69,6 +92,9 @@ class DataSpec:
             if self.task == "classification":
                 c = Counter(int(t) for _, t in items)
                 counts[split] = {self.classes[i]: c.get(i, 0) for i in range(len(self.classes))}
+            elif self.task == "multilabel":  # examples carrying each label
+                sums = [sum(t[i] for _, t in items) for i in range(len(self.classes))]
+                counts[split] = {c: int(n) for c, n in zip(self.classes, sums)}
             else:
                 counts[split] = len(items)
         return {
@@ -122,7 +148,7 @@ def take_shots(items: Sequence[tuple[str, float]], shots: int, seed: int
                ) -> tuple[list[tuple[str, float]], list[tuple[str, float]], list[int]]:
     """``shots`` items per class (shuffled with ``seed``, per class), the rest, and the classes
     that had fewer (all of theirs are kept)."""
-    by_class: dict[int, list[tuple[str, float]]] = {}
+    by_class: dict[int, list[tuple[str, float]]] = {}  # classification only (launch checks)
     for item in items:
         by_class.setdefault(int(item[1]), []).append(item)
     kept, rest, short = [], [], []
@@ -172,10 +198,20 @@ def target_stats(ys: list[float]) -> dict[str, float]:
 
 
 def label_map(train: list[str], others: list[str], task: str, where: str
-              ) -> tuple[list[str], Callable[[str], float]]:
+              ) -> tuple[list[str], Callable[[str], Any]]:
     """The classes of a labeled CSV (its training labels, sorted) and its label -> target map
-    (the class index; for regression, the number), checking every label of ``train`` and of
-    ``others`` (its val/test rows)."""
+    (the class index; for regression, the number; for multilabel, a 0/1 tuple over the classes
+    from ``;``-separated names), checking every label of ``train`` and of ``others`` (its
+    val/test rows)."""
+    if task == "multilabel":
+        classes = sorted({n for lab in train for n in names_of(lab)})
+        _check_classes(classes, where)
+        unknown = sorted({n for lab in others for n in names_of(lab)} - set(classes))
+        if unknown:
+            raise DataError(f"label {unknown[0]!r} in {where!r} appears in val/test but not in "
+                            "the training data; every label needs training examples")
+        index = {c: i for i, c in enumerate(classes)}
+        return classes, lambda label: multi_hot(names_of(label), index)
     if task == "regression":
         bad = next((lab for lab in [*train, *others] if not is_float(lab)), None)
         if bad is not None:
@@ -192,8 +228,35 @@ def label_map(train: list[str], others: list[str], task: str, where: str
     return classes, lambda label: float(index[label])
 
 
-def label_target(label: str, index: dict[str, int], task: str, where: str) -> float:
-    """A CSV label as a target: its class index in ``index``, or the number (regression)."""
+def multi_hot(names: Sequence[str], index: dict[str, int]) -> tuple[float, ...]:
+    hot = [0.0] * len(index)
+    for n in names:
+        hot[index[n]] = 1.0
+    return tuple(hot)
+
+
+def split_keys(labels: Sequence[str], task: str) -> list[str]:
+    """The stratum of each row for a seeded split: its label (classification), one stratum
+    (regression), or its rarest name among these rows (multilabel, so that a rare label reaches
+    val too)."""
+    if task == "regression":
+        return ["all"] * len(labels)
+    if task != "multilabel":
+        return list(labels)
+    count = Counter(n for lab in labels for n in names_of(lab))
+    return [min(names_of(lab), key=lambda n: (count[n], n)) if names_of(lab) else ""
+            for lab in labels]
+
+
+def label_target(label: str, index: dict[str, int], task: str, where: str) -> Any:
+    """A CSV label as a target: its class index in ``index``, the number (regression), or the
+    0/1 tuple of its names (multilabel)."""
+    if task == "multilabel":
+        unknown = [n for n in names_of(label) if n not in index]
+        if unknown:
+            raise DataError(f"{where}: label {unknown[0]!r} is not a label of this run "
+                            f"({', '.join(index)})")
+        return multi_hot(names_of(label), index)
     if task == "regression":
         if not is_float(label):
             raise DataError(f"{where}: target {label!r} is not a number")
@@ -202,6 +265,14 @@ def label_target(label: str, index: dict[str, int], task: str, where: str) -> fl
         raise DataError(f"{where}: label {label!r} is not a class of this run "
                         f"({', '.join(index)})")
     return float(index[label])
+
+
+def typed_target(target: Any, task: str) -> int | float | tuple[float, ...]:
+    """A target as datasets hand it to collation: the class index (classification), the 0/1
+    tuple (multilabel, a float vector once batched) or the number (regression)."""
+    if task == "classification":
+        return int(target)
+    return tuple(float(v) for v in target) if task == "multilabel" else float(target)
 
 
 def is_float(s: str) -> bool:

@@ -26,7 +26,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import DataError
-from .spec import MAX_FIELD, oversized, wide_csv_fields
+from .spec import MAX_FIELD, oversized, typed_target, wide_csv_fields
 
 _NOT_UTF8 = re.compile("[\udc80-\udcff]")  # undecodable bytes, as surrogateescape keeps them
 
@@ -148,14 +148,13 @@ def perturb_words(text: str, drop: float = WORD_DROP, swap: float = WORD_SWAP) -
 
 
 class TextDataset(Dataset):
-    """``(text, target)`` pairs -> the same pairs, targets typed: ``int`` class indices for
-    classification, ``float`` for regression (tokenization happens per batch, in collation).
-    ``augment="strong"`` perturbs each text as it is read (:func:`perturb_words`)."""
+    """``(text, target)`` pairs -> the same pairs, targets typed (:func:`typed_target`;
+    tokenization happens per batch, in collation). ``augment="strong"`` perturbs each text as it
+    is read (:func:`perturb_words`)."""
 
     def __init__(self, items: Sequence[tuple[str, float]], task: str = "classification",
                  augment: str = "none") -> None:
-        cast = int if task == "classification" else float
-        self.items = [(str(text), cast(target)) for text, target in items]
+        self.items = [(str(text), typed_target(target, task)) for text, target in items]
         self.strong = augment == "strong"
 
     def __len__(self) -> int:

@@ -8,7 +8,6 @@ text, a missing label or bytes that are not UTF-8 are skipped and listed in the 
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 from ..errors import DataError
@@ -16,9 +15,11 @@ from .sources import (
     SPLIT_ALIASES,
     DataSpec,
     label_map,
+    split_keys,
     stratified_split,
     target_stats,
 )
+from .spec import csv_header
 from .text import read_text_csv
 
 
@@ -27,13 +28,8 @@ def is_text_csv(path: str | Path, text_column: str = "text", path_column: str = 
     """A CSV whose header has the text column and no image-path column; with ``named`` (the user
     chose the text column), any CSV without an image-path column, so that a misspelt text
     column is reported as such."""
-    p = Path(path).expanduser()
-    if not p.is_file() or p.suffix.lower() != ".csv":
-        return False
-    try:
-        with p.open(newline="", encoding="utf-8-sig", errors="replace") as f:
-            header = [h.strip() for h in next(csv.reader(f), [])]
-    except (OSError, csv.Error):
+    header = csv_header(path)
+    if not header:
         return False
     return (named or text_column in header) and path_column not in header
 
@@ -100,8 +96,8 @@ def discover_text(
     fractions = {"val": 0.0 if "val" in given else val_fraction,
                  "test": 0.0 if "test" in given else test_fraction}
     groups: dict[str, list[int]] = {}
-    for i, (_, lab) in enumerate(train_rows):
-        groups.setdefault("all" if task == "regression" else lab, []).append(i)
+    for i, key in enumerate(split_keys([lab for _, lab in train_rows], task)):
+        groups.setdefault(key, []).append(i)
     parts = stratified_split(groups, fractions["val"], fractions["test"], seed)  # type: ignore[arg-type]
     splits: dict[str, list[tuple[str, float]]] = {
         s: [(train_rows[i][0], target(train_rows[i][1])) for g in pc.values() for i in g]

@@ -21,6 +21,8 @@ from .metrics import (
     probability_scores,
     regression_metrics,
 )
+from .multilabel import confused_pairs as multilabel_pairs
+from .multilabel import multilabel_ece, multilabel_metrics, reliability_per_label
 
 
 @dataclass
@@ -36,17 +38,30 @@ class Analysis:
 
     @property
     def correct(self) -> np.ndarray:
+        """Per example: the decision is right (multi-label: every label of it)."""
+        if self.task == "multilabel":
+            return (self.pred == self.targets.astype(bool)).all(1)
         return self.pred == self.targets
 
     @property
     def confidence(self) -> np.ndarray:
+        """The probability of the decision (multi-label: the mean, over labels, of the
+        probability of what was decided for each)."""
         assert self.probs is not None
+        if self.task == "multilabel":
+            return np.where(self.pred, self.probs, 1 - self.probs).mean(1)
         return self.probs[np.arange(len(self.pred)), self.pred]
+
+    def names(self, row: np.ndarray) -> str:
+        """A multi-label row (0/1 or bool) as its label names."""
+        return ";".join(c for c, v in zip(self.classes, row) if v) or "(none)"
 
     def top_losses(self, n: int) -> list[dict[str, Any]]:
         """The ``n`` examples with the highest loss (most confidently wrong first)."""
         if self.probs is None or n <= 0:
             return []
+        if self.task == "multilabel":
+            return self._top_multilabel(n)
         idx = np.arange(len(self.targets))
         p_true = self.probs[idx, self.targets]
         loss = -np.log(np.clip(p_true, 1e-12, 1))
@@ -57,6 +72,43 @@ class Analysis:
                  "loss": float(loss[i]), "correct": bool(self.correct[i])} for i in order]
 
 
+    def _top_multilabel(self, n: int) -> list[dict[str, Any]]:
+        """Highest binary cross-entropy over the labels first; ``p_true`` is the probability
+        the model gives the true label set, label by label."""
+        assert self.probs is not None
+        y, p = self.targets.astype(bool), np.clip(self.probs, 1e-12, 1 - 1e-12)
+        p_right = np.where(y, p, 1 - p)
+        loss = -np.log(p_right).sum(1)
+        order = np.argsort(-loss, kind="stable")[:n]
+        return [{"index": int(i), "item": self.items[i] if i < len(self.items) else str(i),
+                 "true": self.names(y[i]), "predicted": self.names(self.pred[i]),
+                 "confidence": float(self.confidence[i]), "p_true": float(p_right[i].prod()),
+                 "loss": float(loss[i]), "correct": bool(self.correct[i])} for i in order]
+
+
+def analyze_multilabel(outputs: torch.Tensor, targets: torch.Tensor, classes: list[str],
+                       cal: Calibration, items: list[str] | None = None) -> Analysis:
+    """A multi-label run's metrics under its calibration (temperature, per-label thresholds),
+    and, under ``at_0.5``, the same scores at the untuned 0.5 of every label."""
+    y = targets.numpy().astype(np.int64)
+    raw = outputs.float().sigmoid().numpy().astype(np.float64)
+    probs = cal.probs(outputs).numpy().astype(np.float64)
+    pred = cal.decide(probs)
+    cut = np.asarray(cal.thresholds) if cal.thresholds is not None else None
+    m: dict[str, Any] = {"n": int(len(y)), **multilabel_metrics(probs, y, cut, classes)}
+    m["loss"] = float(torch.nn.functional.binary_cross_entropy_with_logits(
+        outputs.float(), targets.float()))
+    m["calibration"] = cal.to_dict()
+    m["ece"] = multilabel_ece(probs, y)
+    m["reliability"] = reliability_per_label(probs, y, classes=classes)
+    plain = multilabel_metrics(raw, y, None, classes)
+    m["at_0.5"] = {k: plain[k] for k in ("macro_f1", "micro_f1", "samples_f1",
+                                          "subset_accuracy", "hamming_loss")}
+    m["at_0.5"]["ece"] = multilabel_ece(raw, y)
+    m["confused_pairs"] = multilabel_pairs(probs, y, cut, classes)
+    return Analysis("multilabel", classes, m, y, list(items or []), probs, raw, pred)
+
+
 def analyze(outputs: torch.Tensor, targets: torch.Tensor, task: str, classes: list[str],
             calibration: Calibration | None = None, topk: int = 5,
             target_stats: dict[str, float] | None = None, items: list[str] | None = None,
@@ -64,6 +116,8 @@ def analyze(outputs: torch.Tensor, targets: torch.Tensor, task: str, classes: li
     """Metrics of raw model outputs under a calibration (default: none)."""
     cal = calibration or Calibration()
     y = targets.numpy()
+    if task == "multilabel":
+        return analyze_multilabel(outputs, targets, classes, cal, items)
     if task == "regression":
         ts = target_stats or {}
         pred = outputs.squeeze(-1).double().numpy() * ts.get("std", 1.0) + ts.get("mean", 0.0)
@@ -85,7 +139,8 @@ def analyze(outputs: torch.Tensor, targets: torch.Tensor, task: str, classes: li
 
 
 TTA_KEYS = {"classification": ("accuracy", "macro_f1", "ece", "log_loss"),
-            "regression": ("mae", "rmse", "r2")}
+            "regression": ("mae", "rmse", "r2"),
+            "multilabel": ("macro_f1", "micro_f1", "mAP", "ece")}
 
 
 def compare_tta(plain: Analysis, tta: Analysis, views: list[str], seconds: list[float],

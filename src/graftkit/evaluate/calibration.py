@@ -9,6 +9,9 @@
   class for the best F1, or the loosest threshold reaching a target precision / the strictest
   reaching a target recall (scikit-learn's precision-recall curve does the counting).
 
+- Multi-label runs: one temperature for every label's sigmoid, then a decision threshold per label,
+  each the best F1 of that label on validation.
+
 Everything that turns logits into probabilities or labels (predict, evaluate, export, serve) goes
 through :class:`Calibration`, so they can never disagree.
 """
@@ -33,6 +36,9 @@ class Calibration:
     positive_class: str | None = None
     criterion: str | None = None  # f1 | precision | recall
     target: float | None = None
+    # multi-label runs: one sigmoid per label, P(label) at or above its threshold -> present
+    multilabel: bool = False
+    thresholds: list[float] | None = None
 
     @classmethod
     def from_meta(cls, meta: dict[str, Any]) -> Calibration:
@@ -43,18 +49,28 @@ class Calibration:
         return asdict(self)
 
     def probs(self, logits: torch.Tensor) -> torch.Tensor:
-        return (logits.float() / self.temperature).softmax(-1)
+        z = logits.float() / self.temperature
+        return z.sigmoid() if self.multilabel else z.softmax(-1)
 
     def decide(self, probs: np.ndarray) -> np.ndarray:
-        """Class indices: the argmax, or for a thresholded binary run P(class 1) >= threshold."""
+        """Class indices: the argmax, or for a thresholded binary run P(class 1) >= threshold;
+        for a multi-label run a boolean (N, K): each label at or above its threshold."""
+        if self.multilabel:
+            cut = np.asarray(self.thresholds if self.thresholds is not None else 0.5)
+            return probs >= cut
         if self.threshold is not None and probs.shape[1] == 2:
             return (probs[:, 1] >= self.threshold).astype(np.int64)
         return probs.argmax(1)
 
 
-def fit_temperature(logits: torch.Tensor, targets: torch.Tensor, max_iter: int = 200) -> float:
-    """The T minimising the NLL of ``softmax(logits / T)`` (L-BFGS on log T, as Guo et al.)."""
-    logits, targets = logits.detach().double(), targets.long()
+def fit_temperature(logits: torch.Tensor, targets: torch.Tensor, max_iter: int = 200,
+                    multilabel: bool = False) -> float:
+    """The T minimising the NLL of ``softmax(logits / T)`` (L-BFGS on log T, as Guo et al.);
+    ``multilabel``: of every label's ``sigmoid(logits / T)`` (binary cross-entropy)."""
+    logits = logits.detach().double()
+    targets = targets.double() if multilabel else targets.long()
+    nll = (torch.nn.functional.binary_cross_entropy_with_logits if multilabel
+           else torch.nn.functional.cross_entropy)
     if len(targets) < 2:
         return 1.0
     log_t = torch.zeros(1, dtype=torch.float64, requires_grad=True)
@@ -62,7 +78,7 @@ def fit_temperature(logits: torch.Tensor, targets: torch.Tensor, max_iter: int =
 
     def closure() -> torch.Tensor:
         opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(logits / log_t.exp(), targets)
+        loss = nll(logits / log_t.exp(), targets)
         loss.backward()
         return loss
 
@@ -124,6 +140,25 @@ def choose_threshold(p_pos: np.ndarray, y: np.ndarray, criterion: str,
         raise ValueError(f"unknown threshold criterion {criterion!r}")
     return float(thresholds[i]), {"precision": float(precision[i]), "recall": float(recall[i]),
                                   "f1": float(f1[i]), "reached": reached}
+
+
+def fit_multilabel_calibration(logits: torch.Tensor, targets: torch.Tensor,
+                               temperature: bool = True) -> tuple[Calibration, str | None]:
+    """A multi-label run's calibration on validation outputs: one temperature for every label's
+    sigmoid (binary cross-entropy), then each label's F1-best threshold on the calibrated
+    probabilities (``multilabel.tune_thresholds``; a label without positives keeps 0.5)."""
+    from .multilabel import tune_thresholds
+
+    cal = Calibration(multilabel=True, criterion="f1")
+    if len(targets) < 2:
+        cal.thresholds = [0.5] * logits.shape[1]
+        return cal, "fewer than 2 validation examples: thresholds left at 0.5"
+    if temperature:
+        cal.temperature_nll = cal.temperature = fit_temperature(logits, targets,
+                                                                multilabel=True)
+    probs = cal.probs(logits).double().numpy()
+    cal.thresholds = [float(t) for t in tune_thresholds(probs, targets.numpy())]
+    return cal, None
 
 
 def fit_calibration(logits: torch.Tensor, targets: torch.Tensor, classes: list[str],

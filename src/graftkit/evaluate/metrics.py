@@ -140,23 +140,27 @@ def confused_pairs(cm: list[list[int]], classes: list[str], top: int = 10) -> li
 
 
 # Which way is better, for early stopping and checkpoint selection.
-LOWER_IS_BETTER = {"loss", "log_loss", "mae", "rmse", "brier", "ece", "mce"}
+LOWER_IS_BETTER = {"loss", "log_loss", "mae", "rmse", "brier", "ece", "mce", "hamming_loss"}
 # Every metric name lists here once: what early stopping may monitor on validation, what the
 # end of training prints, what `graft evaluate` prints, what the report's table shows.
 VALIDATION_METRICS = {
     "classification": ("loss", "accuracy", "balanced_accuracy", "macro_f1", "macro_precision",
                        "macro_recall", "log_loss"),
     "regression": ("loss", "mae", "rmse", "r2"),
+    "multilabel": ("loss", "mAP", "macro_f1", "micro_f1", "samples_f1", "subset_accuracy",
+                   "hamming_loss"),
 }
-SUMMARY_METRICS = {"classification": ("accuracy", "macro_f1"), "regression": ("rmse", "mae", "r2")}
-HEADLINE_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "macro_precision",
-                    "macro_recall", "top5_accuracy", "roc_auc", "log_loss", "ece", "mae", "rmse",
-                    "r2")
+SUMMARY_METRICS = {"classification": ("accuracy", "macro_f1"), "regression": ("rmse", "mae", "r2"),
+                   "multilabel": ("macro_f1", "micro_f1", "mAP")}
+HEADLINE_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "micro_f1", "samples_f1", "mAP",
+                    "subset_accuracy", "hamming_loss", "macro_precision", "macro_recall",
+                    "top5_accuracy", "roc_auc", "log_loss", "ece", "mae", "rmse", "r2")
 REPORT_METRICS = ("accuracy", "balanced_accuracy", "top5_accuracy", "top3_accuracy",
-                  "top2_accuracy", "macro_precision", "macro_recall", "macro_f1",
-                  "weighted_precision", "weighted_recall", "weighted_f1", "roc_auc",
-                  "average_precision", "log_loss", "brier", "ece", "mce", "loss", "mae", "rmse",
-                  "r2")
+                  "top2_accuracy", "macro_precision", "macro_recall", "macro_f1", "micro_f1",
+                  "samples_f1", "mAP", "subset_accuracy", "hamming_loss", "label_cardinality",
+                  "predicted_cardinality", "weighted_precision", "weighted_recall",
+                  "weighted_f1", "roc_auc", "average_precision", "log_loss", "brier", "ece",
+                  "mce", "loss", "mae", "rmse", "r2")
 
 
 def is_better(new: float, best: float | None, metric: str, min_delta: float = 0.0) -> bool:

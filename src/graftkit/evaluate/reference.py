@@ -66,6 +66,15 @@ def build_reference(task: str, modality: str, classes: list[str], inputs: dict[s
         ref["labels"] = dict(zip(classes, map(float, label_frac)))
         ref["confidence"] = {**_moments(conf), "edges": CONF_EDGES,
                              "hist": confidence_hist(conf)}
+    elif task == "multilabel":  # the share of each label among all decided labels
+        assert probs is not None and pred is not None
+        decided, true = pred.astype(bool), targets.astype(bool)
+        conf = np.where(decided, probs, 1 - probs).mean(1)
+        ref["predicted"] = dict(zip(classes, map(float, decided.sum(0) / max(1, decided.sum()))))
+        ref["labels"] = dict(zip(classes, map(float, true.sum(0) / max(1, true.sum()))))
+        ref["label_rate"] = dict(zip(classes, map(float, decided.mean(0))))
+        ref["confidence"] = {**_moments(conf), "edges": CONF_EDGES,
+                             "hist": confidence_hist(conf)}
     else:
         assert pred is not None
         ref["value"] = _moments(np.asarray(pred, dtype=np.float64))

@@ -128,6 +128,8 @@ def _figures(a: Analysis, out: Path, hist: list[dict[str, Any]], monitor: str | 
         figs["regression"] = plots.regression_scatter(a.pred, a.targets, out / "regression.png")
         return figs
     assert a.probs is not None and a.probs_raw is not None
+    if a.task == "multilabel":
+        return {**figs, **_multilabel_figures(a, out)}
     correct = a.correct
     raw_pred = a.probs_raw.argmax(1)
     raw_conf = a.probs_raw[np.arange(len(raw_pred)), raw_pred]
@@ -146,12 +148,35 @@ def _figures(a: Analysis, out: Path, hist: list[dict[str, Any]], monitor: str | 
     return figs
 
 
+def _multilabel_figures(a: Analysis, out: Path) -> dict[str, Path]:
+    """Reliability of every (example, label) decision pooled, before (0.5, T = 1) and after
+    (tuned thresholds, the temperature); per-label F1; the per-example confidence."""
+    assert a.probs is not None and a.probs_raw is not None and a.pred is not None
+    m, y = a.metrics, a.targets.astype(bool).ravel()
+
+    def pooled(p: np.ndarray, decided: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        d = decided.ravel()
+        return np.where(d, p.ravel(), 1 - p.ravel()), d == y
+
+    t = m["calibration"]["temperature"]
+    figs = {"reliability": plots.reliability(
+        [("before (0.5, T = 1)", *pooled(a.probs_raw, a.probs_raw >= 0.5), m["at_0.5"]["ece"]),
+         (f"after (tuned, T = {t:.3f})", *pooled(a.probs, a.pred), m["ece"])],
+        out / "reliability.png")}
+    figs["per_class_f1"] = plots.per_class_f1(m["per_label"], out / "per_class_f1.png")
+    figs["confidence"] = plots.confidence_histogram(a.confidence, a.correct,
+                                                    out / "confidence_histogram.png")
+    return figs
+
+
 # (label, metrics key, format) shown in the summary card, when present.
 SUMMARY_KEYS = {
     "classification": [("accuracy", "accuracy"), ("macro-F1", "macro_f1"),
                        ("balanced accuracy", "balanced_accuracy"), ("ROC-AUC", "roc_auc"),
                        ("ECE", "ece"), ("log loss", "log_loss")],
     "regression": [("MAE", "mae"), ("RMSE", "rmse"), ("R²", "r2")],
+    "multilabel": [("macro-F1", "macro_f1"), ("micro-F1", "micro_f1"), ("mAP", "mAP"),
+                   ("subset accuracy", "subset_accuracy"), ("ECE", "ece")],
 }
 TABLE_KEYS = list(REPORT_METRICS)
 
@@ -166,8 +191,7 @@ def write_eval(out: Path, a: Analysis, run_path: Path, meta: dict[str, Any],
     rd.write_json(out / rd.METRICS, metrics)
     hist = _history(run_path)
     figs = _figures(a, out, hist, summary["monitor"], summary["best_epoch"])
-    examples = [dict(ex) for ex in a.top_losses(top_losses)] if a.task == "classification" \
-        else []
+    examples = [dict(ex) for ex in a.top_losses(top_losses)] if a.task != "regression" else []
     shown = gallery(examples, out) if gallery else [{**ex, "text": ex["item"]} for ex in examples]
     env = Environment(loader=PackageLoader("graftkit.evaluate", "templates"),
                       autoescape=select_autoescape(["html", "j2"]))

@@ -12,9 +12,13 @@ from ..modalities import MODALITIES
 
 
 def classification_run(run: Any) -> LoadedRun:
-    """The run (a :class:`LoadedRun` or its directory), if it is a classification run."""
+    """The run (a :class:`LoadedRun` or its directory), if it is a classification run (or a
+    multi-label image run: each label is a target, the most probable one by default)."""
     run = run if isinstance(run, LoadedRun) else LoadedRun(run)
-    if run.meta["task"] != "classification":
+    if run.meta["task"] == "multilabel" and not run.modality.explains_labels:
+        raise GraftError(f"explain takes multi-label image runs; {str(run.path)!r} is a "
+                         f"multi-label {run.modality.noun} run (not yet)")
+    if run.meta["task"] not in ("classification", "multilabel"):
         raise GraftError(f"explain is for classification runs; {str(run.path)!r} is "
                          f"{run.meta['task']}")
     return run

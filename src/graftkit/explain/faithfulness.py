@@ -64,18 +64,22 @@ def _auc(curve: np.ndarray) -> float:
 
 
 @torch.inference_mode()
-def _probs(model: nn.Module, images: torch.Tensor, target: int) -> np.ndarray:
-    out = [model(b.contiguous(memory_format=torch.channels_last)).float().softmax(-1)[:, target]
+def _probs(model: nn.Module, images: torch.Tensor, target: int, multilabel: bool = False
+           ) -> np.ndarray:
+    squash = torch.sigmoid if multilabel else (lambda z: z.softmax(-1))
+    out = [squash(model(b.contiguous(memory_format=torch.channels_last)).float())[:, target]
            for b in images.split(BATCH)]
     return torch.cat(out).numpy()
 
 
 def faithfulness(model: nn.Module, x: torch.Tensor, heatmap: np.ndarray, target: int,
-                 steps: int = 20, seed: int = 0, random_grid: int | None = 7) -> dict[str, Any]:
+                 steps: int = 20, seed: int = 0, random_grid: int | None = 7,
+                 multilabel: bool = False) -> dict[str, Any]:
     """Deletion/insertion AUCs of ``heatmap`` for class ``target`` on image ``x`` (1, C, H, W),
     and of a random order (``seed``; a smooth random map on a ``random_grid`` square grid, or
     i.i.d. pixels for None); ``beats_random`` is deletion below random. The heatmap's curves
-    (target probability after each step) come along for plots and diagnosis."""
+    (target probability after each step) come along for plots and diagnosis. ``multilabel``:
+    the target label's own sigmoid probability rather than its softmax share."""
     h, w = heatmap.shape
     if tuple(x.shape[-2:]) != (h, w):
         raise ValueError(f"heatmap {heatmap.shape} does not match the image {tuple(x.shape)}")
@@ -91,7 +95,7 @@ def faithfulness(model: nn.Module, x: torch.Tensor, heatmap: np.ndarray, target:
         batches += [x * (1 - m) + mean * m, blurred * (1 - m) + x * m]  # deletion, insertion
     model.eval()
     try:
-        p = _probs(model, torch.cat(batches), target).reshape(4, steps + 1)
+        p = _probs(model, torch.cat(batches), target, multilabel).reshape(4, steps + 1)
     finally:
         model.train(was_training)
     deletion, insertion, deletion_random, insertion_random = map(_auc, p)

@@ -44,7 +44,8 @@ def explain_image(model: Any, cal: Calibration, image: Image.Image, method: str,
     with torch.inference_mode():
         logits = model(x.contiguous(memory_format=torch.channels_last)).float()
     probs = cal.probs(logits)[0]
-    predicted = int(cal.decide(probs[None].numpy())[0])
+    # multi-label: the most probable label stands for the decision (each label can be a target)
+    predicted = int(probs.argmax()) if cal.multilabel else int(cal.decide(probs[None].numpy())[0])
     t = predicted if target is None else target
     return Explained(x, probs, predicted, t, METHODS.get(method)(model, x, t))
 
@@ -90,7 +91,8 @@ def explain_images(run: Any, files: list[str], method: str, target: str | None,
             "input": str(f), "method": method, "predicted": label, "prob": prob,
             "target": classes[e.target], "target_prob": float(e.probs[e.target]),
             "top": [{"label": classes[int(i)], "prob": float(v)} for v, i in zip(p, idx)],
-            "faithfulness": faithfulness(model, e.x, e.heatmap, e.target),
+            "faithfulness": faithfulness(model, e.x, e.heatmap, e.target,
+                                         multilabel=cal.multilabel),
             "overlay": str(png),
         }
         rd.write_json(out / f"{stem}.json", record)

@@ -159,7 +159,8 @@ def _bundle(run: Any, fmt: str, exporter: Exporter, extra: dict[str, Any],
             sig: ExportSignature, pre: dict[str, Any]) -> dict[str, Any]:
     meta = run.meta
     k = meta["num_outputs"]
-    classification = meta["task"] == "classification"
+    classification = meta["task"] in ("classification", "multilabel")
+    multilabel = meta["task"] == "multilabel"
     cal = {**Calibration.from_meta(meta).to_dict(),
            "fitted_on": (meta.get("calibration") or {}).get("fitted_on")}
     return {
@@ -177,12 +178,16 @@ def _bundle(run: Any, fmt: str, exporter: Exporter, extra: dict[str, Any],
         "model": {**meta["model"], "strategy": meta["strategy"]},
         "inputs": sig.inputs,
         "output": {"name": OUTPUT, "shape": ["batch", k], "dtype": "float32",
-                   "description": "raw logits: probabilities = softmax(logits / "
+                   "description": "raw logits: probabilities = sigmoid(logits / "
+                   "calibration.temperature), one per label" if multilabel else
+                   "raw logits: probabilities = softmax(logits / "
                    "calibration.temperature)" if classification else
                    "standardised value: value = output * target_stats.std + target_stats.mean"},
         "preprocessing": pre,
         "calibration": cal if classification else None,
-        "decision": ("if calibration.threshold is set (binary): predict calibration."
+        "decision": ("every label whose probability >= its calibration.thresholds entry "
+                     "(tuned for F1 on validation)") if multilabel else (
+                     "if calibration.threshold is set (binary): predict calibration."
                      "positive_class when its probability >= threshold, else the other class; "
                      "otherwise the most probable class") if classification else None,
         "versions": _versions(fmt),
@@ -249,12 +254,14 @@ def _parity(run: Any, bundle_dir: Path, bundle: dict[str, Any], sig: ExportSigna
     info: dict[str, Any] = {"n": len(inputs), "inputs": source, "tolerance": PARITY_TOL,
                             "reference": "eager torch model (graftkit Run.model)",
                             "backend": exporter.backend()}
-    if meta["task"] == "classification":
+    if meta["task"] in ("classification", "multilabel"):
         cal = Calibration.from_meta(meta)
         pe, pg = cal.probs(e), cal.probs(g)
         diff = float((pe - pg).abs().max())
-        agree = int((cal.decide(pe.numpy()) == cal.decide(pg.numpy())).sum())
-        info.update(quantity="calibrated class probabilities", labels_agree=agree)
+        same = cal.decide(pe.numpy()) == cal.decide(pg.numpy())
+        agree = int((same.all(1) if same.ndim == 2 else same).sum())  # multilabel: all labels
+        info.update(quantity="calibrated label probabilities" if meta["task"] == "multilabel"
+                    else "calibrated class probabilities", labels_agree=agree)
     else:
         diff = float((e - g).abs().max())
         info.update(quantity="model output (standardised target)")

@@ -45,6 +45,11 @@ def _metric_rows(metrics: dict[str, Any], task: str) -> list[dict[str, Any]]:
                          "hi": hi, "macro_f1": m["macro_f1"],
                          "ece_before": m["uncalibrated"]["ece"], "ece_after": m["ece"],
                          "temperature": m["calibration"]["temperature"]})
+        elif task == "multilabel":
+            rows.append({"split": split, "n": m["n"], **{k: m[k] for k in (
+                "macro_f1", "micro_f1", "mAP", "subset_accuracy")},
+                "macro_f1_05": m["at_0.5"]["macro_f1"], "ece_before": m["at_0.5"]["ece"],
+                "ece_after": m["ece"]})
         else:
             rows.append({"split": split, "n": m["n"], "mae": m["mae"], "rmse": m["rmse"],
                          "r2": m["r2"]})

@@ -40,6 +40,7 @@ from PIL import Image
 from ..data.audio import AudioDataConfig, BadAudio, load_audio, model_input
 from ..data.images import BadImage, open_image, resize_size
 from ..errors import GraftError
+from ..evaluate.multilabel import describe_labels
 from ..registry import Registry
 from ..threads import thread_count
 
@@ -309,6 +310,7 @@ class BundlePredictor:
         cal = self.bundle.get("calibration") or {}
         self.temperature = float(cal.get("temperature") or 1.0)
         self.threshold: float | None = cal.get("threshold")
+        self.thresholds: list[float] | None = cal.get("thresholds")  # multilabel: per label
 
     def logits(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         """Raw model outputs (N, K) of a batch's feeds (the preprocessor's), by input name."""
@@ -334,6 +336,9 @@ class BundlePredictor:
             ts = self.bundle.get("target_stats") or {}
             return {"input": name,
                     "value": float(row[0]) * ts.get("std", 1.0) + ts.get("mean", 0.0)}
+        if self.task == "multilabel":
+            probs = 1 / (1 + np.exp(-row.astype(np.float64) / self.temperature))
+            return describe_labels(name, probs, self.classes, self.thresholds, topk)
         probs = softmax(row, self.temperature)
         if self.threshold is not None and len(probs) == 2:
             idx = int(probs[1] >= self.threshold)

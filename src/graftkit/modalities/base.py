@@ -72,6 +72,7 @@ class Modality:
     form_files = True  # the multipart field holds uploaded files
     accept = ""  # the served web page's file chooser: which files it offers ("image/*")
     explainable = False  # the report's gallery and graft serve's /v1/explain have overlays
+    explains_labels = False  # graft explain takes its multi-label runs (one label as target)
     exportable = False  # graft export writes its models
     stat_keys: tuple[str, ...] = ()  # the per-input statistics the drift monitor compares
     robustness_kind = "perturbations"  # what graft robustness applies: results.json's "kind"

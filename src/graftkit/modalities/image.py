@@ -102,7 +102,7 @@ class ImageModality(Modality):
     json_field, form_field, form_files = "images", "file", True
     json_help = "base64 image files (JPEG, PNG, ...)"
     accept = "image/*"
-    explainable = exportable = True
+    explainable = exportable = explains_labels = True
     stat_keys = ("brightness", "width", "height")
     robustness_kind = "corruptions"
 

@@ -30,6 +30,7 @@ from torch.utils.data import Dataset
 
 from .. import run as rd
 from ..data.audio import AudioDataConfig, BadAudio, load_audio, model_input
+from ..data.spec import typed_target
 from ..errors import ConfigError, DataError, GraftError
 from ..registry import Registry
 from .audio_builtin import AUDIO_BUILTINS, DEFAULT_AUDIO_MODEL, AudioBuiltin, load_builtin_encoder
@@ -53,8 +54,7 @@ class AudioDataset(Dataset):
 
     def __init__(self, items: Sequence[tuple[str, float]], dc: AudioDataConfig, task: str,
                  augment: str = "none") -> None:
-        self.items = [(str(p), int(t) if task == "classification" else float(t))
-                      for p, t in items]
+        self.items = [(str(p), typed_target(t, task)) for p, t in items]
         self.dc, self.augment = dc, augment
 
     def __len__(self) -> int:

@@ -7,6 +7,7 @@ export and serving talk to a model through this protocol alone.
 from __future__ import annotations
 
 import importlib.metadata as md
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -101,6 +102,16 @@ class CosineLinear(nn.Linear):
 
 
 HEAD_KINDS = ("linear", "cosine")
+
+
+def label_prior_bias(model: Any, targets: Sequence[Sequence[float]]) -> None:
+    """A multi-label head's biases set to the log-odds of each label's training frequency
+    (clipped to [0.001, 0.999]), so training starts at the prior rather than at P = 0.5 for
+    every label: with many rare labels, plain zero biases spend the first epochs learning that
+    most labels are absent."""
+    freq = torch.tensor([list(t) for t in targets], dtype=torch.float32).mean(0)
+    with torch.no_grad():
+        model.head[-1].bias.copy_(torch.logit(freq.clamp(1e-3, 1 - 1e-3)))
 
 
 def restore_head(model: Any, meta_model: dict[str, Any]) -> Any:

@@ -122,7 +122,8 @@ def robustness(run: LoadedRun, data: str | Path | None = None, split: str | None
 
     meta, modality = run.meta, run.modality
     if meta["task"] != "classification":
-        raise GraftError("graft robustness measures classification runs")
+        raise GraftError("graft robustness measures single-label classification runs; this "
+                         f"one is {meta['task']} (multi-label robustness is not there yet)")
     names = modality.robustness_names(corruptions)
     sevs = parse_severities(severities)
     ref = _reference(reference, names, sevs)

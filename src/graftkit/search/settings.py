@@ -13,7 +13,7 @@ SETTINGS = "search.json"
 class SearchSettings:
     data: str
     study: str
-    metric: str = "accuracy"
+    metric: str = "accuracy"  # "auto" (the CLI default) is resolved when the study starts
     trials: int = 20
     time_budget_s: float | None = None
     config: str | None = None

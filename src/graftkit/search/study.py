@@ -121,6 +121,14 @@ def base_config(s: SearchSettings) -> Any:
     return cfg
 
 
+def _check_metric(metric: str, task: str) -> None:
+    from ..evaluate.metrics import VALIDATION_METRICS
+
+    if metric not in VALIDATION_METRICS[task]:
+        raise ConfigError(f"--metric {metric!r} is not a validation metric of a {task} run; "
+                          f"choose one of: {', '.join(sorted(VALIDATION_METRICS[task]))}")
+
+
 def check_space(space: Space, base: Any) -> None:
     """Every categorical choice must make a valid config on this data: a typo fails now, not as
     a failed trial an hour later."""
@@ -359,11 +367,15 @@ def search(s: SearchSettings, out: Path, space_file: str | Path | None = None,
         storage_url = storage_url or saved.get("storage_url")
         space = parse_space(_yaml((out / SPACE).read_text()), str(out / SPACE))
     else:
+        from ..launch import AUTO_MONITOR
         from .objective import check
 
-        check(s.objective, s.metric, s.robust_weight)
-        space = load_space(space_file)
         base = base_config(s)
+        if s.metric == "auto":  # accuracy, rmse or mAP, as a run's early stopping would watch
+            s.metric = AUTO_MONITOR[base.task]
+        check(s.objective, s.metric, s.robust_weight)
+        _check_metric(s.metric, base.task)
+        space = load_space(space_file)
         check_space(space, base)
         if s.lr_find:
             from .lr_find import centre_space

@@ -49,7 +49,9 @@ class RunBackend:
         self.task: str = meta["task"]
         self.classes: list[str] = list(meta.get("classes") or [])
         self.name: str = meta["model"]["name"]
-        self.explainable = self.modality.explainable and self.task == "classification"
+        self.explainable = self.modality.explainable and (
+            self.task == "classification" or
+            self.task == "multilabel" and self.modality.explains_labels)
         self.model: Any = None
         self.decode_side = 0
 

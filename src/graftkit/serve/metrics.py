@@ -57,6 +57,10 @@ class Metrics:
         if "label" in p and p["label"] is not None:
             self.predictions.labels(p["label"]).inc()
             self.confidence.observe(float(p["prob"]))
+        elif "labels" in p:  # multi-label: one count per label decided
+            for name in p["labels"]:
+                self.predictions.labels(name).inc()
+            self.confidence.observe(float(p["confidence"]))
 
     def set_drift(self, report: dict[str, Any]) -> None:
         """Copy a monitor report into the gauges (NaN where a number is not available yet)."""

@@ -77,6 +77,10 @@ class Monitor:
             if "value" in prediction:
                 self._values.append(float(prediction["value"]))
                 return
+            if "labels" in prediction:  # multi-label: every label decided, and the mean
+                self._pred.extend(self.classes.index(n) for n in prediction["labels"])
+                self._conf.append(float(prediction["confidence"]))  # confidence of them all
+                return
             self._pred.append(self.classes.index(prediction["label"]))
             self._conf.append(float(prediction["prob"]))
 
@@ -93,7 +97,7 @@ class Monitor:
             "reference_error": self.reference_error,
             "thresholds": {"moderate": MODERATE, "large": LARGE},
         }
-        if self.task == "classification":
+        if self.task in ("classification", "multilabel"):
             out["classes"] = self._classes(pred, ref)
             out["confidence"] = self._confidence(conf, ref)
         else:

@@ -31,6 +31,8 @@ PredictJSON = _predict_json()
 class TopClass(BaseModel):
     label: str
     prob: float = Field(description="calibrated probability")
+    threshold: float | None = Field(None, description="multi-label: the label's decision "
+                                    "threshold (present when prob >= threshold)")
 
 
 class Prediction(BaseModel):
@@ -40,6 +42,10 @@ class Prediction(BaseModel):
     top: list[TopClass] | None = Field(None, description="the top-k classes, most probable "
                                        "first")
     value: float | None = Field(None, description="the predicted value (regression)")
+    labels: list[str] | None = Field(None, description="multi-label: every label at or above "
+                                     "its threshold, most probable first")
+    confidence: float | None = Field(None, description="multi-label: the mean calibrated "
+                                     "probability of the decisions taken for every label")
 
 
 class PredictResponse(BaseModel):

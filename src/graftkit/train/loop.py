@@ -41,6 +41,7 @@ from torchvision.transforms import v2
 
 from ..errors import TrainingDiverged
 from ..evaluate.metrics import classification_metrics, regression_metrics
+from ..evaluate.multilabel import multilabel_metrics
 from ..strategies import Stage
 from . import distributed, engines
 from . import features as feature_cache
@@ -361,6 +362,10 @@ def score(outputs: torch.Tensor, targets: torch.Tensor, loss_fn: LossFn, s: Loop
     if s.task == "regression":
         pred = outputs.squeeze(-1).numpy() * s.target_std + s.target_mean
         return {"loss": loss, **regression_metrics(pred, targets.float().numpy())}
+    if s.task == "multilabel":  # at 0.5: the thresholds are tuned once training is done
+        m = multilabel_metrics(outputs.sigmoid().numpy(), targets.numpy(), classes=list(s.classes))
+        m.pop("per_label")
+        return {"loss": loss, **m}
     probs = outputs.softmax(-1).numpy()
     m = classification_metrics(probs, targets.numpy(), list(s.classes), s.topk)
     return {"loss": loss, **m}

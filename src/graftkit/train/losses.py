@@ -1,6 +1,7 @@
 """Loss functions, registered by name. Each builder returns ``loss(outputs, targets)``.
 
-Classification losses accept hard targets ``(B,)`` or soft ones ``(B, K)`` (MixUp/CutMix).
+Classification losses accept hard targets ``(B,)`` or soft ones ``(B, K)`` (MixUp/CutMix);
+multi-label losses take 0/1 targets ``(B, K)`` against one logit per label.
 """
 
 from __future__ import annotations
@@ -16,6 +17,13 @@ from ..registry import Registry
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 LOSSES: Registry[Callable[..., LossFn]] = Registry("loss")
 REGRESSION_LOSSES = {"mse", "huber", "l1"}
+MULTILABEL_LOSSES = {"bce", "asl"}
+
+
+def loss_task(name: str) -> str:
+    """The task a registered loss is for."""
+    return ("regression" if name in REGRESSION_LOSSES else
+            "multilabel" if name in MULTILABEL_LOSSES else "classification")
 
 
 @LOSSES.register("cross_entropy", "cross-entropy with label smoothing and class weights")
@@ -44,6 +52,40 @@ def focal(
         if class_weights is not None:
             per_class = per_class * class_weights.to(logits.device)
         return per_class.sum(-1).mean()
+
+    return loss
+
+
+def _smooth(y: torch.Tensor, label_smoothing: float) -> torch.Tensor:
+    """0/1 label targets pulled toward 1/2 by ``label_smoothing``."""
+    y = y.float()
+    return y * (1 - label_smoothing) + label_smoothing / 2 if label_smoothing else y
+
+
+@LOSSES.register("bce", "binary cross-entropy per label (multilabel)")
+def bce(label_smoothing: float = 0.0, **_: Any) -> LossFn:
+    def loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.binary_cross_entropy_with_logits(logits.float(), _smooth(y, label_smoothing))
+
+    return loss
+
+
+ASL_GAMMA_NEG, ASL_GAMMA_POS, ASL_CLIP = 4.0, 0.0, 0.05  # Ridnik et al. 2021's defaults
+
+
+@LOSSES.register("asl", "asymmetric loss (Ridnik et al. 2021), for many negatives (multilabel)")
+def asymmetric(label_smoothing: float = 0.0, **_: Any) -> LossFn:
+    """Easy negatives down-weighted by ``(p_m)^4`` with the probability shifted by 0.05
+    (``p_m = max(p - 0.05, 0)``), positives as in cross-entropy: many absent labels stop
+    dominating the gradient. The mean over examples of the sum over labels, divided by the
+    number of labels so its scale matches ``bce``."""
+    def loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        y = _smooth(y, label_smoothing)
+        p = torch.sigmoid(logits.float())
+        p_m = (p - ASL_CLIP).clamp(min=0)
+        pos = y * torch.log(p.clamp(min=1e-8)) * (1 - p) ** ASL_GAMMA_POS
+        neg = (1 - y) * torch.log((1 - p_m).clamp(min=1e-8)) * p_m ** ASL_GAMMA_NEG
+        return -(pos + neg).mean()
 
     return loss
 
