@@ -184,7 +184,26 @@ def text_models() -> None:
     print(f"\n`benchmarks/text_models.py` on {machine_line(r)}.\n")
 
 
+def multilabel() -> None:
+    """Multi-label runs on tiled caltech photos and TREC coarse+fine (benchmarks/multilabel.py)."""
+    r = load("multilabel")
+    if not r:
+        return
+    print("| data | model | loss | labels | val macro-F1 (at 0.5) | test macro-F1 (at 0.5) | "
+          "test micro-F1 | test mAP | test subset acc. | test ECE before -> after | wall |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for x in r["rows"]:
+        v, t = x["val"], x["test"]
+        print(f"| {x['set']} | {x['model']} | {x['loss']} | {x['labels']} | "
+              f"{v['macro_f1']:.4f} ({v['at_0.5']['macro_f1']:.4f}) | "
+              f"{t['macro_f1']:.4f} ({t['at_0.5']['macro_f1']:.4f}) | {t['micro_f1']:.4f} | "
+              f"{t['mAP']:.4f} | {t['subset_accuracy']:.4f} | {t['at_0.5']['ece']:.4f} -> "
+              f"{t['ece']:.4f} | {x['wall_s']:.0f} s |")
+    print(f"\n`benchmarks/multilabel.py` on {machine_line(r)}.\n")
+
+
 if __name__ == "__main__":
     main()
     model_auto()
     text_models()
+    multilabel()

@@ -73,7 +73,7 @@ def test_predict_evaluate_and_the_bundle_return_every_label_above_its_threshold(
     from graftkit.export.light import BundlePredictor
 
     truth = _truth(tiles)
-    test = sorted(p for p in truth if Path(p).name.startswith("test-"))[:8]
+    test = sorted(p for p in truth if Path(p).name.startswith("test-"))
     run = Run(tile_run)
     cut = dict(zip(run.meta["classes"], run.meta["calibration"]["thresholds"]))
     preds = run.predict(test, topk=len(CLASSES))
@@ -81,8 +81,11 @@ def test_predict_evaluate_and_the_bundle_return_every_label_above_its_threshold(
         above = {t["label"] for t in p["top"] if t["prob"] >= cut[t["label"]]}
         assert set(p["labels"]) == above and "label" not in p
         assert [t["threshold"] for t in p["top"]] == [cut[t["label"]] for t in p["top"]]
+    # predict decides as the final scoring did: exactly the tiles it got all labels of
     right = sum(set(p["labels"]) == truth[p["input"]] for p in preds)
-    assert right >= 4, preds  # most tiles get exactly their classes
+    scored = json.loads((tile_run / "metrics.json").read_text())["test"]
+    assert right == round(scored["subset_accuracy"] * len(test)) and right >= len(test) // 3
+    preds, test = preds[:8], test[:8]
     printed = graft("predict", tile_run, test[0]).stdout.splitlines()[0]
     assert printed.startswith(f"{test[0]}: {'; '.join(preds[0]['labels']) or '(no label)'}  (")
     ev = graft("evaluate", tile_run, "--json").stdout
@@ -123,6 +126,18 @@ def test_serve_returns_every_label_above_its_threshold(tile_run: Path, tiles: Pa
         assert drift["n"] == 3 and set(drift["classes"]["reference"]) == set(CLASSES)
         ex = client.post("/v1/explain", files=files[:1])
         assert ex.status_code == 200 and ex.json()["overlay"].startswith("data:image/png")
+
+
+def test_robustness_scores_the_subset_accuracy_under_corruption(tile_run: Path) -> None:
+    graft("robustness", tile_run, "--corruptions", "gaussian_noise,fog", "--severities", "1,5",
+          "--quiet")
+    r = json.loads((tile_run / "robustness" / "results.json").read_text())
+    m = json.loads((tile_run / "metrics.json").read_text())["test"]
+    assert r["accuracy"].startswith("subset accuracy") and r["split"] == "test"
+    # the clean cells decide as the final scoring did, with the run's thresholds
+    assert r["n"] == m["n"] and r["clean_accuracy"] == pytest.approx(m["subset_accuracy"])
+    noise = r["corruptions"]["gaussian_noise"]["severity"]
+    assert noise["5"] <= noise["1"]
 
 
 def test_trec_coarse_and_fine_labels(tmp_path: Path) -> None:

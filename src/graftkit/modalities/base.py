@@ -73,6 +73,7 @@ class Modality:
     accept = ""  # the served web page's file chooser: which files it offers ("image/*")
     explainable = False  # the report's gallery and graft serve's /v1/explain have overlays
     explains_labels = False  # graft explain takes its multi-label runs (one label as target)
+    robust_labels = False  # graft robustness takes its multi-label runs (subset accuracy)
     exportable = False  # graft export writes its models
     stat_keys: tuple[str, ...] = ()  # the per-input statistics the drift monitor compares
     robustness_kind = "perturbations"  # what graft robustness applies: results.json's "kind"

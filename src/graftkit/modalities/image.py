@@ -102,7 +102,7 @@ class ImageModality(Modality):
     json_field, form_field, form_files = "images", "file", True
     json_help = "base64 image files (JPEG, PNG, ...)"
     accept = "image/*"
-    explainable = exportable = explains_labels = True
+    explainable = exportable = explains_labels = robust_labels = True
     stat_keys = ("brightness", "width", "height")
     robustness_kind = "corruptions"
 
@@ -290,7 +290,8 @@ class ImageModality(Modality):
 
         view, finish = eval_view(model.data_config), to_model_input(model.data_config)
         images = [view(load_or_fail(path)[1]) for path, _ in items]
-        targets = np.array([int(t) for _, t in items])
+        # multi-label: (N, K) 0/1 targets, decided by the run's thresholds (subset accuracy)
+        targets = np.array([t for _, t in items]).astype(bool if cal.multilabel else np.int64)
 
         run = forward or model
 
@@ -300,7 +301,7 @@ class ImageModality(Modality):
 
         results = run_corruptions(predict_probs, images, targets, names, sevs, seed=seed,
                                   workers=workers, batch_size=max(batch_size, 16),
-                                  progress=progress)
+                                  progress=progress, decide=cal.decide if cal.multilabel else None)
         return results, images[0]
 
     def robustness_figures(self, shown: Any, names: list[str], sevs: list[int], out: Path,

@@ -93,12 +93,20 @@ def default_workers() -> int:
     return max(0, (os.cpu_count() or 1) - torch.get_num_threads())
 
 
-def _predict(predict_probs: PredictProbs, images: list[Image.Image]) -> np.ndarray:
+def _predict(predict_probs: PredictProbs, images: list[Image.Image],
+             decide: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
     probs = np.asarray(predict_probs(images))
     if probs.ndim != 2 or probs.shape[0] != len(images):
         raise ValueError(f"predict_probs returned shape {probs.shape} for {len(images)} images; "
                          "expected (N, classes)")
-    return probs.argmax(axis=1)
+    return probs.argmax(axis=1) if decide is None else decide(probs)
+
+
+def hits(preds: np.ndarray, targets: np.ndarray) -> int:
+    """Right decisions: class indices equal, or (multi-label, (N, K) decisions) every label of
+    the example right."""
+    same = preds == targets
+    return int((same.all(axis=1) if same.ndim == 2 else same).sum())
 
 
 def check_inputs(kind: str, item: str, names: list[str], given: Any, severities: list[int],
@@ -111,7 +119,7 @@ def check_inputs(kind: str, item: str, names: list[str], given: Any, severities:
         raise ConfigError(f"need at least one {kind} and severities in 1-5; got "
                           f"{given!r} and {severities!r}")
     targets = np.asarray(targets)
-    if n == 0 or targets.shape != (n,):
+    if n == 0 or targets.ndim not in (1, 2) or targets.shape[0] != n:
         raise ValueError(f"need one target per {item}: {n} {item}s, targets of shape "
                          f"{targets.shape}")
     if batch_size < 1:
@@ -122,11 +130,14 @@ def check_inputs(kind: str, item: str, names: list[str], given: Any, severities:
 def run_corruptions(predict_probs: PredictProbs, images: Sequence[Image.Image],
                     targets: np.ndarray, corruptions: list[str], severities: list[int],
                     seed: int = 0, workers: int | None = None, batch_size: int = 32,
-                    progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+                    progress: Callable[[int], None] | None = None,
+                    decide: Callable[[np.ndarray], np.ndarray] | None = None) -> dict[str, Any]:
     """Accuracy of ``predict_probs`` on clean and corrupted copies of ``images``.
 
     ``predict_probs`` maps a list of RGB images to an (N, K) array of class probabilities;
-    ``targets`` holds the N true class indices. ``workers`` processes corrupt the images
+    ``targets`` holds the N true class indices. A multi-label run passes ``decide`` (its
+    per-label thresholds: probabilities -> (N, K) booleans) and (N, K) 0/1 targets: its
+    accuracy is the subset accuracy, every label of an image right. ``workers`` processes corrupt the images
     (default: the cores the model's threads leave free, :func:`default_workers`; 0 corrupts in
     this process, between model batches). ``progress(k)`` is called after
     each model batch with the k images just scored; the total is ``n * (1 + cells)``.
@@ -150,13 +161,13 @@ def run_corruptions(predict_probs: PredictProbs, images: Sequence[Image.Image],
     def scored(preds: np.ndarray, start: int) -> int:
         if progress is not None:
             progress(len(preds))
-        return int((preds == targets[start:start + len(preds)]).sum())
+        return hits(preds, targets[start:start + len(preds)])
 
     clean_correct = 0
 
     def score_clean() -> None:
         nonlocal clean_correct
-        clean_correct = sum(scored(_predict(predict_probs, rgb[s:s + batch_size]), s)
+        clean_correct = sum(scored(_predict(predict_probs, rgb[s:s + batch_size], decide), s)
                             for s in range(0, n, batch_size))
 
     correct = {name: dict.fromkeys(sevs, 0) for name in names}
@@ -166,7 +177,7 @@ def run_corruptions(predict_probs: PredictProbs, images: Sequence[Image.Image],
         for name, start, per_severity in chunks:
             for sev, batch in zip(sevs, per_severity):
                 imgs = [Image.fromarray(a, mode="RGB") for a in batch]
-                correct[name][sev] += scored(_predict(predict_probs, imgs), start)
+                correct[name][sev] += scored(_predict(predict_probs, imgs, decide), start)
 
     return summarize(correct, clean_correct, n, sevs, seed)
 

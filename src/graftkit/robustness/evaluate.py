@@ -121,9 +121,10 @@ def robustness(run: LoadedRun, data: str | Path | None = None, split: str | None
     from .corruptions import parse_severities
 
     meta, modality = run.meta, run.modality
-    if meta["task"] != "classification":
-        raise GraftError("graft robustness measures single-label classification runs; this "
-                         f"one is {meta['task']} (multi-label robustness is not there yet)")
+    multilabel = meta["task"] == "multilabel"
+    if meta["task"] != "classification" and not (multilabel and modality.robust_labels):
+        raise GraftError(f"graft robustness measures classification runs (and multi-label "
+                         f"image runs); this one is a {meta['task']} {modality.noun} run")
     names = modality.robustness_names(corruptions)
     sevs = parse_severities(severities)
     ref = _reference(reference, names, sevs)
@@ -142,7 +143,8 @@ def robustness(run: LoadedRun, data: str | Path | None = None, split: str | None
     finally:
         reporter.stop()
     results.update(data=data, split=used, model=meta["model"]["name"], modality=modality.name,
-                   kind=what, seconds=time.perf_counter() - t0, reference=None)
+                   kind=what, seconds=time.perf_counter() - t0, reference=None,
+                   accuracy="subset accuracy (every label right)" if multilabel else "accuracy")
     if ref is not None:
         try:
             errs = corruption_errors(results, ref)
