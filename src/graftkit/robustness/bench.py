@@ -137,9 +137,9 @@ def run_corruptions(predict_probs: PredictProbs, images: Sequence[Image.Image],
     ``predict_probs`` maps a list of RGB images to an (N, K) array of class probabilities;
     ``targets`` holds the N true class indices. A multi-label run passes ``decide`` (its
     per-label thresholds: probabilities -> (N, K) booleans) and (N, K) 0/1 targets: its
-    accuracy is the subset accuracy, every label of an image right. ``workers`` processes corrupt the images
-    (default: the cores the model's threads leave free, :func:`default_workers`; 0 corrupts in
-    this process, between model batches). ``progress(k)`` is called after
+    accuracy is the subset accuracy, every label of an image right. ``workers`` processes
+    corrupt the images (default: the cores the model's threads leave free,
+    :func:`default_workers`; 0 corrupts in this process, between model batches). ``progress(k)`` is called after
     each model batch with the k images just scored; the total is ``n * (1 + cells)``.
 
     Returns a JSON-able dict: ``clean_accuracy``; ``corruptions``: per name, accuracy per
