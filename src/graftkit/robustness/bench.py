@@ -139,8 +139,9 @@ def run_corruptions(predict_probs: PredictProbs, images: Sequence[Image.Image],
     per-label thresholds: probabilities -> (N, K) booleans) and (N, K) 0/1 targets: its
     accuracy is the subset accuracy, every label of an image right. ``workers`` processes
     corrupt the images (default: the cores the model's threads leave free,
-    :func:`default_workers`; 0 corrupts in this process, between model batches). ``progress(k)`` is called after
-    each model batch with the k images just scored; the total is ``n * (1 + cells)``.
+    :func:`default_workers`; 0 corrupts in this process, between model batches).
+    ``progress(k)`` is called after each model batch with the k images just scored; the total
+    is ``n * (1 + cells)``.
 
     Returns a JSON-able dict: ``clean_accuracy``; ``corruptions``: per name, accuracy per
     ``severity`` (keys "1".."5") and their ``mean``; ``mca`` (mean corruption accuracy over all
