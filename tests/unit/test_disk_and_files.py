@@ -67,3 +67,30 @@ def test_a_field_over_the_csv_limit_skips_its_row_not_the_file(tmp_path: Path) -
     import csv
 
     assert csv.field_size_limit() == 131_072  # the process-wide limit is restored
+
+
+def test_texts_are_extracted_shortest_first_and_come_back_in_their_order() -> None:
+    """A batch pads to its longest text: extraction reads a text dataset shortest first, and
+    puts the rows back in the dataset's order."""
+    import torch
+
+    from graftkit.data.text import TextDataset
+    from graftkit.train.features import extract
+
+    texts = ["a b c d e f g", "a", "a b c", "a b", "a b c d e f g h i j", "a b c d"]
+    ds = TextDataset([(t, i) for i, t in enumerate(texts)])
+    assert [len(texts[i]) for i in ds.extraction_order()] == sorted(map(len, texts))
+    widths: list[int] = []
+
+    def collate(batch):  # noqa: ANN001, ANN202 - (texts, targets) -> (padded lengths, targets)
+        n = max(len(t) for t, _ in batch)
+        widths.append(n)
+        return torch.tensor([[len(t), n] for t, _ in batch], dtype=torch.float32), \
+            torch.tensor([y for _, y in batch])
+
+    x, y = extract(lambda b: b[:, :1], ds, 2, torch.device("cpu"), collate=collate)
+    assert y.tolist() == list(range(6)) and x[:, 0].tolist() == [len(t) for t in texts]
+    padded = sum(widths) * 2
+    widths.clear()
+    x2, _ = extract(lambda b: b[:, :1], ds, 2, torch.device("cpu"), collate=collate, sort=False)
+    assert torch.equal(x, x2) and padded < sum(widths) * 2  # the same rows, less padding

@@ -160,6 +160,12 @@ class TextDataset(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
+    def extraction_order(self) -> list[int]:
+        """The items shortest first (by characters, a proxy for tokens): a frozen encoder's
+        feature extraction reads them so, and its batches, padded to their longest text, pad
+        little (``graftkit.train.features.extract``)."""
+        return sorted(range(len(self.items)), key=lambda i: len(self.items[i][0]))
+
     def __getitem__(self, i: int) -> tuple[str, int | float]:
         text, target = self.items[i]
         return (perturb_words(text), target) if self.strong else (text, target)

@@ -50,11 +50,17 @@ def extract(
     on_batch: Callable[[int], None] | None = None,
     channels_last: bool = False,
     collate: Callable | None = None,
+    sort: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run ``features`` over ``dataset`` in order -> ``(feats (N, F) float32, targets (N,))``.
-    Inputs are image tensors or (text) dicts of token tensors, as ``collate`` makes them."""
+    """Run ``features`` over ``dataset`` -> ``(feats (N, F) float32, targets (N,))`` in the
+    dataset's order. Inputs are image tensors or (text) dicts of token tensors, as ``collate``
+    makes them. A dataset with an ``extraction_order()`` (texts: shortest first) is read in that
+    order, so that a batch padded to its longest input pads little (``sort=False``: in order),
+    and the rows are put back in the dataset's order."""
+    order = getattr(dataset, "extraction_order", None) if sort else None
+    idx = order() if callable(order) else None
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        collate_fn=collate)
+                        collate_fn=collate, sampler=idx)
     feats, targets = [], []
     for x, y in loader:
         if isinstance(x, torch.Tensor):  # NHWC only means something for a (B, C, H, W) batch
@@ -67,7 +73,12 @@ def extract(
         targets.append(y)
         if on_batch:
             on_batch(len(y))
-    return torch.cat(feats), torch.cat(targets)
+    x, y = torch.cat(feats), torch.cat(targets)
+    if idx is None:
+        return x, y
+    back = torch.empty(len(idx), dtype=torch.long)
+    back[torch.tensor(idx)] = torch.arange(len(idx))  # row i of the dataset was read at back[i]
+    return x[back], y[back]
 
 
 def has(key: str, mode: str) -> bool:
