@@ -54,10 +54,10 @@ def audit(data: str | Path, model: str | None = None, *, out: str | Path | None 
     """Audit ``data`` as ``graft audit`` does; returns what it wrote to ``OUT/audit.json``
     (default ``OUT``: ``audits/<data name>``)."""
     from . import run as rd
-    from .audit.run import AUDIT, audit_data
+    from .audit.run import AUDIT, audit_data, one_backbone
 
     cfg = resolve_inputs(_compose(data, model, None, None, config, overrides))
-    validate(cfg)
+    validate(one_backbone(cfg))  # --model auto: the audit reads the default backbone
     target = Path(out) if out else Path("audits") / rd.safe_name(Path(str(data)).stem or "data")
     audit_data(cfg, target, quiet=quiet, label_issues=label_issues)
     return {"out": str(target), **rd.read_json(target / AUDIT)}

@@ -140,6 +140,16 @@ def test_robustness_scores_the_subset_accuracy_under_corruption(tile_run: Path) 
     assert noise["5"] <= noise["1"]
 
 
+def test_audit_with_model_auto_reads_the_default_backbone(tile_run: Path, tiles: Path,
+                                                         tmp_path: Path) -> None:
+    proc = graft("audit", tiles, "--model", "auto", "--out", tmp_path / "audit")
+    said = proc.stdout + proc.stderr
+    assert "--model auto: the audit reads one backbone's features; using efficientnet_lite0" \
+        in said.replace("\n", " ")
+    audit = json.loads((tmp_path / "audit" / "audit.json").read_text())
+    assert audit["about"]["model"] == "efficientnet_lite0" and audit["about"]["n"] == 96
+
+
 def test_trec_coarse_and_fine_labels(tmp_path: Path) -> None:
     train, test = trec_pairs(shared_dataset("trec"), tmp_path / "trec", 400, 100)
     out = tmp_path / "run"

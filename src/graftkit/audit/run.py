@@ -22,8 +22,10 @@ from .. import modalities
 from .. import run as rd
 from ..config import Config
 from ..errors import GraftError
+from ..models.base import SEPARATOR
 from ..threads import use_threads
 from ..train.progress import Reporter
+from ..train.select import AUTO
 from . import findings as F
 
 AUDIT, FINDINGS, PAGE = "audit.json", "findings.csv", "audit.html"
@@ -70,6 +72,16 @@ def features(cfg: Config, spec: Any, modality: Any, reporter: Reporter) -> np.nd
     return np.concatenate(parts) if parts else np.zeros((0, 1), np.float32)
 
 
+def one_backbone(cfg: Config) -> Config:
+    """``cfg`` with its modality's default model in place of ``auto`` or a combination ``a+b``:
+    ranking or combining backbones is for training; one backbone's features find the near
+    duplicates and label issues. ``cfg`` itself when it names one model."""
+    if cfg.model.name != AUTO and SEPARATOR not in (cfg.model.name or ""):
+        return cfg
+    name = modalities.get(cfg.data.modality).default_model
+    return cfg.model_copy(update={"model": cfg.model.model_copy(update={"name": name})})
+
+
 def audit_data(cfg: Config, out: Path, quiet: bool = False, label_issues: bool = True
                ) -> F.Audit:
     """The full audit of ``cfg.data``, written into ``out``."""
@@ -81,6 +93,10 @@ def audit_data(cfg: Config, out: Path, quiet: bool = False, label_issues: bool =
     t0 = time.perf_counter()
     modality = modalities.get(cfg.data.modality)
     reporter.line(f"[bold]audit[/] {cfg.data.path}")
+    if one_backbone(cfg) is not cfg:
+        reporter.line(f"  --model {cfg.model.name}: the audit reads one backbone's features; "
+                      f"using {modality.default_model}")
+        cfg = one_backbone(cfg)
     spec = modality.discover(cfg.data, cfg.task, progress=reporter)
     entries = F.entries_of(spec)
     items = [e.item for e in entries]

@@ -85,8 +85,8 @@ def check(cfg: Any, candidates: Sequence[str]) -> None:
         raise ConfigError("config key 'model.pretrained': auto ranks pretrained backbones by "
                           "their features; random ones have nothing to rank")
     if cfg.task != "classification":
-        raise ConfigError("config key 'model.name': auto ranks backbones by classification "
-                          "probes; name a model for regression")
+        raise ConfigError("config key 'model.name': auto ranks backbones by single-label "
+                          f"classification probes; name a model for a {cfg.task} run")
 
 
 def cv_scores(x: np.ndarray, y: np.ndarray, seed: int, folds: int = FOLDS
