@@ -25,7 +25,12 @@ class TrainingDiverged(GraftError):
 
 class PeerFailed(GraftError):
     """A training worker stops because another one failed, or with an error rank 0 reports
-    too (several processes): the CLI prints nothing for it, so the user reads each error once."""
+    too (several processes): the CLI prints nothing for it, so the user reads each error once,
+    and exits with :data:`PEER_EXIT` (not 2), so that ``graft train --nproc`` can tell a worker
+    that only followed another from the one whose error or death it followed."""
+
+
+PEER_EXIT = 3
 
 
 class BadInput(Exception):

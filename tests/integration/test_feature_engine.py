@@ -31,3 +31,12 @@ def test_onnx_engine_matches_torch(small_csv: Path, tmp_path: Path,
     for split in ("train", "val"):
         assert m_ort[split]["accuracy"] == m_pt[split]["accuracy"]
         assert m_ort[split]["loss"] == pytest.approx(m_pt[split]["loss"], abs=1e-4)
+    # an engine exported after the torch features were cached: auto reads those features
+    # instead of extracting again (a second probe on the same data hits the cache)
+    for f in (tmp_path / "cache" / "features").glob("*.safetensors"):
+        f.unlink()
+    graft(*args, "--out", tmp_path / "pt2", "train.feature_engine=torch")
+    proc = graft(*args, "--out", tmp_path / "auto")
+    assert proc.stderr.count("from the disk cache") >= 2, proc.stderr
+    m_auto = json.loads((tmp_path / "auto" / "metrics.json").read_text())
+    assert m_auto["val"]["accuracy"] == m_pt["val"]["accuracy"]

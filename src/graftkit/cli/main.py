@@ -523,11 +523,12 @@ def main() -> None:
     try:
         app(standalone_mode=False)
     except GraftError as e:
-        from ..errors import PeerFailed
+        from ..errors import PEER_EXIT, PeerFailed
 
-        if not isinstance(e, PeerFailed):  # (a worker that stops because another one failed)
-            rank = os.environ.get("RANK", "0") if "WORLD_SIZE" in os.environ else "0"
-            typer.echo(f"{'' if rank == '0' else f'[rank {rank}] '}error: {e}", err=True)
+        if isinstance(e, PeerFailed):  # (a worker that stops because another one failed)
+            sys.exit(PEER_EXIT)
+        rank = os.environ.get("RANK", "0") if "WORLD_SIZE" in os.environ else "0"
+        typer.echo(f"{'' if rank == '0' else f'[rank {rank}] '}error: {e}", err=True)
         sys.exit(2)
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)

@@ -15,7 +15,7 @@ import sys
 import uuid
 from pathlib import Path
 
-from ..errors import GraftError
+from ..errors import PEER_EXIT, GraftError
 
 
 def worker_args(argv: list[str], out: Path | None) -> list[str]:
@@ -55,9 +55,15 @@ def launch(argv: list[str], nproc: int, out_dir: Path) -> None:
     except SignalException as e:  # Ctrl-C: the workers got it too, and rank 0 said how to go on
         raise SystemExit(130 if e.sigval == signal.SIGINT else 1) from None
     except ChildFailedError as e:
-        rank, failure = e.get_first_failure()
-        if failure.exitcode in (2, 130):  # a GraftError or an interrupt, already reported
-            raise SystemExit(failure.exitcode) from None
+        # a worker's own error or an interrupt was reported by it: that is the failure, whatever
+        # the others did after it (one that follows may even abort tearing down gloo); else the
+        # worker that died, not one that only stopped because of it (PEER_EXIT)
+        failures = sorted(e.failures.items(), key=lambda kv: kv[1].timestamp)
+        for code in (2, 130):
+            if any(f.exitcode == code for _, f in failures):
+                raise SystemExit(code) from None
+        rank, failure = next(((r, f) for r, f in failures if f.exitcode != PEER_EXIT),
+                             failures[0])
         raise GraftError(_died(out_dir, rank, nproc, failure.exitcode)) from None
 
 

@@ -253,12 +253,22 @@ def features_for(model: nn.Module, items: Sequence[tuple[str, float]], split: st
     digest = feature_cache.weights_digest(model.backbone)
     w, mode = s.world, mode or s.feature_cache
     shard = w.active and len(items) >= w.size  # several processes: each extracts a shard
-    engine = engines.choose(engine or s.feature_engine, s.device, s.amp_dtype, len(items), digest,
+    asked = engine or s.feature_engine
+    engine = engines.choose(asked, s.device, s.amp_dtype, len(items), digest,
                             model.input_signature(), export=not w.active)
-    key = feature_cache.cache_key(digest, fingerprint or data.fingerprint,
-                                  model.input_signature(),
-                                  f"{split}|{s.device.type}|{s.amp_dtype}"
-                                  + ("|onnx" if engine == "onnx" else ""))
+
+    def key_for(name: str) -> str:
+        return feature_cache.cache_key(digest, fingerprint or data.fingerprint,
+                                       model.input_signature(),
+                                       f"{split}|{s.device.type}|{s.amp_dtype}"
+                                       + ("|onnx" if name == "onnx" else ""))
+
+    key = key_for(engine)
+    if asked == "auto":  # an engine exported since these features were cached: reuse them
+        other = "torch" if engine == "onnx" else "onnx"
+        cached = feature_cache.has(key, mode) or not feature_cache.has(key_for(other), mode)
+        if not (w.all_true(cached) if shard else cached):
+            engine, key = other, key_for(other)
     was_training = model.training
     model.eval()
 
