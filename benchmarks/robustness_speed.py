@@ -5,8 +5,12 @@ severities (75 cells) plus the clean pass on a run's whole validation split, the
 - ``before``: what ``graft robustness`` did until now: eager torch, and one corrupting worker
   process per core beside the model's threads (``--engine torch --workers <cores>``);
 - ``after``: today's default: the backbone on ONNX Runtime (exported once per weights digest;
-  the export of the first ``after`` run is timed in it) and corruption in the cores the model's
-  threads leave free (none on 2 cores with 2 threads: between model batches).
+  the export of the first ``after`` run is timed in it), its input converted per batch, and
+  corruption in the cores the model's threads leave free, or, when they leave none (2 threads
+  on 2 cores), by as many worker processes as the model has threads, taking turns with it.
+  results.json's ``timing`` splits the scoring seconds into the model's and the rest;
+- ``in_process``: ``after`` with every image corrupted in the model's process, between model
+  batches (``--workers 0``; the default until workers took turns with the model).
 
 Interleaved before / after per repetition, same threads; whole-process wall time, the scoring
 seconds results.json records, and the mCA of each (identical corrupted pixels: per-image seeds).
@@ -28,7 +32,9 @@ from pathlib import Path
 from _common import IMAGE_SETS as SETS
 from _common import graft_cli, write_result
 
-MODES = {"before": ["--engine", "torch", "--workers", str(os.cpu_count() or 1)], "after": []}
+# in this order: ``after`` pays the ONNX export, as a user's first robustness run does
+MODES = {"before": ["--engine", "torch", "--workers", str(os.cpu_count() or 1)], "after": [],
+         "in_process": ["--workers", "0"]}
 
 
 def graft(threads: int, *args: str, env: dict[str, str]) -> float:
@@ -60,7 +66,8 @@ def main() -> None:
                            "load_avg_1m_before": load, "wall_s": round(wall, 2),
                            "scoring_s": round(r["seconds"], 2), "engine": r["engine"],
                            "n": r["n"], "cells": len(r["corruptions"]) * len(r["severities"]),
-                           "mca": r["mca"], "clean_accuracy": r["clean_accuracy"]}
+                           "mca": r["mca"], "clean_accuracy": r["clean_accuracy"],
+                           "timing": r.get("timing")}
                     rows.append(row)
                     print(f"{name} {mode:>6}: wall {wall:.1f} s, scoring {r['seconds']:.1f} s, "
                           f"mCA {r['mca']:.4f} ({r['engine']}; load {load})", flush=True)
@@ -71,6 +78,8 @@ def main() -> None:
                 for m, v in mine.items()}
         summary[name] = {
             "wall_ratio": round(mean["before"]["wall_s"] / mean["after"]["wall_s"], 2),
+            "wall_ratio_in_process": round(mean["before"]["wall_s"]
+                                           / mean["in_process"]["wall_s"], 2),
             "scoring_ratio": round(mean["before"]["scoring_s"] / mean["after"]["scoring_s"], 2),
             "same_mca": len({r["mca"] for v in mine.values() for r in v}) == 1, **mean}
     path = write_result("robustness_speed", {"threads": args.threads, "reps": args.reps,

@@ -298,3 +298,21 @@ def test_a_greedy_soup_of_kept_trials_is_a_run_no_worse_than_the_best(
                                                  "monitor": "accuracy"}))
     with pytest.raises(GraftError, match="search with --keep-weights"):
         cook(tmp_path / "freed")
+
+
+def test_a_model_name_choice_trains_and_ranks_each_backbone(data: Path, tmp_path: Path) -> None:
+    space = tmp_path / "space.yaml"  # two backbones, each probed on its own cached features
+    space.write_text("model.name: {choices: [test_efficientnet, mobilenetv2_050]}\n"
+                     "strategy.name: {choices: [linear_probe]}\n"
+                     "optim.lr: {value: 0.01}\ntrain.epochs: {value: 2}\n")
+    out = tmp_path / "s"
+    graft("search", "--data", data, "--space", space, "--trials", "2", "--sampler", "grid",
+          "--no-default-trial", "--pruner", "none", "--out", out, "-q", *TINY)
+    rows = leaderboard(out)
+    assert sorted(r["model.name"] for r in rows) == ["mobilenetv2_050", "test_efficientnet"]
+    for r in rows:
+        meta = json.loads((Path(r["run_dir"]) / "meta.json").read_text())
+        assert r["state"] == "complete" and meta["model"]["name"] == r["model.name"]
+    assert float(rows[0]["accuracy"]) >= float(rows[1]["accuracy"])
+    best = json.loads((out / "best" / "meta.json").read_text())
+    assert best["model"]["name"] == rows[0]["model.name"]

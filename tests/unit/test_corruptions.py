@@ -188,3 +188,14 @@ def test_parse_severities() -> None:
     for bad in ("0", "6", "1-6", "5-1", "a", "", "1,,2", "-1", "2.5", "1-"):
         with pytest.raises(ConfigError, match="1-5"):
             parse_severities(bad)
+
+
+def test_glass_blur_is_the_librarys(photos: list[Image.Image]) -> None:
+    """The copied numba kernel (one signature, cached on disk) gives the library's pixels."""
+    import imagecorruptions.corruptions as ic
+
+    for i, photo in enumerate(photos[:2]):
+        for sev in (1, 3, 5):  # a float and an int sigma
+            ours = corrupt_array(photo, "glass_blur", sev, seed=100 + i)
+            theirs = np.uint8(ic.glass_blur(photo, sev, seed=100 + i))
+            assert np.array_equal(ours, theirs), (i, sev)

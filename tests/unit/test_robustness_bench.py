@@ -71,6 +71,9 @@ def test_results_structure_and_worker_independence(setup: tuple) -> None:
     }
     r = results[2]
     assert results[0] == results[1] == r
+    # the workers taking turns with the model (every core busy with its threads): same cells
+    assert run_corruptions(predict, images, targets, CORRUPTIONS, SEVERITIES, seed=11,
+                           workers=2, batch_size=3, turns=True) == r
     assert sum(steps) == 8 * (1 + len(CORRUPTIONS) * len(SEVERITIES))
     json.loads(json.dumps(r))
 
@@ -165,3 +168,21 @@ def test_figures(setup: tuple, tmp_path: Path) -> None:
     for p in paths:
         with Image.open(p) as im:
             assert im.format == "PNG" and im.width > 300 and im.height > 200
+
+
+@pytest.mark.parametrize(("cores", "threads", "plan"), [
+    (2, 2, (2, True)),   # the model takes every core: as many workers as threads, in turns
+    (2, 1, (1, False)),  # one core free: one worker beside the model
+    (8, 2, (6, False)),
+    (1, 1, (0, False)),  # nothing to share: corrupt in process
+])
+def test_default_plan_never_busies_more_cores_than_it_may(
+        monkeypatch: pytest.MonkeyPatch, cores: int, threads: int,
+        plan: tuple[int, bool]) -> None:
+    import torch
+
+    from graftkit.robustness import bench
+
+    monkeypatch.setattr(bench.os, "cpu_count", lambda: cores)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+    assert bench.default_plan() == plan

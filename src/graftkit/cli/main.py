@@ -350,8 +350,10 @@ def robustness(
     limit: int | None = typer.Option(None, "--limit", min=1, help="score a seeded sample of "
                                      "this many images (texts)"),
     workers: int | None = typer.Option(None, "--workers", min=0, help="corrupting processes "
-                                       "(default: the cores the model's --threads leave free; "
-                                       "images only)"),
+                                       "beside the model (default: the cores the model's "
+                                       "--threads leave free, or, when it takes them all, as "
+                                       "many as its threads, taking turns with it; 0: in "
+                                       "process; images only)"),
     engine: str | None = typer.Option(None, "--engine", help="what runs the model: auto | onnx "
                                       "(ONNX Runtime for the backbone) | torch (default: the "
                                       "run's train.feature_engine)"),

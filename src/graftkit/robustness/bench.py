@@ -2,8 +2,12 @@
 
 Corrupting is the CPU-heavy part. :func:`run_corruptions` farms it out to a pool of worker
 processes (``spawn``: safe next to torch's threads) in jobs of one corruption x one chunk of up
-to ``batch_size`` images x every severity, while the calling process runs the model on finished
-jobs. At most ``2 * workers`` jobs are in flight, so memory stays bounded whatever the number of
+to ``batch_size`` images x every severity. Where the model's threads leave cores free, the
+workers corrupt on those while the calling process runs the model on finished jobs (at most
+``2 * workers`` jobs in flight). Where they leave none (2 threads on 2 cores), workers beside
+the model would only compete with its threads, so the two take turns instead: as many workers
+as the model has threads corrupt a round of jobs while the model waits, then the model scores
+the round while they wait (:func:`default_plan`). Memory stays bounded whatever the number of
 images and corruptions. Every image gets its own seed per (corruption, severity), derived from
 ``seed`` with a stable hash (:func:`cell_seed`), so the results do not depend on the number of
 workers or on the order jobs finish in. As with any ``spawn`` pool, a script that calls
@@ -28,7 +32,7 @@ from PIL import Image
 from ..errors import ConfigError
 from .corruptions import SEVERITIES, corrupt_array, resolve_corruptions
 
-PredictProbs = Callable[[list[Image.Image]], np.ndarray]
+PredictProbs = Callable[[list[Any]], np.ndarray]  # PIL images, or uint8 arrays (arrays=True)
 
 
 def cell_seed(seed: int, index: int, name: str, severity: int) -> int:
@@ -52,9 +56,11 @@ def _init_worker() -> None:
 
 def _corrupted_chunks(arrays: list[np.ndarray], jobs: list[tuple[str, int]], severities: list[int],
                       seed: int, workers: int, chunk: int, meanwhile: Callable[[], None],
+                      turns: bool = False,
                       ) -> Iterator[tuple[str, int, list[list[np.ndarray]]]]:
     """Yield (name, start, per-severity corrupted images) for every job, in job order; call
-    ``meanwhile()`` once the workers are busy."""
+    ``meanwhile()`` once the workers are busy. ``turns``: the workers and the caller take turns
+    (a round of ``2 * workers`` jobs corrupted, then handed over while the workers wait)."""
     if workers == 0:
         meanwhile()
         for name, s in jobs:
@@ -66,6 +72,20 @@ def _corrupted_chunks(arrays: list[np.ndarray], jobs: list[tuple[str, int]], sev
         todo = iter(jobs)
         started = False
         try:
+            if turns:
+                # the workers start (imports) while the caller scores the clean images
+                warm = [pool.submit(_init_worker) for _ in range(workers)]
+                meanwhile()
+                for fut in warm:
+                    fut.result()
+                for i in range(0, len(jobs), 2 * workers):
+                    pending.extend((name, s, pool.submit(
+                        _corrupt_chunk, arrays[s:s + chunk], s, name, severities, seed))
+                        for name, s in jobs[i:i + 2 * workers])
+                    done = [(name, s, fut.result()) for name, s, fut in pending]
+                    pending.clear()
+                    yield from done
+                return
             while True:
                 while len(pending) < 2 * workers and (job := next(todo, None)) is not None:
                     name, s = job
@@ -93,7 +113,20 @@ def default_workers() -> int:
     return max(0, (os.cpu_count() or 1) - torch.get_num_threads())
 
 
-def _predict(predict_probs: PredictProbs, images: list[Image.Image],
+def default_plan() -> tuple[int, bool]:
+    """(workers, turns) when the caller did not say: the free cores beside the model, or, when
+    its threads take every core, as many workers as it has threads taking turns with it (never
+    more busy cores than the thread setting); one thread on one core corrupts in process."""
+    import torch
+
+    free = default_workers()
+    if free:
+        return free, False
+    threads = torch.get_num_threads()
+    return (threads, True) if threads > 1 else (0, False)
+
+
+def _predict(predict_probs: PredictProbs, images: list[Any],
              decide: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
     probs = np.asarray(predict_probs(images))
     if probs.ndim != 2 or probs.shape[0] != len(images):
@@ -131,15 +164,17 @@ def run_corruptions(predict_probs: PredictProbs, images: Sequence[Image.Image],
                     targets: np.ndarray, corruptions: list[str], severities: list[int],
                     seed: int = 0, workers: int | None = None, batch_size: int = 32,
                     progress: Callable[[int], None] | None = None,
-                    decide: Callable[[np.ndarray], np.ndarray] | None = None) -> dict[str, Any]:
+                    decide: Callable[[np.ndarray], np.ndarray] | None = None,
+                    turns: bool = False, arrays: bool = False) -> dict[str, Any]:
     """Accuracy of ``predict_probs`` on clean and corrupted copies of ``images``.
 
     ``predict_probs`` maps a list of RGB images to an (N, K) array of class probabilities;
     ``targets`` holds the N true class indices. A multi-label run passes ``decide`` (its
     per-label thresholds: probabilities -> (N, K) booleans) and (N, K) 0/1 targets: its
-    accuracy is the subset accuracy, every label of an image right. ``workers`` processes
-    corrupt the images (default: the cores the model's threads leave free,
-    :func:`default_workers`; 0 corrupts in this process, between model batches).
+    accuracy is the subset accuracy, every label of an image right. ``arrays``: it takes the
+    images as HxWx3 uint8 arrays instead (no PIL image is made). ``workers`` processes
+    corrupt the images beside the model, or taking turns with it (``turns``); the default is
+    :func:`default_plan`'s; 0 corrupts in this process, between model batches.
     ``progress(k)`` is called after each model batch with the k images just scored; the total
     is ``n * (1 + cells)``.
 
@@ -152,12 +187,14 @@ def run_corruptions(predict_probs: PredictProbs, images: Sequence[Image.Image],
     sevs, targets = check_inputs("corruption", "image", names, corruptions, severities,
                                  len(images), targets, batch_size)
     n = len(images)
-    workers = default_workers() if workers is None else workers
+    if workers is None:
+        workers, turns = default_plan()
     if workers < 0:
         raise ValueError(f"workers must be >= 0, got {workers}")
 
     rgb = [im if im.mode == "RGB" else im.convert("RGB") for im in images]
-    arrays = [np.asarray(im) for im in rgb]  # decoded once, shipped to workers by chunk
+    pixels = [np.asarray(im) for im in rgb]  # decoded once, shipped to workers by chunk
+    clean = pixels if arrays else rgb
 
     def scored(preds: np.ndarray, start: int) -> int:
         if progress is not None:
@@ -168,16 +205,16 @@ def run_corruptions(predict_probs: PredictProbs, images: Sequence[Image.Image],
 
     def score_clean() -> None:
         nonlocal clean_correct
-        clean_correct = sum(scored(_predict(predict_probs, rgb[s:s + batch_size], decide), s)
+        clean_correct = sum(scored(_predict(predict_probs, clean[s:s + batch_size], decide), s)
                             for s in range(0, n, batch_size))
 
     correct = {name: dict.fromkeys(sevs, 0) for name in names}
     jobs = [(name, s) for name in names for s in range(0, n, batch_size)]
-    chunks = _corrupted_chunks(arrays, jobs, sevs, seed, workers, batch_size, score_clean)
+    chunks = _corrupted_chunks(pixels, jobs, sevs, seed, workers, batch_size, score_clean, turns)
     with closing(chunks):
         for name, start, per_severity in chunks:
             for sev, batch in zip(sevs, per_severity):
-                imgs = [Image.fromarray(a, mode="RGB") for a in batch]
+                imgs = batch if arrays else [Image.fromarray(a, mode="RGB") for a in batch]
                 correct[name][sev] += scored(_predict(predict_probs, imgs, decide), start)
 
     return summarize(correct, clean_correct, n, sevs, seed)

@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 from scipy import signal
 
-from .corruptions import corrupt
+from .corruptions import corrupt_array
 
 
 def _plt() -> Any:
@@ -90,25 +90,37 @@ def plot_heatmap(results: dict[str, Any], path: str | Path) -> Path:
 
 def plot_examples(image: Image.Image, corruptions: list[str], severities: list[int],
                   path: str | Path, seed: int = 0) -> Path:
-    """One row per corruption: the clean image, then the image at each severity."""
+    """One row per corruption: the clean image, then the image at each severity. The panels are
+    laid into one mosaic drawn once (90 subplots took 4.5 s of a benchmark run; this, under 1)."""
     plt = _plt()
+    clean = np.asarray(image.convert("RGB"))
+    h, w = clean.shape[:2]
+    gap = max(2, w // 40)
     rows, cols = len(corruptions), len(severities) + 1
-    cell = 2.0
-    aspect = image.height / image.width
-    fig, axes = plt.subplots(rows, cols, figsize=(cell * cols + 0.6, cell * aspect * rows + 0.4),
-                             squeeze=False)
-    clean = image.convert("RGB")
+    mosaic = np.full((rows * (h + gap) - gap, cols * (w + gap) - gap, 3), 255, np.uint8)
     for r, name in enumerate(corruptions):
-        panels = [clean] + [corrupt(clean, name, s, seed) for s in severities]
+        panels = [clean] + [corrupt_array(clean, name, s, seed) for s in severities]
         for c, panel in enumerate(panels):
-            ax = axes[r][c]
-            ax.imshow(panel)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if r == 0:
-                ax.set_title("clean" if c == 0 else f"severity {severities[c - 1]}", fontsize=10)
-        axes[r][0].set_ylabel(_label(name), fontsize=10)
-    return _save(fig, path)
+            mosaic[r * (h + gap):r * (h + gap) + h, c * (w + gap):c * (w + gap) + w] = panel
+    inch = 2.0 / w  # each panel 2 inches wide, as subplots had it
+    left, top = 1.4, 0.35  # inches for the row labels and the column titles
+    fig_w, fig_h = mosaic.shape[1] * inch + left + 0.1, mosaic.shape[0] * inch + top + 0.1
+    fig = plt.figure(figsize=(fig_w, fig_h))
+    ax = fig.add_axes((left / fig_w, 0.1 / fig_h, 1 - (left + 0.1) / fig_w,
+                       1 - (top + 0.2) / fig_h))
+    ax.imshow(mosaic, interpolation="none")
+    ax.set_axis_off()
+    for c in range(cols):
+        ax.text(c * (w + gap) + w / 2, -gap, "clean" if c == 0 else f"severity {severities[c - 1]}",
+                ha="center", va="bottom", fontsize=10)
+    for r, name in enumerate(corruptions):
+        ax.text(-2 * gap, r * (h + gap) + h / 2, _label(name), ha="right", va="center",
+                fontsize=10)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100, pil_kwargs={"compress_level": 3})  # (6: 2x the time, -10%)
+    plt.close(fig)
+    return path
 
 
 def _log_spectrogram(wave: np.ndarray, sample_rate: int) -> np.ndarray:
