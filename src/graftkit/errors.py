@@ -26,11 +26,15 @@ class TrainingDiverged(GraftError):
 class PeerFailed(GraftError):
     """A training worker stops because another one failed, or with an error rank 0 reports
     too (several processes): the CLI prints nothing for it, so the user reads each error once,
-    and exits with :data:`PEER_EXIT` (not 2), so that ``graft train --nproc`` can tell a worker
-    that only followed another from the one whose error or death it followed."""
+    and exits with :data:`PEER_EXIT`."""
 
 
-PEER_EXIT = 3
+PEER_EXIT = 0
+"""The exit status of a worker that only followed another's error or death. Not a failure of
+its own: torchrun's agent stops every worker at the first one that fails, and a follower that
+failed before the one it follows had exited got that one killed (SIGTERM) and reported instead
+of its error; the one it follows fails with its own status (2: an error it printed; a signal:
+the death ``graft train --nproc`` reports)."""
 
 
 class BadInput(Exception):

@@ -223,7 +223,7 @@ def train(cfg: Config, out: str | Path | None = None, overwrite: bool = False,
             import shutil  # no half-made run
 
             shutil.rmtree(top if created else build_dir, ignore_errors=True)
-        raise problem
+        _raise(problem)
     if replacing:
         rd.replace_dir(out_dir, build_dir)
         session.out = out_dir
@@ -260,7 +260,20 @@ def train(cfg: Config, out: str | Path | None = None, overwrite: bool = False,
 
 
 def _raise(problem: GraftError | None) -> None:
+    """Raise an agreed mistake (:meth:`World.agree`: every rank raises it, rank 0's is the one
+    printed). The ranks leave the process group together first: one that exited with the group
+    still up would tear gloo down under another, which aborts that one (SIGABRT, "terminate
+    called without an active exception") and makes a second error of one mistake."""
     if problem is not None:
+        from .train import distributed
+
+        try:
+            distributed.leave(sync=True)
+        except RuntimeError:  # a peer already gone: nothing left to wait for
+            try:
+                distributed.leave()
+            except RuntimeError:
+                pass
         raise problem
 
 

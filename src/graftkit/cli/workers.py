@@ -56,8 +56,8 @@ def launch(argv: list[str], nproc: int, out_dir: Path) -> None:
         raise SystemExit(130 if e.sigval == signal.SIGINT else 1) from None
     except ChildFailedError as e:
         # a worker's own error or an interrupt was reported by it: that is the failure, whatever
-        # the others did after it (one that follows may even abort tearing down gloo); else the
-        # worker that died, not one that only stopped because of it (PEER_EXIT)
+        # the others did after it; else the worker that died (one that only followed it exits
+        # PEER_EXIT, 0, and is no failure)
         failures = sorted(e.failures.items(), key=lambda kv: kv[1].timestamp)
         for code in (2, 130):
             if any(f.exitcode == code for _, f in failures):
