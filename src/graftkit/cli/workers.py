@@ -15,7 +15,7 @@ import sys
 import uuid
 from pathlib import Path
 
-from ..errors import PEER_EXIT, GraftError
+from ..errors import GraftError
 
 
 def worker_args(argv: list[str], out: Path | None) -> list[str]:
@@ -56,14 +56,12 @@ def launch(argv: list[str], nproc: int, out_dir: Path) -> None:
         raise SystemExit(130 if e.sigval == signal.SIGINT else 1) from None
     except ChildFailedError as e:
         # a worker's own error or an interrupt was reported by it: that is the failure, whatever
-        # the others did after it; else the worker that died (one that only followed it exits
-        # PEER_EXIT, 0, and is no failure)
-        failures = sorted(e.failures.items(), key=lambda kv: kv[1].timestamp)
+        # the others did after it; else the first worker that died (one that only followed
+        # another exits PEER_EXIT, 0, and is no failure at all)
         for code in (2, 130):
-            if any(f.exitcode == code for _, f in failures):
+            if any(f.exitcode == code for f in e.failures.values()):
                 raise SystemExit(code) from None
-        rank, failure = next(((r, f) for r, f in failures if f.exitcode != PEER_EXIT),
-                             failures[0])
+        rank, failure = e.get_first_failure()
         raise GraftError(_died(out_dir, rank, nproc, failure.exitcode)) from None
 
 
