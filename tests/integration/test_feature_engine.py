@@ -25,6 +25,7 @@ def test_onnx_engine_matches_torch(small_csv: Path, tmp_path: Path,
     pt = json.loads((tmp_path / "pt" / "meta.json").read_text())["feature_engine"]
     assert ort["engine"].startswith("onnxruntime") and pt["engine"].startswith("torch")
     assert ort["parity_max_abs"] <= 1e-4 and ort["export_s"] > 0 and ort["threads"] == 1
+    assert ort["exporter"] == "torchscript"  # the fast exporter traces this backbone
     assert Path(ort["file"]).is_file() and Path(ort["file"]).parent.name == "engines"
     m_ort = json.loads((tmp_path / "ort" / "metrics.json").read_text())
     m_pt = json.loads((tmp_path / "pt" / "metrics.json").read_text())

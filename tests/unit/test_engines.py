@@ -16,3 +16,54 @@ def test_onnx_engine_without_onnxruntime_is_one_line(monkeypatch: pytest.MonkeyP
         engines.check("onnx")
     engines.check("auto")  # auto falls back to torch
     assert engines.choose("auto", torch.device("cpu"), None, 10**6, "d", "s") == "torch"
+
+
+class _Resized(torch.nn.Module):
+    """A backbone whose antialiased resize TorchScript's ONNX exporter does not support."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.nn.functional.interpolate(x, size=(4, 4), mode="bilinear", antialias=True)
+        return y.flatten(1)
+
+
+class _Plain(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x * 2.0).mean((2, 3))
+
+
+@pytest.mark.parametrize(("module", "exporter"), [(_Plain(), "torchscript"),
+                                                  (_Resized(), "dynamo")])
+def test_export_falls_back_to_torch_export(module: torch.nn.Module, exporter: str,
+                                           tmp_path) -> None:
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from graftkit.modalities.base import ExportSignature
+    from graftkit.train import engines
+
+    sig = ExportSignature(module=module.eval(), example=(torch.rand(2, 3, 8, 8),),
+                          inputs=[{"name": "image", "shape": ["batch", 3, 8, 8]}],
+                          feeds=lambda b: (b,))
+    info = engines._export(sig, ["image"], tmp_path / "e.onnx", tmp_path / "e.json")
+    assert info["ok"] and info["exporter"] == exporter and info["parity_max_abs"] <= 1e-4
+    run = engines._runner(engines._session(tmp_path / "e.onnx"), ["image"], sig.feeds)
+    x = torch.rand(5, 3, 8, 8)  # another batch size than the example's
+    assert torch.allclose(run(x), module(x), atol=1e-5)
+
+
+def test_static_padding_pads_as_timm_does_and_is_undone() -> None:
+    import timm
+    from timm.layers.conv2d_same import Conv2dSame
+
+    from graftkit.models.base import static_padding
+
+    net = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=0).eval()
+    convs = [m for m in net.modules() if isinstance(m, Conv2dSame)]
+    assert convs  # TF 'same' padding: the stride-2 convolutions
+    x = torch.rand(3, 3, 96, 96)
+    with torch.no_grad():
+        want = net(x)
+        with static_padding(net, (x[:2],)):
+            assert all("forward" in c.__dict__ for c in convs)
+            got = net(x)
+    assert torch.equal(got, want)
+    assert not any("forward" in c.__dict__ for c in convs)  # timm's own forward again

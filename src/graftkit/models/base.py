@@ -7,7 +7,8 @@ export and serving talk to a model through this protocol alone.
 from __future__ import annotations
 
 import importlib.metadata as md
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -194,3 +195,47 @@ def onnx_linear_weights(graph: Any, prefix: str, where: Path) -> dict[str, torch
         key = biases[0].removeprefix(prefix).removesuffix("bias") + "weight"
         out[key] = torch.from_numpy(numpy_helper.to_array(inits[weight]).T.copy())
     return out
+
+
+@contextmanager
+def static_padding(module: nn.Module, example: tuple[Any, ...]) -> Iterator[None]:
+    """While ``module`` is traced on inputs of ``example``'s size: timm's TensorFlow-style 'same'
+    convolutions (``Conv2dSame``: efficientnet_lite's stride-2 convolutions) pad by amounts
+    computed from the input's height and width on every call, and a trace keeps that
+    arithmetic (Shape, Ceil, Pad nodes ONNX Runtime runs per batch, and a Pad it cannot fuse
+    into its convolution). For one input size the amounts are constants: each such convolution
+    pads by its own, measured on ``example`` (the same numbers as timm's)."""
+    from timm.layers.conv2d_same import Conv2dSame
+    from timm.layers.padding import pad_same_arg
+
+    convs = [m for m in module.modules() if isinstance(m, Conv2dSame)]
+    sizes: dict[int, tuple[int, int]] = {}
+
+    def record(i: int) -> Any:
+        return lambda _m, args: sizes.__setitem__(i, tuple(int(d) for d in args[0].shape[-2:]))
+
+    hooks = [c.register_forward_pre_hook(record(i)) for i, c in enumerate(convs)]
+    try:
+        if convs:
+            with torch.no_grad():
+                module(*example)
+    finally:
+        for h in hooks:
+            h.remove()
+    for i, c in enumerate(convs):
+        pad = tuple(int(p) for p in pad_same_arg(list(sizes[i]), list(c.weight.shape[-2:]),
+                                                 list(c.stride), list(c.dilation)))
+        c.forward = _padded(c, pad)  # type: ignore[method-assign]  # this instance, for now
+    try:
+        yield
+    finally:
+        for c in convs:
+            del c.forward
+
+
+def _padded(c: nn.Conv2d, pad: tuple[int, ...]) -> Any:
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.conv2d(nn.functional.pad(x, pad), c.weight, c.bias, c.stride, 0,
+                                    c.dilation, c.groups)
+
+    return forward
