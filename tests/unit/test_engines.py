@@ -67,3 +67,25 @@ def test_static_padding_pads_as_timm_does_and_is_undone() -> None:
             got = net(x)
     assert torch.equal(got, want)
     assert not any("forward" in c.__dict__ for c in convs)  # timm's own forward again
+
+
+def test_auto_exports_from_the_modalitys_size(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    """An image extraction of 200 inputs repays a first export; a text one needs 8,000."""
+    from types import SimpleNamespace
+
+    from graftkit.train import engines
+
+    monkeypatch.setenv("GRAFT_CACHE_DIR", str(tmp_path))  # no engine exported yet
+    monkeypatch.setattr(engines, "available", lambda: True)
+    monkeypatch.setattr(engines, "engine_key", lambda d, s: "k")
+    cpu = torch.device("cpu")
+    for modality, small, large in (("image", 199, 200), ("text", 7999, 8000)):
+        least = engines.min_inputs(SimpleNamespace(modality=modality))
+        assert least == large
+        assert engines.choose("auto", cpu, None, small, "d", "s", min_inputs=least) == "torch"
+        assert engines.choose("auto", cpu, None, large, "d", "s", min_inputs=least) == "onnx"
+        # several processes never export; bf16 autocast keeps torch
+        assert engines.choose("auto", cpu, None, large, "d", "s", export=False,
+                              min_inputs=least) == "torch"
+        assert engines.choose("auto", cpu, torch.bfloat16, large, "d", "s",
+                              min_inputs=least) == "torch"

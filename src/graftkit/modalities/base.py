@@ -75,6 +75,9 @@ class Modality:
     explains_labels = False  # graft explain takes its multi-label runs (one label as target)
     robust_labels = False  # graft robustness takes its multi-label runs (subset accuracy)
     exportable = False  # graft export writes its models
+    # train.feature_engine=auto exports a backbone for ONNX Runtime from an extraction this
+    # large (its first export, 1-3 s, then repays itself within that extraction)
+    engine_min_inputs = 200
     stat_keys: tuple[str, ...] = ()  # the per-input statistics the drift monitor compares
     robustness_kind = "perturbations"  # what graft robustness applies: results.json's "kind"
 

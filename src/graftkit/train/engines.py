@@ -13,7 +13,8 @@ export is not retried).
 
 ``train.feature_engine``: ``torch``; ``onnx`` (needs ``pip install 'graftkit[export]'``); ``auto``
 (the default): ONNX Runtime when it is installed, on the CPU in fp32, and when the extraction is
-large enough to repay a first export (:data:`AUTO_MIN_INPUTS`) or the engine was exported before.
+large enough to repay a first export (the modality's ``engine_min_inputs``) or the engine was
+exported before.
 What ran is in meta.json's ``feature_engine``.
 """
 
@@ -35,8 +36,9 @@ from ..errors import ConfigError
 from .features import cache_dir
 
 PARITY = 1e-4  # max abs difference from torch's features, checked at export
-# auto exports when one extraction has this many inputs: a first export takes about 1.3 s
-# (efficientnet_lite0, TorchScript exporter) and ONNX Runtime then saves about 10 ms an image
+# auto exports when one extraction has this many inputs (the modality's engine_min_inputs, this
+# by default): a first export takes about 1.4 s (efficientnet_lite0, TorchScript exporter) and
+# ONNX Runtime then saves about 9 ms an image
 AUTO_MIN_INPUTS = 200
 EXPORTER = 2  # part of the engine key: engines (and refusals) of an older exporter are redone
 HINT = "pip install 'graftkit[export]' (onnx, onnxruntime, onnxscript)"
@@ -72,17 +74,27 @@ def engine_key(weights_digest: str, input_signature: str) -> str:
 
 
 def choose(engine: str, device: torch.device, amp_dtype: torch.dtype | None, n_inputs: int,
-           weights_digest: str, input_signature: str, export: bool = True) -> str:
+           weights_digest: str, input_signature: str, export: bool = True,
+           min_inputs: int = AUTO_MIN_INPUTS) -> str:
     """``torch`` or ``onnx`` for one extraction (see the module's docstring); ``export=False``
-    (several processes) uses an engine only when it was exported before."""
+    (several processes) uses an engine only when it was exported before; ``auto`` exports one
+    for an extraction of ``min_inputs`` or more."""
     if engine == "torch" or device.type != "cpu" or amp_dtype is not None or not available():
         if engine == "onnx" and device.type != "cpu":
             _USED.setdefault("note", f"onnx asked for, but the backbone runs on {device.type}")
         return "torch"
     exported = (engine_dir() / f"{engine_key(weights_digest, input_signature)}.onnx").is_file()
-    if exported or (export and (engine == "onnx" or n_inputs >= AUTO_MIN_INPUTS)):
+    if exported or (export and (engine == "onnx" or n_inputs >= min_inputs)):
         return "onnx"
     return "torch"
+
+
+def min_inputs(model: nn.Module) -> int:
+    """The extraction size from which ``auto`` exports this model's backbone (its modality's)."""
+    from .. import modalities
+
+    name = getattr(model, "modality", None)
+    return modalities.get(name).engine_min_inputs if name else AUTO_MIN_INPUTS
 
 
 def note_torch() -> None:

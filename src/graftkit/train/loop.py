@@ -255,7 +255,8 @@ def features_for(model: nn.Module, items: Sequence[tuple[str, float]], split: st
     shard = w.active and len(items) >= w.size  # several processes: each extracts a shard
     asked = engine or s.feature_engine
     engine = engines.choose(asked, s.device, s.amp_dtype, len(items), digest,
-                            model.input_signature(), export=not w.active)
+                            model.input_signature(), export=not w.active,
+                            min_inputs=engines.min_inputs(model))
 
     def key_for(name: str) -> str:
         return feature_cache.cache_key(digest, fingerprint or data.fingerprint,
