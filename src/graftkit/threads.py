@@ -29,6 +29,16 @@ def thread_count(n: int | None = None) -> int:
         return os.cpu_count() or 1
 
 
+def current() -> int:
+    """The thread setting in force: torch's where a command has set it (:func:`use_threads`),
+    else :func:`thread_count` (for work that runs no model, such as decoding files to audit
+    them: it takes no more cores than the model would)."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    return torch.get_num_threads() if torch is not None else thread_count()
+
+
 def use_threads(n: int | None = None) -> int:
     """Set torch's intra-op threads to :func:`thread_count` and return it."""
     import torch

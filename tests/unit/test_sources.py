@@ -179,3 +179,28 @@ def test_nul_byte_in_a_manifest_path_is_skipped_with_a_reason(tmp_path: Path) ->
     spec = discover(tmp_path / "m.csv")
     assert [s["reason"] for s in spec.skipped] == ["cannot read: embedded null byte"]
     assert sum(len(v) for v in spec.splits.values()) == 8
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_the_audit_decodes_on_the_thread_setting(threads: int, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Decoding every file takes as many threads as the model would, never more."""
+    import torch
+
+    from graftkit.data import sources
+
+    seen: list[int] = []
+    real = sources.ThreadPoolExecutor
+
+    def recording(max_workers: int):
+        seen.append(max_workers)
+        return real(max_workers=max_workers)
+
+    monkeypatch.setattr(sources, "ThreadPoolExecutor", recording)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        spec = discover(_tree(tmp_path, {"a": 3, "b": 3}), val_fraction=0.34)
+    finally:
+        torch.set_num_threads(before)
+    assert seen == [threads] and sum(len(v) for v in spec.splits.values()) == 6

@@ -9,15 +9,15 @@ Three layouts are understood:
   ``split`` column; for ``task: regression`` the label is a number, for ``task: multilabel``
   (or a ``labels`` column) ``;``-separated names.
 
-Every file is decoded once up front (in threads). Unreadable, truncated, zero-byte and non-image
-files are skipped and listed in the data report with the reason; they never crash training.
+Every file is decoded once up front (in as many threads as the thread setting). Unreadable,
+truncated, zero-byte and non-image files are skipped and listed in the data report with the
+reason; they never crash training.
 """
 
 from __future__ import annotations
 
 import csv
 import errno
-import os
 import stat
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from .. import threads
 from ..errors import DataError
 from .images import BadImage, load_image
 from .spec import (  # noqa: F401  (re-exported: the names this module always had)
@@ -83,7 +84,8 @@ def _audit(paths: list[Path], progress: Progress | None = None, kind: FileKind =
     if progress:
         progress.start(f"checking {kind.noun}s", len(paths))
     try:
-        with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 2) * 2)) as pool:
+        # as many decoding threads as the thread setting (decoding releases the GIL)
+        with ThreadPoolExecutor(max_workers=threads.current()) as pool:
             reasons = []
             for r in pool.map(check, paths):  # decoding releases the GIL: threads overlap
                 reasons.append(r)
