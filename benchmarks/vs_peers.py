@@ -16,7 +16,7 @@ part of timm's wheel (only of its git repository).
     python benchmarks/vs_peers.py [--threads 1,2] [--sets hymenoptera,caltech] [--reps 1]
                                   [--tools graft,fastai,torch]
 
-Writes benchmarks/results/vs_peers.json (machine, versions, load average before each run).
+Writes benchmarks/results/vs_peers_<sets>.json (machine, versions, load average before each run).
 """
 
 from __future__ import annotations
@@ -145,7 +145,7 @@ def main() -> None:
     result = {"threads": args.threads, "reps": args.reps, "summary": summary, "runs": rows}
     if "fastai" in tools:
         result["peers"] = peer_versions()
-    print(write_result("vs_peers", result))
+    print(write_result("vs_peers_" + "_".join(args.sets.split(",")), result))
 
 
 if __name__ == "__main__":
