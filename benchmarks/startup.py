@@ -1,9 +1,14 @@
 """Start-up: what a graft command costs before it does any work. Wall time of fresh processes,
 interleaved, ``--runs`` each: ``import graftkit`` (the package, no torch), ``import graftkit.api``
-(what every training or predicting command loads), ``graft --help`` and ``graft list``; and the
-slowest imports of ``graftkit.api`` (``python -X importtime``).
+(what every training or predicting command loads), ``graft --help``, ``graft list`` and ``import
+onnx`` (what a first export of a feature engine loads); and the slowest imports of
+``graftkit.api`` (``python -X importtime``).
 
-    python benchmarks/startup.py [--runs 5]
+``--ml-dtypes 0.6.0,0.7.0`` also times ``import ml_dtypes`` (onnx's dependency) for each of those
+releases side by side, each wheel fetched with pip into a temporary folder: the reason
+pyproject.toml's ``export`` extra keeps it below 0.7.
+
+    python benchmarks/startup.py [--runs 5] [--ml-dtypes 0.6.0,0.7.0]
 """
 
 from __future__ import annotations
@@ -22,7 +27,28 @@ COMMANDS = {
     "import graftkit.api": [sys.executable, "-c", "import graftkit.api"],
     "graft --help": [sys.executable, "-m", "graftkit.cli.main", "--help"],
     "graft list": [sys.executable, "-m", "graftkit.cli.main", "list"],
+    "import onnx": [sys.executable, "-c", "import onnx"],
 }
+
+
+def ml_dtypes_imports(versions: list[str], runs: int) -> dict[str, list[float]]:
+    """``import numpy, ml_dtypes`` less ``import numpy``, per release, interleaved."""
+    import tempfile
+
+    times: dict[str, list[float]] = {v: [] for v in versions}
+    with tempfile.TemporaryDirectory() as tmp:
+        for v in versions:
+            subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps",
+                            "--target", f"{tmp}/{v}", f"ml_dtypes=={v}"], check=True)
+        for _ in range(runs):
+            for v in versions:
+                env = dict(os.environ, PYTHONPATH=f"{tmp}/{v}")
+                code = ("import time, numpy; t = time.perf_counter(); import ml_dtypes; "
+                        "print(time.perf_counter() - t)")
+                out = subprocess.run([sys.executable, "-c", code], check=True, env=env,
+                                     capture_output=True, text=True).stdout
+                times[v].append(round(float(out), 4))
+    return times
 
 
 def slowest_imports(n: int = 8) -> list[dict]:
@@ -41,6 +67,7 @@ def slowest_imports(n: int = 8) -> list[dict]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--ml-dtypes", default="", help="releases to compare, e.g. 0.6.0,0.7.0")
     args = ap.parse_args()
     load = round(os.getloadavg()[0], 2)
     times: dict[str, list[float]] = {k: [] for k in COMMANDS}
@@ -53,6 +80,12 @@ def main() -> None:
               "median_s": {k: statistics.median(v) for k, v in times.items()}, "all_s": times,
               "slowest_top_level_imports": slowest_imports(),
               "load_avg_1m_after": round(os.getloadavg()[0], 2)}
+    if args.ml_dtypes:
+        mt = ml_dtypes_imports(args.ml_dtypes.split(","), args.runs)
+        result["import_ml_dtypes_s"] = {"median": {v: statistics.median(t) for v, t in mt.items()},
+                                        "all": mt}
+        for v, t in mt.items():
+            print(f"import ml_dtypes {v:<6} {statistics.median(t):6.3f} s (median of {args.runs})")
     for k, v in result["median_s"].items():
         print(f"{k:<22} {v:6.2f} s (median of {args.runs})")
     print(write_result("startup", result))

@@ -77,7 +77,8 @@ class Session:
                                          last_stage=len(self.stages) - 1))
         if self.cfg.train.wise_ft is not None:  # the probe the fine-tuned weights are mixed with
             hooks.append(H.SnapshotAtStage(self.out / wise_ft.PROBE, len(self.stages) - 1))
-        hooks += [H.History(self.out / rd.HISTORY), H.StateCheckpoint(self.out / rd.STATE)]
+        hooks += [H.History(self.out / rd.HISTORY),
+                  H.StateCheckpoint(self.out / rd.STATE, [st.head_only for st in self.stages])]
         if self.tracking is not None:
             hooks.append(self.tracking)
         hooks += self.extra_hooks  # last: they see the epoch after it is recorded and saved

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from safetensors import safe_open
 from safetensors.torch import load_file
 
 from .conftest import TINY, graft, read_history
@@ -71,27 +72,53 @@ def test_the_moving_average_is_validated_and_kept_when_better(full: Path) -> Non
     assert metrics["val"]["loss"] == pytest.approx(loss, abs=1e-5)
 
 
-def test_killed_run_resumes_to_the_same_weights(small_csv: Path, full: Path, tmp_path: Path
-                                                ) -> None:
-    cut = tmp_path / "cut"
-    # Start the same run and kill it (SIGKILL: no chance to clean up) once epoch 2 is on disk.
-    proc = subprocess.Popen([sys.executable, "-m", "graftkit.cli.main", "train", "--data",
-                             str(small_csv), "--out", str(cut), *ARGS],
+def _kill_after(args: list[str], out: Path, epochs: int) -> None:
+    """Start ``graft train`` and SIGKILL it (no chance to clean up) once ``epochs`` epochs are
+    in its history."""
+    proc = subprocess.Popen([sys.executable, "-m", "graftkit.cli.main", "train", *args,
+                             "--out", str(out)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
-        hist = cut / "history.jsonl"
-        if hist.is_file() and len(hist.read_text().splitlines()) >= 2:
+        hist = out / "history.jsonl"
+        if hist.is_file() and len(hist.read_text().splitlines()) >= epochs:
             os.kill(proc.pid, signal.SIGKILL)
             break
-        time.sleep(0.05)
+        time.sleep(0.02)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+
+
+def test_killed_run_resumes_to_the_same_weights(small_csv: Path, full: Path, tmp_path: Path
+                                                ) -> None:
+    cut = tmp_path / "cut"
+    _kill_after(["--data", str(small_csv), *ARGS], cut, 2)  # the same run, killed at epoch 2
     assert json.loads((cut / "meta.json").read_text())["status"] == "running"
     assert len(read_history(cut)) < 4
     graft("train", "--resume", cut)
     _same_run(full, cut)
     assert "already completed" in graft("train", "--resume", cut, check=False).stderr
+
+
+def test_killed_probe_resumes_from_its_head_only_state(small_csv: Path, tmp_path: Path
+                                                       ) -> None:
+    # A cached probe's state holds the head (the backbone is the one the run is rebuilt with,
+    # checked by its fingerprint): kilobytes per epoch, and the same weights after a resume.
+    args = ["--data", str(small_csv), "--strategy", "linear_probe", "--epochs", "150",
+            *TINY, "report.enabled=false", "data.audit=false"]
+    graft("train", *args, "--out", tmp_path / "full")
+    cut = tmp_path / "cut"
+    _kill_after(args, cut, 2)
+    state = cut / "checkpoints" / "last.safetensors"
+    with safe_open(str(state), framework="pt") as f:
+        assert f.keys() and not any(k.startswith("model.backbone.") for k in f.keys())
+        assert "frozen" in f.metadata()
+    assert 2 <= len(read_history(cut)) < 150
+    graft("train", "--resume", cut)
+    assert [h["epoch"] for h in read_history(cut)] == list(range(1, 151))
+    _same_weights(tmp_path / "full" / "model.safetensors", cut / "model.safetensors")
+    assert [h["val_loss"] for h in read_history(tmp_path / "full")] == \
+        [h["val_loss"] for h in read_history(cut)]
 
 
 @contextmanager

@@ -157,3 +157,24 @@ def test_calibration_errors_are_torchmetrics(seed: int) -> None:
     for norm, key in (("l1", "ece"), ("max", "mce")):
         want = float(tm.multiclass_calibration_error(p, t, probs.shape[1], n_bins=15, norm=norm))
         assert got[key] == want, (key, got[key], want)
+
+
+def test_the_reliability_diagram_bins_are_the_ece_bins() -> None:
+    """The diagram's bars are the bins the ECE in its title is computed on; a confidence on a
+    bin edge (a binary tie at 0.5) lands in the same bin as in the ECE, one of exactly 1 in the
+    last bar."""
+    from graftkit.evaluate.metrics import ECE_BINS, reliability_bins
+
+    logits, y = _overconfident(n=400, k=3, seed=4)
+    probs = logits.softmax(-1).double().numpy()
+    conf, correct = probs.max(1), probs.argmax(1) == y.numpy()
+    count, mean_conf, acc = reliability_bins(conf, correct)
+    assert count.sum() == len(conf) and len(count) == ECE_BINS
+    ece = float((np.abs(acc - mean_conf) * count / count.sum()).sum())
+    assert ece == pytest.approx(calibration_errors(probs, y.numpy())["ece"], abs=1e-6)
+    bounds = torch.linspace(0, 1, ECE_BINS + 1, dtype=torch.float32)
+    conf = np.array([bounds[7].item(), bounds[7].item() - 1e-4, 1.0])  # on an edge, below, 1
+    count, _, _ = reliability_bins(conf, np.array([1, 0, 1]))
+    want = torch.bucketize(torch.as_tensor(conf, dtype=torch.float32), bounds, right=True) - 1
+    assert want.tolist() == [7, 6, ECE_BINS]  # torchmetrics: 1 in a bin of its own ...
+    assert count[7] == 1 and count[6] == 1 and count[-1] == 1  # ... here, the last bar

@@ -37,6 +37,21 @@ def calibration_errors(probs: np.ndarray, targets: np.ndarray, n_bins: int = ECE
     return {"ece": float((gap * (count / count.sum())).sum()), "mce": float(gap.max())}
 
 
+def reliability_bins(confidence: np.ndarray, correct: np.ndarray, n_bins: int = ECE_BINS
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Count, mean confidence and accuracy per equal-width confidence bin, binned as
+    :func:`calibration_errors` bins (float32 confidences, a bin holds [lower, upper)), except
+    that a confidence of exactly 1 joins the last bin: the reliability diagram's bars."""
+    conf = np.asarray(confidence, dtype=np.float32)
+    bounds = np.linspace(0, 1, n_bins + 1, dtype=np.float32)
+    idx = np.clip(np.searchsorted(bounds, conf, side="right") - 1, 0, n_bins - 1)
+    count = np.bincount(idx, minlength=n_bins).astype(np.float64)
+    per = np.maximum(count, 1)
+    mean_conf = np.bincount(idx, weights=conf.astype(np.float64), minlength=n_bins) / per
+    acc = np.bincount(idx, weights=np.asarray(correct, dtype=np.float64), minlength=n_bins) / per
+    return count, mean_conf, acc
+
+
 def probability_scores(probs: np.ndarray, targets: np.ndarray, n_classes: int
                        ) -> dict[str, float]:
     """Scores of the probabilities themselves (they change with temperature; argmax doesn't)."""

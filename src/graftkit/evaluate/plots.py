@@ -12,9 +12,8 @@ from typing import Any
 
 import numpy as np
 from sklearn import metrics as skm
-from sklearn.calibration import calibration_curve
 
-from .metrics import ECE_BINS
+from .metrics import ECE_BINS, reliability_bins
 
 BLUE, ORANGE, GREEN, RED, GREY = "#2563eb", "#ea580c", "#16a34a", "#dc2626", "#9ca3af"
 
@@ -117,11 +116,11 @@ def reliability(panels: list[tuple[str, np.ndarray, np.ndarray, float]], path: P
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.8), squeeze=False)
     edges = np.linspace(0, 1, ECE_BINS + 1)
     for ax, (title, conf, correct, ece) in zip(axes[0], panels):
-        acc, mean_conf = calibration_curve(correct.astype(int), conf, n_bins=ECE_BINS,
-                                           strategy="uniform")
-        counts, _ = np.histogram(conf, bins=edges)
-        centers = (edges[:-1] + edges[1:]) / 2
-        filled = centers[counts > 0]
+        # the bins of the ECE in the title (sklearn's calibration_curve and np.histogram each
+        # put a confidence on a bin edge elsewhere)
+        counts, mean_conf, acc = reliability_bins(conf, correct)
+        shown = counts > 0
+        filled, acc, mean_conf = ((edges[:-1] + edges[1:]) / 2)[shown], acc[shown], mean_conf[shown]
         ax.bar(filled, acc, width=1 / ECE_BINS, edgecolor="white", color=BLUE, label="accuracy")
         ax.bar(filled, mean_conf - acc, bottom=acc, width=1 / ECE_BINS, color=RED, alpha=0.25,
                edgecolor=RED, hatch="//", label="gap to confidence")

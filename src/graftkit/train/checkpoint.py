@@ -8,6 +8,7 @@ state or the new one, never a mix.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -19,6 +20,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
+from ..errors import GraftError
 from ..run import usual_mode
 
 
@@ -80,6 +82,21 @@ def _join_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> d
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
+def fingerprint(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 of tensors' names and bytes: equal for the same weights on any device, layout
+    or thread count, different after any training step."""
+    h = hashlib.sha256()
+    for name, t in sorted(tensors.items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:32]
+
+
+def frozen_part(model: torch.nn.Module, prefix: str) -> dict[str, torch.Tensor]:
+    """The entries of ``model``'s state dict under ``prefix`` (e.g. ``backbone``)."""
+    return {k: v for k, v in model.state_dict().items() if k.startswith(prefix + ".")}
+
+
 def save_state(
     path: str | Path,
     model: torch.nn.Module,
@@ -87,10 +104,17 @@ def save_state(
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     info: dict[str, Any],
     extra: dict[str, torch.nn.Module] | None = None,
+    frozen: tuple[str, str] | None = None,
 ) -> None:
     """One file (written atomically): the model's and the optimizer's tensors, the scheduler and
-    ``info``; ``extra`` modules (the weights' moving average) under their own prefix."""
-    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    ``info``; ``extra`` modules (the weights' moving average) under their own prefix.
+
+    ``frozen`` = (prefix, fingerprint): a part of the model that has never trained in this run
+    (the backbone of a linear probe), left out of the file. The model rebuilt to resume holds it
+    again, and must match the fingerprint (:func:`load_state`). A probe's state is then the
+    head's few kilobytes instead of the whole network each epoch."""
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()
+               if frozen is None or not k.startswith(frozen[0] + ".")}
     for name, module in (extra or {}).items():
         tensors.update({f"{name}.{k}": v for k, v in module.state_dict().items()})
     opt_tensors, opt_meta = _split_optimizer(optimizer)
@@ -98,7 +122,29 @@ def save_state(
     sched = {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"}
     meta = {"info": json.dumps(info), "optimizer": json.dumps(opt_meta),
             "scheduler": json.dumps(sched)}
+    if frozen is not None:
+        meta["frozen"] = json.dumps({"prefix": frozen[0], "fingerprint": frozen[1]})
     atomic_save(tensors, path, meta)
+
+
+def _load_model(model: torch.nn.Module, sd: dict[str, torch.Tensor], meta: dict[str, str],
+                path: str | Path) -> None:
+    """``sd`` into ``model``; a state saved without its frozen part (``save_state(frozen=)``)
+    needs the model to hold that part as it was, checked by its fingerprint."""
+    if "frozen" not in meta:
+        model.load_state_dict(sd, strict=True)
+        return
+    frozen = json.loads(meta["frozen"])
+    part = frozen_part(model, frozen["prefix"])
+    if fingerprint(part) != frozen["fingerprint"]:
+        raise GraftError(f"{path}: the model rebuilt to resume has other {frozen['prefix']} "
+                         "weights than the run had (were model.weights or the pretrained files "
+                         "changed?); start the run again")
+    rest = set(model.state_dict()) - set(part)
+    if set(sd) != rest:
+        raise GraftError(f"{path}: the checkpoint does not fit this model (missing "
+                         f"{sorted(rest - set(sd))[:3]}, unexpected {sorted(set(sd) - rest)[:3]})")
+    model.load_state_dict(sd, strict=False)
 
 
 def read_state_info(path: str | Path) -> dict[str, Any]:
@@ -112,7 +158,8 @@ def load_model_state(path: str | Path, model: torch.nn.Module, prefix: str = "mo
     with safe_open(str(path), framework="pt") as f:
         sd = {k[len(prefix) + 1:]: f.get_tensor(k) for k in f.keys()
               if k.startswith(prefix + ".")}
-    model.load_state_dict(sd, strict=True)
+        meta = f.metadata() or {}
+    _load_model(model, sd, meta if prefix == "model" else {}, path)
 
 
 def load_state(
@@ -124,9 +171,8 @@ def load_state(
     tensors = load_file(str(path))
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata()
-    model.load_state_dict(
-        {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}, strict=True
-    )
+    _load_model(model, {k[len("model."):]: v for k, v in tensors.items()
+                        if k.startswith("model.")}, meta, path)
     optimizer.load_state_dict(_join_optimizer(tensors, json.loads(meta["optimizer"])))
     sched = scheduler.state_dict()
     sched.update(json.loads(meta["scheduler"]))
