@@ -6,15 +6,18 @@ time and val accuracy, interleaved (A B C, A B C, ...):
 * ``fastai``: ``vision_learner`` + ``fine_tune(5, freeze_epochs=1)`` (benchmarks/peers/
   fastai_fine_tune.py), in the peers' own virtual environment;
 * ``torch``: a plain PyTorch loop fine-tuning every layer for 5 epochs (benchmarks/peers/
-  torch_loop.py).
+  torch_loop.py);
+* ``timm``: timm's own ``train.py`` fine-tuning every layer for 5 epochs (benchmarks/peers/
+  timm_train.py), in the peers' environment. train.py is not part of timm's wheel, only of its
+  git repository: ``--timm-train PATH`` names the train.py of a checkout of
+  huggingface/pytorch-image-models (this repository holds none of its code).
 
 Every tool starts from the same pretrained efficientnet_lite0 weights (graft's built-in ones,
-written once to a safetensors file) at 224 px. timm's train.py is not among the peers: it is not
-part of timm's wheel (only of its git repository).
+written once to a safetensors file) at 224 px.
 
     python benchmarks/vs_peers.py --install-peers     # once: benchmarks/.peers (not part of CI)
     python benchmarks/vs_peers.py [--threads 1,2] [--sets hymenoptera,caltech] [--reps 1]
-                                  [--tools graft,fastai,torch]
+                                  [--tools graft,fastai,torch,timm --timm-train PATH/train.py]
 
 Writes benchmarks/results/vs_peers_<sets>.json (machine, versions, load average before each run).
 """
@@ -35,7 +38,8 @@ from _common import IMAGE_SETS, ROOT, write_result
 PEERS = ROOT / "benchmarks" / ".peers"
 PEER_PY = PEERS / "bin" / "python"
 SCRIPTS = {"fastai": ROOT / "benchmarks" / "peers" / "fastai_fine_tune.py",
-           "torch": ROOT / "benchmarks" / "peers" / "torch_loop.py"}
+           "torch": ROOT / "benchmarks" / "peers" / "torch_loop.py",
+           "timm": ROOT / "benchmarks" / "peers" / "timm_train.py"}
 ARCH = "tf_efficientnet_lite0"  # graft's efficientnet_lite0
 
 
@@ -60,6 +64,19 @@ def peer_versions() -> dict[str, str]:
     return json.loads(out.stdout)
 
 
+def timm_checkout(train_py: Path) -> dict[str, str]:
+    """Which train.py ran: its checkout's commit (where it is a git work tree) and version."""
+    here = {"path": str(train_py)}
+    head = subprocess.run(["git", "-C", str(train_py.parent), "rev-parse", "HEAD"],
+                          capture_output=True, text=True)
+    if head.returncode == 0:
+        here["commit"] = head.stdout.strip()
+    version = train_py.parent / "timm" / "version.py"
+    if version.is_file():
+        here["timm_version"] = version.read_text().split("=")[-1].strip().strip("'\"")
+    return here
+
+
 def write_weights(path: Path) -> None:
     """graft's built-in efficientnet_lite0 backbone (no classifier) as a safetensors file."""
     from safetensors.torch import save_file
@@ -71,7 +88,8 @@ def write_weights(path: Path) -> None:
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
 
 
-def run(tool: str, data: Path, threads: int, weights: Path) -> dict:
+def run(tool: str, data: Path, threads: int, weights: Path, timm_train: Path | None = None
+        ) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         env = dict(os.environ, GRAFT_CACHE_DIR=str(Path(tmp) / "cache"), OMP_NUM_THREADS=str(
             threads))
@@ -80,9 +98,9 @@ def run(tool: str, data: Path, threads: int, weights: Path) -> dict:
             cmd = [sys.executable, "-m", "graftkit.cli.main", "--threads", str(threads), "train",
                    "--data", str(data), "--out", str(Path(tmp) / "run"), "--quiet"]
         else:
-            py = str(PEER_PY) if tool == "fastai" else sys.executable
+            py = str(PEER_PY) if tool in ("fastai", "timm") else sys.executable
             cmd = [py, str(SCRIPTS[tool]), str(threads), str(data), str(weights), ARCH,
-                   str(result)]
+                   str(result), *([str(timm_train)] if tool == "timm" else [])]
         load = round(os.getloadavg()[0], 2)
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -108,13 +126,19 @@ def main() -> None:
     ap.add_argument("--sets", default="hymenoptera,caltech")
     ap.add_argument("--tools", default="graft,fastai,torch")
     ap.add_argument("--reps", type=int, default=1)
+    ap.add_argument("--timm-train", type=Path, default=None,
+                    help="train.py of a pytorch-image-models checkout (for --tools ...,timm)")
+    ap.add_argument("--name", default=None, help="results file name (default: vs_peers_<sets>)")
     args = ap.parse_args()
     if args.install_peers:
         install_peers()
         return
     tools = args.tools.split(",")
-    if "fastai" in tools and not PEER_PY.is_file():
+    if {"fastai", "timm"} & set(tools) and not PEER_PY.is_file():
         raise SystemExit("no peers' environment: python benchmarks/vs_peers.py --install-peers")
+    if "timm" in tools and not (args.timm_train and args.timm_train.is_file()):
+        raise SystemExit("--tools ...,timm needs --timm-train PATH: the train.py of a checkout "
+                         "of huggingface/pytorch-image-models (not part of timm's wheel)")
     rows, summary = [], {}
     with tempfile.TemporaryDirectory() as tmp:
         weights = Path(tmp) / "efficientnet_lite0.safetensors"
@@ -124,7 +148,7 @@ def main() -> None:
                 mine = []
                 for rep in range(args.reps):
                     for tool in tools:
-                        r = run(tool, IMAGE_SETS[name], threads, weights)
+                        r = run(tool, IMAGE_SETS[name], threads, weights, args.timm_train)
                         r.update(set=name, rep=rep)
                         rows.append(r)
                         mine.append(r)
@@ -143,9 +167,11 @@ def main() -> None:
                     f"{t} {v['wall_s']:.1f} s {v['accuracy']:.4f}" for t, v in s.items()),
                     flush=True)
     result = {"threads": args.threads, "reps": args.reps, "summary": summary, "runs": rows}
-    if "fastai" in tools:
+    if {"fastai", "timm"} & set(tools):
         result["peers"] = peer_versions()
-    print(write_result("vs_peers_" + "_".join(args.sets.split(",")), result))
+    if "timm" in tools:
+        result["timm_train"] = timm_checkout(args.timm_train)
+    print(write_result(args.name or "vs_peers_" + "_".join(args.sets.split(",")), result))
 
 
 if __name__ == "__main__":
