@@ -11,13 +11,7 @@ import torch
 from safetensors import safe_open
 
 from graftkit.errors import GraftError
-from graftkit.train.checkpoint import (
-    fingerprint,
-    frozen_part,
-    load_model_state,
-    load_state,
-    save_state,
-)
+from graftkit.train.checkpoint import load_model_state, load_state, save_state, weights_digest
 from graftkit.train.hooks import LoopState, StateCheckpoint
 
 
@@ -49,7 +43,7 @@ def _keys(path: Path) -> set[str]:
 def test_the_state_of_a_head_only_stage_holds_the_head_and_resumes(tmp_path: Path) -> None:
     net, opt, sched = _trained_head()
     path = tmp_path / "last.safetensors"
-    frozen = ("backbone", fingerprint(frozen_part(net, "backbone")))
+    frozen = ("backbone", weights_digest(net.backbone))
     save_state(path, net, opt, sched, {"epoch": 2}, frozen=frozen)
     keys = _keys(path)
     assert not any(k.startswith("model.backbone.") for k in keys)
@@ -73,21 +67,20 @@ def test_the_state_of_a_head_only_stage_holds_the_head_and_resumes(tmp_path: Pat
 def test_a_rebuilt_model_with_another_backbone_is_refused(tmp_path: Path) -> None:
     net, opt, sched = _trained_head()
     path = tmp_path / "last.safetensors"
-    save_state(path, net, opt, sched, {}, frozen=("backbone", fingerprint(
-        frozen_part(net, "backbone"))))
+    save_state(path, net, opt, sched, {}, frozen=("backbone", weights_digest(net.backbone)))
     other = Net(seed=1)
     with pytest.raises(GraftError, match="other backbone weights"):
         load_model_state(path, other)
 
 
-def test_the_fingerprint_ignores_layout_and_sees_any_change() -> None:
+def test_the_digest_ignores_layout_and_sees_any_change() -> None:
     net = Net()
-    fp = fingerprint(frozen_part(net, "backbone"))
+    fp = weights_digest(net.backbone)
     net.to(memory_format=torch.channels_last)
-    assert fingerprint(frozen_part(net, "backbone")) == fp
+    assert weights_digest(net.backbone) == fp
     with torch.no_grad():
         net.backbone[0].weight[0, 0, 0, 0] += 1e-7
-    assert fingerprint(frozen_part(net, "backbone")) != fp
+    assert weights_digest(net.backbone) != fp
 
 
 def test_the_hook_writes_the_whole_model_once_a_stage_trains_the_backbone(tmp_path: Path

@@ -82,19 +82,15 @@ def _join_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> d
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
-def fingerprint(tensors: dict[str, torch.Tensor]) -> str:
-    """SHA-256 of tensors' names and bytes: equal for the same weights on any device, layout
-    or thread count, different after any training step."""
+def weights_digest(module: torch.nn.Module) -> str:
+    """SHA-256 (16 hex digits) of a module's state-dict names and bytes: the same for the same
+    weights on any device, layout or thread count, another after any training step. It keys the
+    feature cache and the engines, and checks a resumed probe's backbone."""
     h = hashlib.sha256()
-    for name, t in sorted(tensors.items()):
-        h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:32]
-
-
-def frozen_part(model: torch.nn.Module, prefix: str) -> dict[str, torch.Tensor]:
-    """The entries of ``model``'s state dict under ``prefix`` (e.g. ``backbone``)."""
-    return {k: v for k, v in model.state_dict().items() if k.startswith(prefix + ".")}
+    for k, v in module.state_dict().items():
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def save_state(
@@ -109,10 +105,10 @@ def save_state(
     """One file (written atomically): the model's and the optimizer's tensors, the scheduler and
     ``info``; ``extra`` modules (the weights' moving average) under their own prefix.
 
-    ``frozen`` = (prefix, fingerprint): a part of the model that has never trained in this run
-    (the backbone of a linear probe), left out of the file. The model rebuilt to resume holds it
-    again, and must match the fingerprint (:func:`load_state`). A probe's state is then the
-    head's few kilobytes instead of the whole network each epoch."""
+    ``frozen`` = (attribute, its :func:`weights_digest`): a part of the model that has never
+    trained in this run (the backbone of a linear probe), left out of the file. The model rebuilt
+    to resume holds it again, and must match the digest (:func:`load_state`). A probe's state is
+    then the head's few kilobytes instead of the whole network each epoch."""
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()
                if frozen is None or not k.startswith(frozen[0] + ".")}
     for name, module in (extra or {}).items():
@@ -123,24 +119,24 @@ def save_state(
     meta = {"info": json.dumps(info), "optimizer": json.dumps(opt_meta),
             "scheduler": json.dumps(sched)}
     if frozen is not None:
-        meta["frozen"] = json.dumps({"prefix": frozen[0], "fingerprint": frozen[1]})
+        meta["frozen"] = json.dumps({"prefix": frozen[0], "digest": frozen[1]})
     atomic_save(tensors, path, meta)
 
 
 def _load_model(model: torch.nn.Module, sd: dict[str, torch.Tensor], meta: dict[str, str],
                 path: str | Path) -> None:
     """``sd`` into ``model``; a state saved without its frozen part (``save_state(frozen=)``)
-    needs the model to hold that part as it was, checked by its fingerprint."""
+    needs the model to hold that part as it was, checked by its digest."""
     if "frozen" not in meta:
         model.load_state_dict(sd, strict=True)
         return
     frozen = json.loads(meta["frozen"])
-    part = frozen_part(model, frozen["prefix"])
-    if fingerprint(part) != frozen["fingerprint"]:
+    part = getattr(model, frozen["prefix"])
+    if weights_digest(part) != frozen["digest"]:
         raise GraftError(f"{path}: the model rebuilt to resume has other {frozen['prefix']} "
                          "weights than the run had (were model.weights or the pretrained files "
                          "changed?); start the run again")
-    rest = set(model.state_dict()) - set(part)
+    rest = {k for k in model.state_dict() if not k.startswith(frozen["prefix"] + ".")}
     if set(sd) != rest:
         raise GraftError(f"{path}: the checkpoint does not fit this model (missing "
                          f"{sorted(rest - set(sd))[:3]}, unexpected {sorted(set(sd) - rest)[:3]})")

@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..models.base import cache_root
 from .checkpoint import atomic_save
+from .checkpoint import weights_digest as weights_digest  # the cache keys are made of it
 
 _MEMORY: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 _DISK_OFF: str | None = None  # why the disk cache was turned off (full or unwritable), if it was
@@ -25,14 +26,6 @@ _DISK_OFF: str | None = None  # why the disk cache was turned off (full or unwri
 
 def cache_dir() -> Path:
     return cache_root() / "features"
-
-
-def weights_digest(module: torch.nn.Module) -> str:
-    h = hashlib.sha256()
-    for k, v in module.state_dict().items():
-        h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 def cache_key(backbone_digest: str, data_fingerprint: str, inputs: str, split: str) -> str:

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import torch
 
 from ..evaluate.metrics import is_better
-from .checkpoint import fingerprint, frozen_part, save_state, save_weights
+from .checkpoint import save_state, save_weights, weights_digest
 
 
 @dataclass
@@ -141,11 +141,11 @@ class StateCheckpoint(BaseHook):
 
     ``head_only``: each stage's flag. While every stage so far has trained the head alone, the
     backbone is still the one the run was built with, so the state leaves it out (with its
-    fingerprint, checked on resume): 30 epochs of a probe write kilobytes, not 30 networks."""
+    digest, checked on resume): 30 epochs of a probe write kilobytes, not 30 networks."""
 
     def __init__(self, path: Path, head_only: list[bool] | None = None) -> None:
         self.path, self.head_only = path, head_only or []
-        self._frozen: tuple[str, str] | None = None  # (prefix, fingerprint), once per run
+        self._frozen: tuple[str, str] | None = None  # ("backbone", its digest), once per run
 
     def on_epoch_end(self, state: LoopState, record: dict[str, Any]) -> None:
         assert state.optimizer is not None and state.scheduler is not None
@@ -154,7 +154,7 @@ class StateCheckpoint(BaseHook):
         if (len(self.head_only) > state.stage_index and all(self.head_only[:state.stage_index + 1])
                 and hasattr(state.model, "backbone")):
             if self._frozen is None:
-                self._frozen = ("backbone", fingerprint(frozen_part(state.model, "backbone")))
+                self._frozen = ("backbone", weights_digest(state.model.backbone))
             frozen = self._frozen
         save_state(self.path, state.model, state.optimizer, state.scheduler, state.info(),
                    extra={"ema": ema.module} if ema is not None else None, frozen=frozen)
