@@ -18,7 +18,7 @@ from ..data.transforms import eval_transform
 from ..errors import DataError, GraftError
 from ..evaluate.calibration import Calibration
 from .faithfulness import faithfulness
-from .methods import METHODS, cam_batch
+from .methods import METHODS
 from .overlay import model_view, overlay
 
 
@@ -100,42 +100,28 @@ def explain_images(run: Any, files: list[str], method: str, target: str | None,
     return records
 
 
-GALLERY_BATCH = 4  # images per Grad-CAM pass: larger batches ran slower on CPU (8-12: 2x)
-
-
 def gradcam_overlays(model: Any, classes: list[str], cal: Calibration, items: list[str],
                      out_dir: str | Path) -> dict[str, Path]:
     """Grad-CAM overlays of the predicted class for the report's example images.
 
     Writes ``<out_dir>/<nnn>-<stem>.gradcam.png`` and returns ``{item: png path}``; items that
     cannot be read are left out (the report shows them without an overlay), as are all items
-    of a model Grad-CAM cannot explain. The images go through the model in batches (one
-    forward for the decisions, one forward and backward for the maps).
+    of a model Grad-CAM cannot explain.
     """
     out = Path(out_dir)
     written: dict[str, Path] = {}
-    readable: list[tuple[int, str, Image.Image]] = []
     for i, item in enumerate(items):
         try:
-            readable.append((i, item, load_image(item)))
+            image = load_image(item)
         except BadImage:
             continue
-    transform = eval_transform(model.data_config)
-    for start in range(0, len(readable), GALLERY_BATCH):
-        chunk = readable[start:start + GALLERY_BATCH]
-        x = torch.stack([transform(image) for _, _, image in chunk])
-        with torch.inference_mode():
-            probs = cal.probs(model(x.contiguous(memory_format=torch.channels_last)).float())
-        predicted = (probs.argmax(1).tolist() if cal.multilabel
-                     else [int(d) for d in cal.decide(probs.numpy())])
         try:
-            maps = cam_batch(model, x, predicted)
+            e = explain_image(model, cal, image, "gradcam", None)
         except GraftError:  # no feature map to read (see methods.cam_layer): nothing to show
             return written
         out.mkdir(parents=True, exist_ok=True)
-        for (i, item, image), p, c, heatmap in zip(chunk, probs, predicted, maps):
-            png = out / f"{i:03d}-{rd.safe_name(Path(item).stem)}.gradcam.png"
-            overlay(model_view(image, model.data_config), heatmap, classes[c], float(p[c]),
-                    method="gradcam").save(png)
-            written[item] = png
+        png = out / f"{i:03d}-{rd.safe_name(Path(item).stem)}.gradcam.png"
+        overlay(model_view(image, model.data_config), e.heatmap, classes[e.predicted],
+                float(e.probs[e.predicted]), method="gradcam").save(png)
+        written[item] = png
     return written

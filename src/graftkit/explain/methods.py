@@ -113,36 +113,33 @@ def cam_layer(model: nn.Module, x: torch.Tensor
     return layer, feature_map
 
 
-def cam_batch(model: nn.Module, x: torch.Tensor, targets: list[int], method: str = "gradcam"
-              ) -> list[np.ndarray]:
-    """Grad-CAM (or ``gradcam++``) maps of a batch ``(B, 3, H, W)``, one target class per image,
-    in one forward and one backward pass. In eval mode the images do not interact, so each map
-    is the one :func:`explain` gives for that image alone (same numbers to float rounding)."""
-    from pytorch_grad_cam import GradCAM, GradCAMPlusPlus
+def _cam(kind: type, model: nn.Module, x: torch.Tensor, target: int) -> np.ndarray:
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    kind = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus}[method]
     layer, reshape = cam_layer(model, x)
     with _explaining(model):
         cam = kind(model, [layer], reshape_transform=reshape)
         try:  # not `with cam`: its __exit__ swallows IndexError (a bad target index)
-            maps = cam(input_tensor=_input(x),
-                       targets=[ClassifierOutputTarget(t) for t in targets])
+            maps = cam(input_tensor=_input(x), targets=[ClassifierOutputTarget(target)])
         finally:
             cam.activations_and_grads.release()
-    return [_unit(m) for m in maps]
+    return _unit(maps[0])
 
 
 @METHODS.register("gradcam", "Grad-CAM on the last feature map (Selvaraju et al. 2017)")
 def gradcam(model: nn.Module, x: torch.Tensor, target: int) -> np.ndarray:
     """Grad-CAM: feature maps weighted by their mean gradient, ReLU (pytorch-grad-cam)."""
-    return cam_batch(model, x, [target], "gradcam")[0]
+    from pytorch_grad_cam import GradCAM
+
+    return _cam(GradCAM, model, x, target)
 
 
 @METHODS.register("gradcam++", "Grad-CAM++: pixel-weighted gradients (Chattopadhay et al. 2018)")
 def gradcam_pp(model: nn.Module, x: torch.Tensor, target: int) -> np.ndarray:
     """Grad-CAM++: like Grad-CAM with higher-order pixel weights (pytorch-grad-cam)."""
-    return cam_batch(model, x, [target], "gradcam++")[0]
+    from pytorch_grad_cam import GradCAMPlusPlus
+
+    return _cam(GradCAMPlusPlus, model, x, target)
 
 
 @METHODS.register("integrated-gradients",
