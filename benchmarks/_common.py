@@ -11,6 +11,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = Path(os.environ.get("GRAFT_DATA_DIR", ROOT.parent / "shared" / "data"))
+RESULTS = ROOT / "benchmarks" / "results"
 IMAGE_SETS = {"hymenoptera": DATA_DIR / "hymenoptera_256",
               "caltech": DATA_DIR / "caltech101_10_160"}
 
@@ -54,7 +55,7 @@ def machine() -> dict[str, Any]:
 
 
 def write_result(name: str, result: dict[str, Any]) -> Path:
-    out = ROOT / "benchmarks" / "results" / f"{name}.json"
+    out = RESULTS / f"{name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"benchmark": name, **result, "machine": machine()}, indent=2) + "\n")
     return out

@@ -10,9 +10,11 @@ CPU: hours for mpnet on these sets; not part of the default).
 
     python benchmarks/text_models.py [--threads 2] [--sets sms_spam,trec]
         [--models all-MiniLM-L6-v2,paraphrase-MiniLM-L3-v2,all-mpnet-base-v2]
-        [--strategies linear_probe]
+        [--strategies linear_probe] [--name text_models] [--append]
 
-Writes benchmarks/results/text_models.json (machine, versions, load average before each run).
+Writes benchmarks/results/NAME.json (default text_models.json; machine, versions, load average
+before each run). ``--append`` keeps the rows already in that file (a row of the same set,
+model and strategy is replaced), so slow rows can be measured one invocation at a time.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from _common import DATA_DIR, write_result
+from _common import DATA_DIR, RESULTS, write_result
 from _common import graft_cli as graft
 
 MODELS = "all-MiniLM-L6-v2,paraphrase-MiniLM-L3-v2,all-mpnet-base-v2"
@@ -35,6 +37,10 @@ def main() -> None:
     ap.add_argument("--sets", default="sms_spam,trec")
     ap.add_argument("--models", default=MODELS)
     ap.add_argument("--strategies", default="linear_probe")
+    ap.add_argument("--name", default="text_models",
+                    help="result file name (keeps another run's JSON, e.g. text_models_full)")
+    ap.add_argument("--append", action="store_true",
+                    help="keep the rows already in the result file")
     args = ap.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -66,7 +72,13 @@ def main() -> None:
                           f"acc {t.get('accuracy', float('nan')):.4f} F1 "
                           f"{t.get('macro_f1', float('nan')):.4f}  {wall:.0f} s (load {load})",
                           flush=True)
-    path = write_result("text_models", {"threads": args.threads, "rows": rows})
+    if args.append:
+        old = RESULTS / f"{args.name}.json"
+        done = {(r["set"], r["model"], r["strategy"]) for r in rows}
+        kept = [r for r in json.loads(old.read_text())["rows"]
+                if (r["set"], r["model"], r["strategy"]) not in done] if old.is_file() else []
+        rows = kept + rows
+    path = write_result(args.name, {"threads": args.threads, "rows": rows})
     print(f"wrote {path}")
 
 

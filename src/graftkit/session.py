@@ -16,6 +16,7 @@ import torch
 from . import modalities
 from . import run as rd
 from .config import Config, to_yaml
+from .data import decoded
 from .data.sources import DataSpec
 from .data.spec import UnlabeledPool, take_shots
 from .data.tta import Averaged
@@ -84,10 +85,13 @@ class Session:
         hooks += self.extra_hooks  # last: they see the epoch after it is recorded and saved
         if not self.settings.world.main:  # rank 0 writes and decides; the others follow it
             hooks = []
-        with self.reporter.phase("training"):  # less its feature extraction (own phase)
-            state = fit(self.model, self.stages, self.loss_fn, self.settings, self.data, hooks,
-                        self.reporter, self.out / rd.STATE if self.resume_info else None,
-                        self.resume_info)
+        try:
+            with self.reporter.phase("training"):  # less its feature extraction (own phase)
+                state = fit(self.model, self.stages, self.loss_fn, self.settings, self.data,
+                            hooks, self.reporter, self.out / rd.STATE if self.resume_info
+                            else None, self.resume_info)
+        finally:
+            decoded.clear()  # what discovery decoded and the first pass did not take
         self.best_value, self.best_epoch, self.stop_reason = (
             state.best, state.best_epoch, state.stop_reason)
 

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import BadInput, GraftError
+from . import decoded
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif")
 MAX_SECONDS = 600.0  # a longer file is refused (reading it would hold 10 min+ of samples)
@@ -126,14 +127,24 @@ def resample(wave: np.ndarray, rate: int, target: int) -> np.ndarray:
     return soxr.resample(np.asarray(wave, dtype=np.float32), rate, target).astype(np.float32)
 
 
-def load_audio(path: str | Path, sample_rate: int = 16000) -> np.ndarray:
-    """The mono waveform of a sound file at ``sample_rate``; :class:`BadAudio` if unusable."""
+def load_audio(path: str | Path, sample_rate: int = 16000, keep: bool = False) -> np.ndarray:
+    """The mono waveform of a sound file at ``sample_rate``; :class:`BadAudio` if unusable.
+    ``keep``: the data check's decode, kept for the first reader (see :mod:`.decoded`)."""
     p = Path(path)
     if not p.is_file():
         raise BadAudio(f"{p}: no such file", "not_found")
-    if p.stat().st_size == 0:
+    st = p.stat()
+    if st.st_size == 0:
         raise BadAudio(f"{p}: zero-byte file", "empty_audio")
-    return _decode(str(p), str(p), sample_rate)
+    k = decoded.key(p, st, sample_rate)
+    if not keep:
+        wave = decoded.take(k)
+        if wave is not None:
+            return wave
+    wave = _decode(str(p), str(p), sample_rate)
+    if keep:
+        decoded.keep(k, wave, wave.nbytes)
+    return wave
 
 
 def decode_audio(data: bytes, sample_rate: int = 16000) -> np.ndarray:

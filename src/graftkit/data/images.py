@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import BadInput
+from . import decoded
 
 IMAGE_EXTENSIONS = {
     ".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm",
@@ -87,16 +88,32 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")  # L, 1, P, CMYK, YCbCr, LAB, HSV
 
 
-def load_image(path: str | Path) -> Image.Image:
-    """Open, fully decode, EXIF-rotate and convert to RGB. Raises :class:`BadImage`."""
+def load_image(path: str | Path, keep: bool = False) -> Image.Image:
+    """Open, fully decode, EXIF-rotate and convert to RGB. Raises :class:`BadImage`.
+
+    ``keep``: the data check's decode, kept for the first reader of the file (see
+    :mod:`.decoded`); a reader takes the kept image, if there is one, instead of decoding."""
     p = Path(path)
     try:
-        if p.stat().st_size == 0:
+        st = p.stat()
+        if st.st_size == 0:
             raise BadImage("empty file (0 bytes)")
     except OSError as e:
         raise BadImage(f"cannot read: {e.strerror or e}") from None
     except ValueError as e:  # e.g. a NUL byte in the path
         raise BadImage(f"cannot read: {e}") from None
+    k = decoded.key(p, st)
+    if not keep:
+        img = decoded.take(k)
+        if img is not None:
+            return img
+    img = _decode(p)
+    if keep:
+        decoded.keep(k, img, img.width * img.height * len(img.getbands()))
+    return img
+
+
+def _decode(p: Path) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

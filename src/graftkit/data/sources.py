@@ -9,7 +9,8 @@ Three layouts are understood:
   ``split`` column; for ``task: regression`` the label is a number, for ``task: multilabel``
   (or a ``labels`` column) ``;``-separated names.
 
-Every file is decoded once up front (in as many threads as the thread setting). Unreadable,
+Every file is decoded once up front (in as many threads as the thread setting), and what was
+decoded is kept for the first pass over the data (:mod:`.decoded`). Unreadable,
 truncated, zero-byte and non-image files are skipped and listed in the data report with the
 reason; they never crash training.
 """
@@ -49,7 +50,7 @@ MULTILABEL_FOLDERS = ("a folder of class folders gives each file one label; mult
 
 def _check_image(p: Path) -> str | None:
     try:
-        load_image(p)
+        load_image(p, keep=True)  # kept for the first pass over the data: decoded once
         return None
     except BadImage as e:
         return e.reason

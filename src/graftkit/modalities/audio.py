@@ -25,7 +25,7 @@ IMAGE_ONLY_AUGMENT = ("randaugment", "augmix", "augmix_jsd")
 
 def _check_audio(p: Path) -> str | None:
     try:
-        load_audio(p)
+        load_audio(p, keep=True)  # kept for the first pass over the data: decoded once
         return None
     except BadAudio as e:
         return e.reason

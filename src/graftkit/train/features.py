@@ -9,13 +9,16 @@ them as safetensors under ``$GRAFT_CACHE_DIR`` (default ``~/.cache/graftkit``)/f
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 
+from .. import threads
 from ..models.base import cache_root
 from .checkpoint import atomic_save
 from .checkpoint import weights_digest as weights_digest  # the cache keys are made of it
@@ -52,8 +55,12 @@ def extract(
     and the rows are put back in the dataset's order."""
     order = getattr(dataset, "extraction_order", None) if sort else None
     idx = order() if callable(order) else None
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        collate_fn=collate, sampler=idx)
+    loader: Iterable[Any]
+    if num_workers == 0 and threads.current() > 1:
+        loader = _in_threads(dataset, idx, batch_size, collate or default_collate)
+    else:
+        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False,
+                            num_workers=num_workers, collate_fn=collate, sampler=idx)
     feats, targets = [], []
     for x, y in loader:
         if isinstance(x, torch.Tensor):  # NHWC only means something for a (B, C, H, W) batch
@@ -72,6 +79,17 @@ def extract(
     back = torch.empty(len(idx), dtype=torch.long)
     back[torch.tensor(idx)] = torch.arange(len(idx))  # row i of the dataset was read at back[i]
     return x[back], y[back]
+
+
+def _in_threads(dataset: Dataset, idx: list[int] | None, batch_size: int,
+                collate: Callable) -> Iterator[Any]:
+    """The batches a worker-less DataLoader makes, each batch's items read in as many threads
+    as the thread setting (decoding and resizing release the GIL). One batch at a time: these
+    threads and the model's never run together."""
+    order = idx if idx is not None else range(len(dataset))  # type: ignore[arg-type]
+    with ThreadPoolExecutor(max_workers=threads.current()) as pool:
+        for start in range(0, len(order), batch_size):
+            yield collate(list(pool.map(dataset.__getitem__, order[start:start + batch_size])))
 
 
 def has(key: str, mode: str) -> bool:
