@@ -2,7 +2,8 @@
 interleaved, ``--runs`` each: ``import graftkit`` (the package, no torch), ``import graftkit.api``
 (what every training or predicting command loads), ``graft --help``, ``graft list`` and ``import
 onnx`` (what a first export of a feature engine loads); and the slowest imports of
-``graftkit.api`` (``python -X importtime``).
+``graftkit.api`` (``python -X importtime``). Then what an image model adds: ``import torch``
+alone, with ``torch._dynamo``, with ``torchvision`` and with ``timm``.
 
 ``--ml-dtypes 0.6.0,0.7.0`` also times ``import ml_dtypes`` (onnx's dependency) for each of those
 releases side by side, each wheel fetched with pip into a temporary folder: the reason
@@ -28,6 +29,12 @@ COMMANDS = {
     "graft --help": [sys.executable, "-m", "graftkit.cli.main", "--help"],
     "graft list": [sys.executable, "-m", "graftkit.cli.main", "list"],
     "import onnx": [sys.executable, "-c", "import onnx"],
+    # what an image model costs on top of graftkit.api: timm imports torchvision, whose
+    # ops.roi_align imports torch._dynamo (torchvision 0.29)
+    "import torch": [sys.executable, "-c", "import torch"],
+    "import torch, torch._dynamo": [sys.executable, "-c", "import torch, torch._dynamo"],
+    "import torch, torchvision": [sys.executable, "-c", "import torch, torchvision"],
+    "import torch, timm": [sys.executable, "-c", "import torch, timm"],
 }
 
 

@@ -1,5 +1,5 @@
 """Decode once: the data check's decoded files are kept for the first reader, within a bound,
-and only while the file is unchanged."""
+and only while the file is unchanged; the extraction reads a batch in the thread setting."""
 
 from __future__ import annotations
 
@@ -89,3 +89,39 @@ def test_sound_files_are_kept_per_sample_rate(tmp_path: Path) -> None:
     assert load_audio(p, 8000).shape == (8000,)  # another rate: decoded, the kept one stays
     assert load_audio(p, 16000) is kept
     assert decoded.kept() == (0, 0)
+
+
+def test_extraction_reads_a_batch_in_the_thread_setting_and_keeps_the_order() -> None:
+    """Without DataLoader workers, a batch's items are read in the thread setting's threads
+    (with one thread, in this one); the rows are the same and in the dataset's order."""
+    import threading
+
+    import torch
+    from torch.utils.data import Dataset
+
+    from graftkit.train.features import extract
+
+    readers: list[str] = []
+
+    class Items(Dataset):
+        def __len__(self) -> int:
+            return 11
+
+        def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+            readers.append(threading.current_thread().name)
+            return torch.full((3,), float(i)), i
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        x2, y2 = extract(lambda b: b * 2, Items(), 4, torch.device("cpu"))
+        in_pool = set(readers)
+        readers.clear()
+        torch.set_num_threads(1)
+        x1, y1 = extract(lambda b: b * 2, Items(), 4, torch.device("cpu"))
+    finally:
+        torch.set_num_threads(before)
+    assert set(readers) == {threading.main_thread().name}
+    assert threading.main_thread().name not in in_pool and len(in_pool) <= 2
+    assert torch.equal(x1, x2) and torch.equal(y1, y2)
+    assert y2.tolist() == list(range(11)) and x2[:, 0].tolist() == [2.0 * i for i in range(11)]
