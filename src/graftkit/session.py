@@ -67,6 +67,7 @@ class Session:
     resume_info: dict[str, Any] | None = None
     extra_hooks: list[Any] = field(default_factory=list)  # e.g. the search's pruning hook
     tracking: Any = None  # a train.tracking.Tracking when tracking.backends names any
+    decoded: dict[str, int] = field(default_factory=dict)  # data.decoded's counts of this fit
 
     def fit(self) -> None:
         metric = self.settings.monitor
@@ -90,8 +91,8 @@ class Session:
                 state = fit(self.model, self.stages, self.loss_fn, self.settings, self.data,
                             hooks, self.reporter, self.out / rd.STATE if self.resume_info
                             else None, self.resume_info)
-        finally:
-            decoded.clear()  # what discovery decoded and the first pass did not take
+        finally:  # what discovery decoded and the first pass did not take goes
+            self.decoded = decoded.clear()
         self.best_value, self.best_epoch, self.stop_reason = (
             state.best, state.best_epoch, state.stop_reason)
 
@@ -182,6 +183,8 @@ class Session:
                            for k in [*old, *(k for k in new if k not in old)]}
         if engines.used():  # what ran the frozen backbone's feature extraction
             meta["feature_engine"] = engines.used()
+        if self.decoded.get("kept") or self.decoded.get("past_bound"):
+            meta["decoded_once"] = self.decoded  # files decoded once / twice (past the bound)
 
         rd.write_json(self.out / rd.META, meta)
 

@@ -115,7 +115,11 @@ def test_verbose_says_where_the_time_went(small_csv: Path, tmp_path: Path) -> No
     proc = graft("train", "--data", small_csv, "--out", tmp_path / "run", "--epochs", "2", "-v",
                  *TINY)
     wall = time.perf_counter() - t0
-    timings = json.loads((tmp_path / "run" / "meta.json").read_text())["timings"]
+    meta = json.loads((tmp_path / "run" / "meta.json").read_text())
+    timings = meta["timings"]
+    # every image was decoded once: by the data check, then taken by the feature extraction
+    assert meta["decoded_once"]["kept"] == meta["decoded_once"]["taken"] > 0
+    assert meta["decoded_once"]["past_bound"] == 0
     for phase in ("startup", "data", "model load", "features", "training", "final scoring",
                   "calibration", "drift reference", "report", "gallery"):
         assert timings[phase] >= 0.0, phase

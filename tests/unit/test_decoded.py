@@ -54,6 +54,8 @@ def test_discovery_keeps_what_it_decoded_for_the_first_reader(tmp_path: Path) ->
     for i in range(len(ds)):
         ds[i]
     assert decoded.kept() == (0, 0)  # the first pass took every one
+    assert decoded.clear() == {"kept": 8, "taken": 8, "past_bound": 0}
+    assert decoded.clear() == {"kept": 0, "taken": 0, "past_bound": 0}  # counts since the last
 
 
 def test_a_file_changed_after_the_check_is_decoded_again(tmp_path: Path) -> None:
@@ -71,7 +73,7 @@ def test_the_memory_bound(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv(decoded.ENV, str(2 * 16 * 16 * 3 / 2**20))  # room for two images
     discover(_tree(tmp_path / "d"))
     assert decoded.kept() == (2, 2 * 16 * 16 * 3)
-    decoded.clear()
+    assert decoded.clear() == {"kept": 2, "taken": 0, "past_bound": 6}
     monkeypatch.setenv(decoded.ENV, "0")
     discover(_tree(tmp_path / "e"))
     assert decoded.kept() == (0, 0)

@@ -27,6 +27,7 @@ Key = tuple[Any, ...]
 _kept: dict[Key, tuple[Any, int]] = {}
 _used = 0
 _lock = threading.Lock()
+_counts = {"kept": 0, "taken": 0, "past_bound": 0}  # since the last clear()
 
 
 def key(path: str | os.PathLike, st: os.stat_result, *how: Any) -> Key:
@@ -58,10 +59,14 @@ def keep(k: Key, obj: Any, nbytes: int) -> bool:
     """Keep ``obj`` (``nbytes`` of memory) for the first reader of ``k``, if it fits."""
     global _used
     with _lock:
-        if k in _kept or _used + nbytes > limit():
+        if k in _kept:
+            return False
+        if _used + nbytes > limit():
+            _counts["past_bound"] += 1
             return False
         _kept[k] = (obj, nbytes)
         _used += nbytes
+        _counts["kept"] += 1
         return True
 
 
@@ -73,6 +78,7 @@ def take(k: Key) -> Any | None:
         if found is None:
             return None
         _used -= found[1]
+        _counts["taken"] += 1
         return found[0]
 
 
@@ -82,8 +88,14 @@ def kept() -> tuple[int, int]:
         return len(_kept), _used
 
 
-def clear() -> None:
+def clear() -> dict[str, int]:
+    """Drop what no reader took; return what happened since the last clear: files ``kept`` by
+    the check, ``taken`` by a reader (decoded once), and ``past_bound`` (not kept: decoded
+    twice)."""
     global _used
     with _lock:
         _kept.clear()
         _used = 0
+        done = dict(_counts)
+        _counts.update(kept=0, taken=0, past_bound=0)
+        return done
