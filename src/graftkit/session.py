@@ -421,6 +421,7 @@ def build_session(cfg: Config, out: Path, monitor: str, quiet: bool = False,
     engines.reset()
     # the thread setting is this machine's: its processes share it
     use_threads(max(1, thread_count(cfg.train.threads) // world.local_size))
+    decoded.share(world.local_size)  # and the memory for decoded files
     torch.manual_seed(cfg.train.seed)
     device = distributed.start(world, resolve_device(cfg.train.device))
     if world.size > 1:

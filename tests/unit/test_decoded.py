@@ -127,3 +127,13 @@ def test_extraction_reads_a_batch_in_the_thread_setting_and_keeps_the_order() ->
     assert threading.main_thread().name not in in_pool and len(in_pool) <= 2
     assert torch.equal(x1, x2) and torch.equal(y1, y2)
     assert y2.tolist() == list(range(11)) and x2[:, 0].tolist() == [2.0 * i for i in range(11)]
+
+
+def test_local_processes_share_the_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(decoded.ENV, "100")
+    try:
+        decoded.share(4)
+        assert decoded.limit() == 25 * 2**20
+    finally:
+        decoded.share(1)
+    assert decoded.limit() == 100 * 2**20

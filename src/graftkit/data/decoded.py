@@ -8,9 +8,10 @@ the memory goes back as the pass goes on). A file is the same file only while it
 modification time are: one changed in between is decoded again.
 
 The bound is ``$GRAFT_DECODED_MB`` (default: 1 GiB, at most an eighth of the machine's memory; 0
-turns this off). Past it nothing more is kept, so a data set larger than the bound keeps its
-first files and decodes the rest twice, as it did before. :func:`clear` drops what no reader took
-(a run whose features came from the cache reads no file).
+turns this off), shared by the processes of a distributed run on one machine. Past it nothing
+more is kept, so a data set larger than the bound keeps its first files and decodes the rest
+twice, as it did before. :func:`clear` drops what no reader took (a run whose features came from
+the cache reads no file) and returns the counts.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ _kept: dict[Key, tuple[Any, int]] = {}
 _used = 0
 _lock = threading.Lock()
 _counts = {"kept": 0, "taken": 0, "past_bound": 0}  # since the last clear()
+_sharing = 1  # processes of this machine that keep their own (distributed training)
 
 
 def key(path: str | os.PathLike, st: os.stat_result, *how: Any) -> Key:
@@ -36,8 +38,19 @@ def key(path: str | os.PathLike, st: os.stat_result, *how: Any) -> Key:
     return (os.fspath(path), st.st_size, st.st_mtime_ns, *how)
 
 
+def share(processes: int) -> None:
+    """``processes`` local processes each keep their own decoded files: each gets that share of
+    the bound."""
+    global _sharing
+    _sharing = max(1, int(processes))
+
+
 def limit() -> int:
-    """Bytes that may be kept."""
+    """Bytes that may be kept (by this process)."""
+    return _bound() // _sharing
+
+
+def _bound() -> int:
     value = os.environ.get(ENV, "").strip()
     if value:
         try:
