@@ -103,8 +103,8 @@ def kept() -> tuple[int, int]:
 
 def clear() -> dict[str, int]:
     """Drop what no reader took; return what happened since the last clear: files ``kept`` by
-    the check, ``taken`` by a reader (decoded once), and ``past_bound`` (not kept: decoded
-    twice)."""
+    the check, ``taken`` by a reader of this process (decoded once; DataLoader worker processes
+    take from their own copy, uncounted), and ``past_bound`` (not kept: decoded twice)."""
     global _used
     with _lock:
         _kept.clear()
