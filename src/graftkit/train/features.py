@@ -85,7 +85,9 @@ def _in_threads(dataset: Dataset, idx: list[int] | None, batch_size: int,
                 collate: Callable) -> Iterator[Any]:
     """The batches a worker-less DataLoader makes, each batch's items read in as many threads
     as the thread setting (decoding and resizing release the GIL). One batch at a time: these
-    threads and the model's never run together."""
+    threads and the model's never run together. (A transform's own tensor operations, such as
+    the normalisation of one image, may still use torch's intra-op threads inside each reader
+    for a few milliseconds.)"""
     order = idx if idx is not None else range(len(dataset))  # type: ignore[arg-type]
     with ThreadPoolExecutor(max_workers=threads.current()) as pool:
         for start in range(0, len(order), batch_size):
