@@ -33,7 +33,7 @@ from graftkit.explain import (
     model_view,
     overlay,
 )
-from graftkit.explain.methods import cam_layer
+from graftkit.explain.methods import cam_layer, explain_batch
 from graftkit.inference import LoadedRun
 from graftkit.models.vision import TimmAdapter, create_model
 from graftkit.train.checkpoint import save_weights
@@ -355,3 +355,51 @@ def test_cam_methods_refuse_models_without_a_feature_map():
             explain(model, x, 0, "gradcam")
         assert _hooks(model) == 0
         assert explain(model, x, 0, "occlusion").shape == (8, 8)
+
+
+@pytest.mark.parametrize("method", ["gradcam", "gradcam++", "occlusion"])
+def test_explain_batch_gives_each_image_its_own_map(cnn, inputs, method):
+    x = torch.cat([xi for xi, _ in inputs])
+    targets = [y for _, y in inputs]  # both classes: each image is explained for its own
+    assert len(set(targets)) == 2
+    maps = explain_batch(cnn, x, targets, method)
+    assert len(maps) == len(inputs)
+    for xi, t, m in zip(x, targets, maps):
+        alone = explain(cnn, xi[None], t, method)
+        assert m.shape == alone.shape and m.dtype == np.float32
+        np.testing.assert_allclose(m, alone, atol=1e-4)
+    assert all(m.max() > 0 for m in maps) and not np.allclose(maps[0], maps[1])
+    with pytest.raises(ValueError, match="2 images but 1 targets"):
+        explain_batch(cnn, x[:2], targets[:1], method)
+
+
+def test_gradcam_stops_the_backward_pass_at_its_layer_with_the_same_map(cnn, inputs):
+    """The backward pass ends at the explained layer; the map is pytorch-grad-cam's own, whose
+    backward runs through the whole backbone to an input that needs a gradient."""
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    x, y = inputs[0]
+    layer, reshape = cam_layer(cnn, x)
+    for p in cnn.parameters():
+        p.requires_grad_(False)
+    try:
+        cam = GradCAM(cnn, [layer], reshape_transform=reshape)
+        full = cam(input_tensor=x.clone().requires_grad_(True),
+                   targets=[ClassifierOutputTarget(y)])[0]
+        cam.activations_and_grads.release()
+    finally:
+        for p in cnn.parameters():
+            p.requires_grad_(True)
+    graph_at_stem = []
+    hook = cnn.backbone.conv_stem.register_forward_hook(
+        lambda _m, _i, out: graph_at_stem.append(out.requires_grad))
+    try:
+        ours = explain(cnn, x, y, "gradcam")
+    finally:
+        hook.remove()
+    assert graph_at_stem == [False]  # no autograd graph below the explained layer
+    assert full.max() > 0
+    np.testing.assert_allclose(ours, full / full.max(), atol=1e-5)
+    assert all(p.requires_grad for p in cnn.parameters())  # left as it was found
+    assert not layer._forward_hooks  # the leaf hook is removed

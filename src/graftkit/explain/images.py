@@ -18,7 +18,7 @@ from ..data.transforms import eval_transform
 from ..errors import DataError, GraftError
 from ..evaluate.calibration import Calibration
 from .faithfulness import faithfulness
-from .methods import METHODS
+from .methods import CAM_BATCH, METHODS, explain_batch
 from .overlay import model_view, overlay
 
 
@@ -109,19 +109,32 @@ def gradcam_overlays(model: Any, classes: list[str], cal: Calibration, items: li
     of a model Grad-CAM cannot explain.
     """
     out = Path(out_dir)
-    written: dict[str, Path] = {}
+    loaded: list[tuple[int, str, Image.Image]] = []
     for i, item in enumerate(items):
         try:
-            image = load_image(item)
+            loaded.append((i, item, load_image(item)))
         except BadImage:
             continue
-        try:
-            e = explain_image(model, cal, image, "gradcam", None)
-        except GraftError:  # no feature map to read (see methods.cam_layer): nothing to show
-            return written
-        out.mkdir(parents=True, exist_ok=True)
+    if not loaded:
+        return {}
+    tf = eval_transform(model.data_config)
+    x = torch.stack([tf(image) for _, _, image in loaded])
+    with torch.inference_mode():
+        logits = torch.cat([model(x[i:i + CAM_BATCH].contiguous(
+            memory_format=torch.channels_last)).float() for i in range(0, len(x), CAM_BATCH)])
+    probs = cal.probs(logits)
+    # multi-label: the most probable label stands for the decision, as in explain_image
+    predicted = [int(p) for p in (probs.argmax(1) if cal.multilabel else cal.decide(
+        probs.numpy()))]
+    try:  # the whole gallery in one Grad-CAM pass (or a few), not one per image
+        maps = explain_batch(model, x, predicted, "gradcam")
+    except GraftError:  # no feature map to read (see methods.cam_layer): nothing to show
+        return {}
+    out.mkdir(parents=True, exist_ok=True)
+    written: dict[str, Path] = {}
+    for (i, item, image), heatmap, c, p in zip(loaded, maps, predicted, probs):
         png = out / f"{i:03d}-{rd.safe_name(Path(item).stem)}.gradcam.png"
-        overlay(model_view(image, model.data_config), e.heatmap, classes[e.predicted],
-                float(e.probs[e.predicted]), method="gradcam").save(png)
+        overlay(model_view(image, model.data_config), heatmap, classes[c], float(p[c]),
+                method="gradcam").save(png)
         written[item] = png
     return written

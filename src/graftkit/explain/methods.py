@@ -113,17 +113,50 @@ def cam_layer(model: nn.Module, x: torch.Tensor
     return layer, feature_map
 
 
-def _cam(kind: type, model: nn.Module, x: torch.Tensor, target: int) -> np.ndarray:
+def _cam(kind: type, model: nn.Module, x: torch.Tensor, targets: list[int]) -> list[np.ndarray]:
+    """One map per image of ``x`` (B, C, H, W), each for its own target class, in one forward
+    and one backward pass: in eval mode an image's gradients do not depend on its batch mates."""
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     layer, reshape = cam_layer(model, x)
+    # The layer's output becomes the graph's leaf: the backward pass stops there instead of
+    # running back through the whole backbone to the input (Grad-CAM reads only the layer's
+    # gradients). Registered before pytorch-grad-cam's hooks, so theirs see the leaf.
+    leaf = layer.register_forward_hook(
+        lambda _m, _i, out: out.detach().requires_grad_(True) if isinstance(
+            out, torch.Tensor) else None)
     with _explaining(model):
         cam = kind(model, [layer], reshape_transform=reshape)
         try:  # not `with cam`: its __exit__ swallows IndexError (a bad target index)
-            maps = cam(input_tensor=_input(x), targets=[ClassifierOutputTarget(target)])
+            maps = cam(input_tensor=x.detach().contiguous(memory_format=torch.channels_last),
+                       targets=[ClassifierOutputTarget(t) for t in targets])
         finally:
             cam.activations_and_grads.release()
-    return _unit(maps[0])
+            leaf.remove()
+    return [_unit(m) for m in maps]
+
+
+CAM_BATCH = 16  # images per Grad-CAM pass of explain_batch (activations and gradients held)
+
+
+def explain_batch(model: nn.Module, x: torch.Tensor, targets: list[int], method: str = "gradcam"
+                  ) -> list[np.ndarray]:
+    """Heatmaps of several images, ``x`` (B, C, H, W), one target class each: what
+    :func:`explain` gives image by image. The Grad-CAM methods run :data:`CAM_BATCH` images per
+    pass; the others one image at a time."""
+    if len(targets) != len(x):
+        raise ValueError(f"{len(x)} images but {len(targets)} targets")
+    kind = _CAM_KINDS.get(method)
+    if kind is None:
+        return [explain(model, x[i:i + 1], t, method) for i, t in enumerate(targets)]
+    import pytorch_grad_cam
+
+    return [m for i in range(0, len(x), CAM_BATCH)
+            for m in _cam(getattr(pytorch_grad_cam, kind), model, x[i:i + CAM_BATCH],
+                          targets[i:i + CAM_BATCH])]
+
+
+_CAM_KINDS = {"gradcam": "GradCAM", "gradcam++": "GradCAMPlusPlus"}
 
 
 @METHODS.register("gradcam", "Grad-CAM on the last feature map (Selvaraju et al. 2017)")
@@ -131,7 +164,7 @@ def gradcam(model: nn.Module, x: torch.Tensor, target: int) -> np.ndarray:
     """Grad-CAM: feature maps weighted by their mean gradient, ReLU (pytorch-grad-cam)."""
     from pytorch_grad_cam import GradCAM
 
-    return _cam(GradCAM, model, x, target)
+    return _cam(GradCAM, model, x, [target])[0]
 
 
 @METHODS.register("gradcam++", "Grad-CAM++: pixel-weighted gradients (Chattopadhay et al. 2018)")
@@ -139,7 +172,7 @@ def gradcam_pp(model: nn.Module, x: torch.Tensor, target: int) -> np.ndarray:
     """Grad-CAM++: like Grad-CAM with higher-order pixel weights (pytorch-grad-cam)."""
     from pytorch_grad_cam import GradCAMPlusPlus
 
-    return _cam(GradCAMPlusPlus, model, x, target)
+    return _cam(GradCAMPlusPlus, model, x, [target])[0]
 
 
 @METHODS.register("integrated-gradients",
