@@ -136,15 +136,8 @@ def load_audio(path: str | Path, sample_rate: int = 16000, keep: bool = False) -
     st = p.stat()
     if st.st_size == 0:
         raise BadAudio(f"{p}: zero-byte file", "empty_audio")
-    k = decoded.key(p, st, sample_rate)
-    if not keep:
-        wave = decoded.take(k)
-        if wave is not None:
-            return wave
-    wave = _decode(str(p), str(p), sample_rate)
-    if keep:
-        decoded.keep(k, wave, wave.nbytes)
-    return wave
+    return decoded.read(decoded.key(p, st, sample_rate), keep,
+                        lambda: _decode(str(p), str(p), sample_rate), lambda w: w.nbytes)
 
 
 def decode_audio(data: bytes, sample_rate: int = 16000) -> np.ndarray:

@@ -18,9 +18,12 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from ..errors import ConfigError
+
+T = TypeVar("T")
 
 ENV = "GRAFT_DECODED_MB"
 Key = tuple[Any, ...]
@@ -93,6 +96,20 @@ def take(k: Key) -> Any | None:
         _used -= found[1]
         _counts["taken"] += 1
         return found[0]
+
+
+def read(k: Key, keep_it: bool, decode: Callable[[], T], nbytes: Callable[[T], int]) -> T:
+    """A reader's decode of the file ``k``: the kept copy if the check left one, else
+    ``decode()``; with ``keep_it`` (the check's own decode) always decoded, and kept for the
+    first reader."""
+    if not keep_it:
+        found = take(k)
+        if found is not None:
+            return found
+    obj = decode()
+    if keep_it:
+        keep(k, obj, nbytes(obj))
+    return obj
 
 
 def kept() -> tuple[int, int]:

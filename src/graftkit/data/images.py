@@ -102,15 +102,8 @@ def load_image(path: str | Path, keep: bool = False) -> Image.Image:
         raise BadImage(f"cannot read: {e.strerror or e}") from None
     except ValueError as e:  # e.g. a NUL byte in the path
         raise BadImage(f"cannot read: {e}") from None
-    k = decoded.key(p, st)
-    if not keep:
-        img = decoded.take(k)
-        if img is not None:
-            return img
-    img = _decode(p)
-    if keep:
-        decoded.keep(k, img, img.width * img.height * len(img.getbands()))
-    return img
+    return decoded.read(decoded.key(p, st), keep, lambda: _decode(p),
+                        lambda img: img.width * img.height * len(img.getbands()))
 
 
 def _decode(p: Path) -> Image.Image:
