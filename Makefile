@@ -24,9 +24,10 @@ $(VENV)/.installed: pyproject.toml Makefile
 demo: $(VENV)/.installed
 	$(VENV)/bin/graft demo
 
-# pytest's exit code 5 ("no tests collected") is a failure here, not a pass.
+# pytest's exit code 5 ("no tests collected") is a failure here, not a pass. One worker per core
+# (pytest-xdist), each on one thread (tests/conftest.py); a test file's tests stay on one worker.
 test: $(VENV)/.installed
-	$(PY) -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests ran"; exit 1; fi; exit $$rc
+	$(PY) -m pytest -q -n auto --dist loadfile; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests ran"; exit 1; fi; exit $$rc
 
 test-fast: $(VENV)/.installed
 	$(PY) -m pytest -q -m "not integration"; rc=$$?; [ $$rc -ne 5 ] || exit 1; exit $$rc

@@ -10,6 +10,13 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = Path(os.environ.get("GRAFT_DATA_DIR", ROOT.parent / "shared" / "data"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a model hub (CI has none)
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+    # `make test` runs one pytest worker per core (pytest-xdist): each worker, and every graft it
+    # starts, uses one thread, so the workers never oversubscribe the cores
+    os.environ.setdefault("GRAFT_THREADS", "1")
+    import torch
+
+    torch.set_num_threads(1)
 
 
 def shared_dataset(name: str) -> Path:
