@@ -13,7 +13,9 @@ time and val accuracy, interleaved (A B C, A B C, ...):
   huggingface/pytorch-image-models (this repository holds none of its code).
 
 Every tool starts from the same pretrained efficientnet_lite0 weights (graft's built-in ones,
-written once to a safetensors file) at 224 px.
+written once to a safetensors file) at 224 px. Before the first timed run each tool's libraries
+are imported once, untimed (:data:`WARM_UP`): a fresh checkout's first import compiles its
+bytecode and reads its files from disk, which no later run pays.
 
     python benchmarks/vs_peers.py --install-peers     # once: benchmarks/.peers (not part of CI)
     python benchmarks/vs_peers.py [--threads 1,2] [--sets hymenoptera,caltech] [--reps 1]
@@ -41,6 +43,12 @@ SCRIPTS = {"fastai": ROOT / "benchmarks" / "peers" / "fastai_fine_tune.py",
            "torch": ROOT / "benchmarks" / "peers" / "torch_loop.py",
            "timm": ROOT / "benchmarks" / "peers" / "timm_train.py"}
 ARCH = "tf_efficientnet_lite0"  # graft's efficientnet_lite0
+# what each tool imports, imported once untimed before the first timed run (see the docstring)
+WARM_UP = {"graft": "import graftkit.api, graftkit.session, graftkit.evaluate.report, "
+                    "graftkit.explain.images, graftkit.train.engines, onnxruntime, onnxscript",
+           "fastai": "import fastai.vision.all, safetensors.torch",
+           "torch": "import torch, torchvision, timm, safetensors.torch",
+           "timm": "import torch, timm, timm.data, safetensors.torch"}
 
 
 def install_peers() -> None:
@@ -139,6 +147,9 @@ def main() -> None:
     if "timm" in tools and not (args.timm_train and args.timm_train.is_file()):
         raise SystemExit("--tools ...,timm needs --timm-train PATH: the train.py of a checkout "
                          "of huggingface/pytorch-image-models (not part of timm's wheel)")
+    for tool in tools:
+        py = str(PEER_PY) if tool in ("fastai", "timm") else sys.executable
+        subprocess.run([py, "-c", WARM_UP[tool]], check=True)
     rows, summary = [], {}
     with tempfile.TemporaryDirectory() as tmp:
         weights = Path(tmp) / "efficientnet_lite0.safetensors"
@@ -166,7 +177,8 @@ def main() -> None:
                 print(f"{name} {threads} thr: " + ", ".join(
                     f"{t} {v['wall_s']:.1f} s {v['accuracy']:.4f}" for t, v in s.items()),
                     flush=True)
-    result = {"threads": args.threads, "reps": args.reps, "summary": summary, "runs": rows}
+    result = {"threads": args.threads, "reps": args.reps, "warm_up": WARM_UP, "summary": summary,
+              "runs": rows}
     if {"fastai", "timm"} & set(tools):
         result["peers"] = peer_versions()
     if "timm" in tools:
