@@ -33,7 +33,8 @@ def _plt() -> Any:
 def _save(fig: Any, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    # zlib level 3, not PIL's 6: five report figures 0.62 -> 0.46 s, files about 12% larger
+    fig.savefig(path, dpi=100, pil_kwargs={"compress_level": 3})
     _plt().close(fig)
     return path
 
