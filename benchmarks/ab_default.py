@@ -7,8 +7,9 @@ The other commit runs from a temporary git worktree (its ``src`` first on ``PYTH
 this checkout's virtual environment.
 
     python benchmarks/ab_default.py --base REV [--set hymenoptera] [--threads 2] [--pairs 5]
+                                   [--name ab_default]
 
-Writes benchmarks/results/ab_default.json (both commits, every run, machine, load averages).
+Writes benchmarks/results/<name>.json (both commits, every run, machine, load averages).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ def main() -> None:
     ap.add_argument("--set", default="hymenoptera", choices=sorted(IMAGE_SETS))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--pairs", type=int, default=5)
+    ap.add_argument("--name", default="ab_default", help="results file name (a change's own)")
     args = ap.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -82,7 +84,7 @@ def main() -> None:
                                        *((f"{ph}_s", [r["timings"][ph] for r in mine])
                                          for ph in PHASES))}
         print(which, summary[which])
-    path = write_result("ab_default", {
+    path = write_result(args.name, {
         "set": args.set, "threads": args.threads, "pairs": args.pairs,
         "commits": {"base": _rev(args.base), "this": _rev("HEAD") + " + working tree"},
         "summary": summary, "rows": rows})
