@@ -29,6 +29,7 @@ def _number(run: Path, metrics: dict, key: str) -> float:
         value = value[part]  # type: ignore[index]
     return float(value)  # type: ignore[arg-type]
 
+
 def test_report_renders_in_chromium(browser, probe_run: Path) -> None:  # noqa: ANN001
     ev = probe_run / "eval" / "hymenoptera_256-val"
     metrics = json.loads((ev / "metrics.json").read_text())

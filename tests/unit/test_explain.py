@@ -403,3 +403,28 @@ def test_gradcam_stops_the_backward_pass_at_its_layer_with_the_same_map(cnn, inp
     np.testing.assert_allclose(ours, full / full.max(), atol=1e-5)
     assert all(p.requires_grad for p in cnn.parameters())  # left as it was found
     assert not layer._forward_hooks  # the leaf hook is removed
+
+
+class _InPlaceAfterLayer(nn.Module):
+    """A CNN whose explained feature map is followed by an in-place activation."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.backbone = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1))
+        self.act = nn.ReLU(inplace=True)
+        self.head = nn.Linear(4, 2)
+
+    @property
+    def explain_layer(self) -> nn.Module:
+        return self.backbone[1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.act(self.backbone(x)).mean((2, 3)))
+
+
+def test_gradcam_allows_an_in_place_operation_after_its_layer():
+    torch.manual_seed(0)
+    model, x = _InPlaceAfterLayer().eval(), torch.randn(2, 3, 8, 8)
+    maps = explain_batch(model, x, [0, 1], "gradcam")
+    assert [m.shape for m in maps] == [(8, 8), (8, 8)]
+    assert _hooks(model) == 0

@@ -119,11 +119,12 @@ def _cam(kind: type, model: nn.Module, x: torch.Tensor, targets: list[int]) -> l
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     layer, reshape = cam_layer(model, x)
-    # The layer's output becomes the graph's leaf: the backward pass stops there instead of
+    # The layer's output starts the autograd graph: the backward pass stops there instead of
     # running back through the whole backbone to the input (Grad-CAM reads only the layer's
-    # gradients). Registered before pytorch-grad-cam's hooks, so theirs see the leaf.
+    # gradients). Registered before pytorch-grad-cam's hooks, so theirs see the new output; a
+    # clone of the leaf, so that an in-place operation after the layer is still allowed.
     leaf = layer.register_forward_hook(
-        lambda _m, _i, out: out.detach().requires_grad_(True) if isinstance(
+        lambda _m, _i, out: out.detach().requires_grad_(True).clone() if isinstance(
             out, torch.Tensor) else None)
     with _explaining(model):
         cam = kind(model, [layer], reshape_transform=reshape)
