@@ -23,11 +23,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _common import IMAGE_SETS, ROOT, graft_cli, write_result
+from _common import GRAFT_WARM_UP, IMAGE_SETS, ROOT, graft_cli, write_result
 
 PHASES = ("startup", "data", "features", "training", "report", "gallery")
-WARM_UP = ("import graftkit.api, graftkit.session, graftkit.evaluate.report, "
-           "graftkit.explain.images, graftkit.train.engines")
 
 
 def _rev(rev: str) -> str:
@@ -51,7 +49,7 @@ def main() -> None:
         try:
             sources = {"base": tree / "src", "this": ROOT / "src"}
             for src in sources.values():  # untimed: a fresh worktree's first import compiles
-                subprocess.run([sys.executable, "-c", WARM_UP], check=True,
+                subprocess.run([sys.executable, "-c", GRAFT_WARM_UP], check=True,
                                env=dict(os.environ, PYTHONPATH=str(src)))
             for i in range(args.pairs):
                 for which, src in sources.items():

@@ -35,7 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import IMAGE_SETS, ROOT, write_result
+from _common import GRAFT_WARM_UP, IMAGE_SETS, ROOT, write_result
 
 PEERS = ROOT / "benchmarks" / ".peers"
 PEER_PY = PEERS / "bin" / "python"
@@ -44,8 +44,7 @@ SCRIPTS = {"fastai": ROOT / "benchmarks" / "peers" / "fastai_fine_tune.py",
            "timm": ROOT / "benchmarks" / "peers" / "timm_train.py"}
 ARCH = "tf_efficientnet_lite0"  # graft's efficientnet_lite0
 # what each tool imports, imported once untimed before the first timed run (see the docstring)
-WARM_UP = {"graft": "import graftkit.api, graftkit.session, graftkit.evaluate.report, "
-                    "graftkit.explain.images, graftkit.train.engines, onnxruntime, onnxscript",
+WARM_UP = {"graft": GRAFT_WARM_UP,
            "fastai": "import fastai.vision.all, safetensors.torch",
            "torch": "import torch, torchvision, timm, safetensors.torch",
            "timm": "import torch, timm, timm.data, safetensors.torch"}

@@ -38,16 +38,24 @@ def _load(path: Path) -> Image.Image:
         raise DataError(f"{path}: {e.reason}") from None
 
 
+def _decisions(model: Any, cal: Calibration, x: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+    """The calibrated probabilities (B, K) of the images ``x`` (B, C, H, W), :data:`CAM_BATCH`
+    at a time, and each image's decided class; multi-label: the most probable label stands for
+    the decision (each label can be a target)."""
+    with torch.inference_mode():
+        logits = torch.cat([model(x[i:i + CAM_BATCH].contiguous(
+            memory_format=torch.channels_last)).float() for i in range(0, len(x), CAM_BATCH)])
+    probs = cal.probs(logits)
+    decided = probs.argmax(1) if cal.multilabel else cal.decide(probs.numpy())
+    return probs, [int(c) for c in decided]
+
+
 def explain_image(model: Any, cal: Calibration, image: Image.Image, method: str,
                  target: int | None) -> Explained:
     x = eval_transform(model.data_config)(image)[None]
-    with torch.inference_mode():
-        logits = model(x.contiguous(memory_format=torch.channels_last)).float()
-    probs = cal.probs(logits)[0]
-    # multi-label: the most probable label stands for the decision (each label can be a target)
-    predicted = int(probs.argmax()) if cal.multilabel else int(cal.decide(probs[None].numpy())[0])
+    probs, (predicted,) = _decisions(model, cal, x)
     t = predicted if target is None else target
-    return Explained(x, probs, predicted, t, METHODS.get(method)(model, x, t))
+    return Explained(x, probs[0], predicted, t, METHODS.get(method)(model, x, t))
 
 
 def _unique_stems(files: list[Path]) -> list[str]:
@@ -119,13 +127,7 @@ def gradcam_overlays(model: Any, classes: list[str], cal: Calibration, items: li
         return {}
     tf = eval_transform(model.data_config)
     x = torch.stack([tf(image) for _, _, image in loaded])
-    with torch.inference_mode():
-        logits = torch.cat([model(x[i:i + CAM_BATCH].contiguous(
-            memory_format=torch.channels_last)).float() for i in range(0, len(x), CAM_BATCH)])
-    probs = cal.probs(logits)
-    # multi-label: the most probable label stands for the decision, as in explain_image
-    predicted = [int(p) for p in (probs.argmax(1) if cal.multilabel else cal.decide(
-        probs.numpy()))]
+    probs, predicted = _decisions(model, cal, x)
     try:  # the whole gallery in one Grad-CAM pass (or a few), not one per image
         maps = explain_batch(model, x, predicted, "gradcam")
     except GraftError:  # no feature map to read (see methods.cam_layer): nothing to show

@@ -113,10 +113,14 @@ def cam_layer(model: nn.Module, x: torch.Tensor
     return layer, feature_map
 
 
-def _cam(kind: type, model: nn.Module, x: torch.Tensor, targets: list[int]) -> list[np.ndarray]:
+def _cam(method: str, model: nn.Module, x: torch.Tensor, targets: list[int]) -> list[np.ndarray]:
     """One map per image of ``x`` (B, C, H, W), each for its own target class, in one forward
-    and one backward pass: in eval mode an image's gradients do not depend on its batch mates."""
+    and one backward pass: in eval mode an image's gradients do not depend on its batch mates.
+    ``method`` is a key of :data:`_CAM_KINDS`."""
+    import pytorch_grad_cam
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    kind = getattr(pytorch_grad_cam, _CAM_KINDS[method])
 
     layer, reshape = cam_layer(model, x)
     # The layer's output starts the autograd graph: the backward pass stops there instead of
@@ -147,33 +151,26 @@ def explain_batch(model: nn.Module, x: torch.Tensor, targets: list[int], method:
     pass; the others one image at a time."""
     if len(targets) != len(x):
         raise ValueError(f"{len(x)} images but {len(targets)} targets")
-    kind = _CAM_KINDS.get(method)
-    if kind is None:
+    if method not in _CAM_KINDS:
         return [explain(model, x[i:i + 1], t, method) for i, t in enumerate(targets)]
-    import pytorch_grad_cam
-
     return [m for i in range(0, len(x), CAM_BATCH)
-            for m in _cam(getattr(pytorch_grad_cam, kind), model, x[i:i + CAM_BATCH],
-                          targets[i:i + CAM_BATCH])]
+            for m in _cam(method, model, x[i:i + CAM_BATCH], targets[i:i + CAM_BATCH])]
 
 
+# the methods pytorch-grad-cam runs: the name of its class for each
 _CAM_KINDS = {"gradcam": "GradCAM", "gradcam++": "GradCAMPlusPlus"}
 
 
 @METHODS.register("gradcam", "Grad-CAM on the last feature map (Selvaraju et al. 2017)")
 def gradcam(model: nn.Module, x: torch.Tensor, target: int) -> np.ndarray:
     """Grad-CAM: feature maps weighted by their mean gradient, ReLU (pytorch-grad-cam)."""
-    from pytorch_grad_cam import GradCAM
-
-    return _cam(GradCAM, model, x, [target])[0]
+    return _cam("gradcam", model, x, [target])[0]
 
 
 @METHODS.register("gradcam++", "Grad-CAM++: pixel-weighted gradients (Chattopadhay et al. 2018)")
 def gradcam_pp(model: nn.Module, x: torch.Tensor, target: int) -> np.ndarray:
     """Grad-CAM++: like Grad-CAM with higher-order pixel weights (pytorch-grad-cam)."""
-    from pytorch_grad_cam import GradCAMPlusPlus
-
-    return _cam(GradCAMPlusPlus, model, x, [target])[0]
+    return _cam("gradcam++", model, x, [target])[0]
 
 
 @METHODS.register("integrated-gradients",
