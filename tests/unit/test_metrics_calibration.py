@@ -59,6 +59,14 @@ def test_classification_metrics_equal_sklearn() -> None:
     assert m["top2_accuracy"] == skm.top_k_accuracy_score(t, probs, k=2)
     assert m["confusion_matrix"] == skm.confusion_matrix(t, pred).tolist()
     assert m["per_class"]["c"]["support"] == int((t == 2).sum())
+    assert m["weighted_precision"] == pytest.approx(skm.precision_score(t, pred,
+                                                                        average="weighted"))
+    assert m["weighted_recall"] == pytest.approx(skm.recall_score(t, pred, average="weighted"))
+    for i, c in enumerate("abcd"):  # one vectorised call, each class's own binary score
+        assert m["per_class"][c]["roc_auc"] == pytest.approx(skm.roc_auc_score(t == i,
+                                                                               probs[:, i]))
+        assert m["per_class"][c]["average_precision"] == pytest.approx(
+            skm.average_precision_score(t == i, probs[:, i]))
     ece, mce = _ece_reference(probs, t)
     assert m["ece"] == pytest.approx(ece, abs=1e-6) and m["mce"] == pytest.approx(mce, abs=1e-6)
 
@@ -73,6 +81,8 @@ def test_binary_auc_is_the_positive_class_and_absent_classes_are_none() -> None:
     m3 = classification_metrics(three, np.array([0, 1]), ["x", "y", "z"])
     assert m3["per_class"]["z"]["roc_auc"] is None  # no example of z: undefined, not 0
     assert m3["roc_auc"] == 1.0
+    one = classification_metrics(three, np.array([0, 0]), ["x", "y", "z"])  # a single class
+    assert one["roc_auc"] is None and one["average_precision"] is None
 
 
 def test_temperature_scaling_lowers_ece_and_keeps_accuracy() -> None:
