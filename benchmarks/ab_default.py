@@ -25,7 +25,7 @@ from pathlib import Path
 
 from _common import GRAFT_WARM_UP, IMAGE_SETS, ROOT, graft_cli, write_result
 
-PHASES = ("startup", "data", "features", "training", "report", "gallery")
+PHASES = ("startup", "setup", "data", "features", "training", "report", "gallery")
 
 
 def _rev(rev: str) -> str:

@@ -176,6 +176,7 @@ def train(cfg: Config, out: str | Path | None = None, overwrite: bool = False,
     Under torchrun (``WORLD_SIZE`` > 1) every worker calls this; they train together, rank 0
     alone writes the run directory and finishes it (scores, calibration, reports) and returns
     the run; the other ranks return None once training ends."""
+    setup = time.perf_counter()  # the imports below and the checks: the timings' "setup"
     from .session import build_session
     from .train import distributed
     from .train.device import resolve_device
@@ -214,7 +215,7 @@ def train(cfg: Config, out: str | Path | None = None, overwrite: bool = False,
     try:
         session = build_session(cfg, build_dir, monitor_metric(cfg), quiet=quiet,
                                 resuming=resume_dir is not None, world=world,
-                                name=out_dir.name)
+                                name=out_dir.name, setup_s=time.perf_counter() - setup)
     except GraftError as e:
         problem = e
     problem = world.agree(problem)

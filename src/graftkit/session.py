@@ -411,13 +411,16 @@ def _loss(cfg: Config, spec: DataSpec) -> LossFn:
 
 
 def build_session(cfg: Config, out: Path, monitor: str, quiet: bool = False,
-                  resuming: bool = False, world: World | None = None, name: str | None = None
-                  ) -> Session:
+                  resuming: bool = False, world: World | None = None, name: str | None = None,
+                  setup_s: float | None = None) -> Session:
     """``cfg`` validated and resolved (``graftkit.launch``); ``monitor`` the validation metric
     that selects the best epoch. With several processes (``world``) every rank builds the same
-    session; rank 0 alone prints and writes."""
+    session; rank 0 alone prints and writes. ``setup_s``: the seconds the caller spent before
+    this (its imports, the checks of the config), the timings' ``setup``."""
     world = world or World()
     reporter = Reporter(quiet or not world.main)
+    if setup_s is not None:
+        reporter.add_time("setup", setup_s)
     engines.reset()
     # the thread setting is this machine's: its processes share it
     use_threads(max(1, thread_count(cfg.train.threads) // world.local_size))
