@@ -77,6 +77,11 @@ def load_model(path: Path, meta: dict[str, Any]) -> Any:
     weights = path / rd.WEIGHTS
     if not weights.is_file():
         raise GraftError(f"run {str(path)!r} has no {rd.WEIGHTS} (did training finish an epoch?)")
+    classes = meta.get("classes") or []
+    if meta.get("task") != "regression" and len(classes) != meta.get("num_outputs"):
+        raise GraftError(f"{path / rd.META} lists {len(classes)} classes for a model of "
+                         f"{meta.get('num_outputs')} outputs: was it edited, or copied from "
+                         "another run?")
     use_threads()  # graft --threads / $GRAFT_THREADS / the cores this process may use
     model = restore_head(modalities.of(meta).rebuild(path, meta), meta["model"])
     load_weights(model, weights)
@@ -179,6 +184,9 @@ def calibrate(run: LoadedRun, temperature: bool = True, threshold: str = "keep",
     from .evaluate.metrics import probability_scores
 
     meta = run.meta
+    if target is not None and not 0.0 < target < 1.0:  # as calibration.target in a config
+        raise GraftError(f"--target {target:g}: a precision or recall between 0 and 1 "
+                         "(exclusive), e.g. 0.95")
     if meta["task"] == "multilabel":
         return _calibrate_multilabel(run, temperature, threshold)
     if meta["task"] != "classification":

@@ -89,7 +89,12 @@ def _json_default(o: Any) -> Any:
 
 
 def read_json(path: Path) -> Any:
-    return json.loads(path.read_text())
+    """A JSON file of a run (or cache); a damaged one is the user's one-line error."""
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise GraftError(f"{path} is damaged (not valid JSON: {e}); restore it from a copy or "
+                         "train the run again") from None
 
 
 def versions() -> dict[str, str]:
@@ -134,6 +139,37 @@ def check_out_dir(out: Path, overwrite: bool) -> bool:
             )
         return True
     return False
+
+
+def unique_stems(files: list[Path]) -> list[str]:
+    """File stems for one output each, with ``-2``, ``-3``... where two inputs share one."""
+    seen: dict[str, int] = {}
+    stems = []
+    for f in files:
+        seen[f.stem] = seen.get(f.stem, 0) + 1
+        stems.append(f.stem if seen[f.stem] == 1 else f"{f.stem}-{seen[f.stem]}")
+    return stems
+
+
+OUTPUTS = ".graft-outputs"  # the names graft wrote into a folder the user named (--out)
+
+
+def claim_outputs(folder: Path, names: list[str]) -> None:
+    """Before a command writes ``names`` into ``folder`` (``graft explain``, ``graft lr-find``):
+    a GraftError, with nothing written, when one of them is already there and graft did not
+    write it (the folder's :data:`OUTPUTS` list); else the folder is made and lists them. A
+    command run again over its own outputs replaces them."""
+    if folder.exists() and not folder.is_dir():
+        raise GraftError(f"--out {str(folder)!r} is a file, not a folder")
+    listed = folder / OUTPUTS
+    own = set(listed.read_text().split()) if listed.is_file() else set()
+    clash = [n for n in names if (folder / n).exists() and n not in own]
+    if clash:
+        raise GraftError(f"--out {str(folder)!r} already holds {clash[0]!r}"
+                         f"{f' (and {len(clash) - 1} more)' if len(clash) > 1 else ''}, which "
+                         "graft did not write; choose another folder (nothing was written)")
+    folder.mkdir(parents=True, exist_ok=True)
+    listed.write_text("\n".join(sorted(own | set(names))) + "\n")
 
 
 def sibling(out: Path, tag: str) -> Path:

@@ -121,6 +121,17 @@ def ws(tmp_path_factory: pytest.TempPathFactory, probe_run: Path) -> Path:
     (root / "a_file").write_text("I am a file")
     run = root / "run"
     shutil.copytree(probe_run, run)
+    for name in ("dmg_meta", "dmg_weights", "dmg_classes"):  # a run, damaged or hand-edited
+        shutil.copytree(probe_run, root / name)
+    (root / "dmg_meta" / "meta.json").write_text("{bad json")
+    weights = root / "dmg_weights" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    meta = json.loads((root / "dmg_classes" / "meta.json").read_text())
+    (root / "dmg_classes" / "meta.json").write_text(json.dumps({**meta, "classes": ["ants"]}))
+    (root / "mine").mkdir()  # a user's folder that holds files named as graft's outputs
+    for name in ("img.json", "lr_find.json"):
+        (root / "mine" / name).write_text("my own notes")
+    (root / "notes.md").write_text("my own notes")
     return root
 
 
@@ -216,6 +227,21 @@ def _corpus() -> list[tuple[str, list[str], str]]:
         ("resume a finished run", ["train", "--resume", R], "already completed"),
         ("resume with options", ["train", "--resume", R, "--epochs", "3"], "drop the other"),
         ("calibrate a non-run", ["calibrate", "{ws}/empty"], "not a graft run"),
+        ("calibrate target 1.5", ["calibrate", R, "--threshold", "precision", "--target", "1.5"],
+         "--target 1.5"),
+        ("predict damaged meta", ["predict", "{ws}/dmg_meta", "{ws}/img.jpg"], "damaged"),
+        ("predict damaged weights", ["predict", "{ws}/dmg_weights", "{ws}/img.jpg"], "damaged"),
+        ("predict edited classes", ["predict", "{ws}/dmg_classes", "{ws}/img.jpg"],
+         "lists 1 classes for a model of 2 outputs"),
+        ("evaluate damaged weights", ["evaluate", "{ws}/dmg_weights"], "damaged"),
+        ("export damaged meta", ["export", "{ws}/dmg_meta"], "damaged"),
+        ("resume damaged meta", ["train", "--resume", "{ws}/dmg_meta"], "damaged"),
+        ("serve damaged weights", ["serve", "{ws}/dmg_weights"], "damaged"),
+        ("explain over a user's file", ["explain", R, "{ws}/img.jpg", "--out", "{ws}/mine"],
+         "graft did not write"),
+        ("lr-find over a user's file", ["lr-find", "--data", D, *TINY, "--out", "{ws}/mine"],
+         "graft did not write"),
+        ("compare over a file", ["compare", R, "--out", "{ws}/notes.md"], "--overwrite"),
         ("compare nothing", ["compare", "{ws}/empty"], "empty"),
         ("serve a non-run", ["serve", "{ws}/imgs"], "imgs"),
         ("serve max batch 0", ["serve", R, "--max-batch", "0"], "--max-batch"),

@@ -40,3 +40,26 @@ def test_explain_a_real_run(probe_run: Path, tmp_path: Path, capsys: pytest.Capt
     # until most of the image is grey whatever the order, so the two AUCs nearly tie).
     beats = [r["faithfulness"]["beats_random"] for r in records]
     assert sum(beats) >= 7, [r["faithfulness"] for r in records]
+
+
+def test_explain_again_replaces_its_own_outputs_not_the_users(probe_run: Path, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture
+                                                              ) -> None:
+    from graftkit.errors import GraftError
+
+    f = next((shared_dataset("hymenoptera_256") / "val" / "ants").glob("*.jpg"))
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("kept")
+    cli_explain(probe_run, [str(f)], "gradcam", None, out, 2)
+    first = (out / f"{f.stem}.json").read_text()
+    cli_explain(probe_run, [str(f)], "gradcam", None, out, 2)  # its own files: replaced
+    assert (out / f"{f.stem}.json").read_text() == first
+    (out / f"{f.stem}.gradcam.png").unlink()
+    (out / f"{f.stem}.gradcam.png").write_text("a file of the user's, named the same")
+    (out / ".graft-outputs").write_text(f"{f.stem}.json\n")  # graft wrote only the JSON
+    with pytest.raises(GraftError, match="graft did not write"):
+        cli_explain(probe_run, [str(f)], "gradcam", None, out, 2)
+    assert (out / f"{f.stem}.gradcam.png").read_text().startswith("a file of the user's")
+    assert (out / "notes.txt").read_text() == "kept"
+    capsys.readouterr()

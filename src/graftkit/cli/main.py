@@ -299,6 +299,7 @@ def compare(
                                      "every run has one)"),
     out: Path | None = typer.Option(None, "--out", help="also write the table: .md or .html"),
     sort: str | None = typer.Option(None, "--sort", help="column to sort by, e.g. macro_f1"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing --out file"),
 ) -> None:
     """Side-by-side table of runs: model, strategy, parameters, time, metrics."""
     from rich.console import Console
@@ -310,6 +311,9 @@ def compare(
         raise GraftError(f"--split {split!r}: use train, val or test")
     if out is not None and out.suffix.lower() not in (".md", ".html", ".htm"):
         raise GraftError(f"--out {str(out)!r}: the file must end in .md or .html")
+    if out is not None and out.exists() and (out.is_dir() or not overwrite):
+        raise GraftError(f"--out {str(out)!r} is a folder" if out.is_dir() else
+                         f"--out {str(out)!r} exists; pass --overwrite to replace it")
     cols, rows = compare(runs, split)
     if sort is not None:
         col = next((c for c in cols if c.key == sort), None)

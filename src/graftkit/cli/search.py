@@ -181,12 +181,14 @@ def lr_find(
 ) -> None:
     """Learning-rate range test (Smith 2015): a suggested lr and a plot."""
     from ..config import build_config, parse_override
+    from ..run import claim_outputs
+    from ..search.lr_find import OUTPUT_NAMES, write
     from ..search.lr_find import lr_find as run_lr_find
-    from ..search.lr_find import write
 
     flags = {k: v for k, v in {"data.path": data, "model.name": model,
                                "strategy.name": strategy}.items() if v is not None}
     cfg = build_config(config, {**flags, **dict(parse_override(o) for o in overrides or [])})
+    claim_outputs(out, list(OUTPUT_NAMES))  # before any work: a clash costs nothing
     r = run_lr_find(cfg, start=start, end=end, steps=steps, quiet=quiet)
     js, png = write(r, out)
     typer.echo(f"suggested lr for {r.strategy}: {r.suggestion:.2e} (steepest descent; minimum "

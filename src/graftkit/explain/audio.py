@@ -140,14 +140,11 @@ def explain_clips(run: Any, files: list[str], target: str | None, out_dir: Path,
             waves.append(load_audio(f))
         except BadAudio as e:
             raise DataError(e.reason) from None
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    records, seen = [], {}  # type: ignore[var-annotated]
+    out, stems = Path(out_dir), rd.unique_stems([Path(f) for f in files])
+    rd.claim_outputs(out, [n for st in stems for n in (f"{st}.occlusion.png", f"{st}.json")])
+    records = []
     model.eval()
-    for f, wave in zip(files, waves):
-        stem = Path(f).stem
-        seen[stem] = seen.get(stem, 0) + 1
-        stem = stem if seen[stem] == 1 else f"{stem}-{seen[stem]}"
+    for f, wave, stem in zip(files, waves, stems):
         x = model.prepare(wave)
         with torch.inference_mode():
             probs = cal.probs(model({k: v[None] for k, v in x.items()}).float())[0]

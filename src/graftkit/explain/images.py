@@ -58,16 +58,6 @@ def explain_image(model: Any, cal: Calibration, image: Image.Image, method: str,
     return Explained(x, probs[0], predicted, t, METHODS.get(method)(model, x, t))
 
 
-def _unique_stems(files: list[Path]) -> list[str]:
-    """File stems, with ``-2``, ``-3``... appended where two inputs share one."""
-    seen: dict[str, int] = {}
-    stems = []
-    for f in files:
-        seen[f.stem] = seen.get(f.stem, 0) + 1
-        stems.append(f.stem if seen[f.stem] == 1 else f"{f.stem}-{seen[f.stem]}")
-    return stems
-
-
 def explain_images(run: Any, files: list[str], method: str, target: str | None,
                    out_dir: Path, topk: int = 3) -> list[dict[str, Any]]:
     """For each image file, ``<out_dir>/<stem>.<method>.png`` (the heatmap over the model's view)
@@ -83,10 +73,10 @@ def explain_images(run: Any, files: list[str], method: str, target: str | None,
     for f in paths:  # decoded twice, not held: a folder of photos may not fit in memory
         _load(f)
     model, cal = run.model, run.calibration
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out, stems = Path(out_dir), rd.unique_stems(paths)
+    rd.claim_outputs(out, [n for st in stems for n in (f"{st}.{method}.png", f"{st}.json")])
     records = []
-    for f, stem in zip(paths, _unique_stems(paths)):
+    for f, stem in zip(paths, stems):
         image = _load(f)
         e = explain_image(model, cal, image, method,
                           None if target is None else classes.index(target))

@@ -124,13 +124,13 @@ def explain_text_run(run: Any, inputs: list[str | Path], texts: list[str], metho
         raise ConfigError(f"unknown class {target!r}; this run's classes: {', '.join(classes)}")
     items = read_texts(inputs, texts, lambda: run.config.data.text_column)
     model, cal = run.model, Calibration.from_meta(run.meta)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out, stems = Path(out_dir), [_stem(i, text) for i, (_, text) in enumerate(items, 1)]
+    rd.claim_outputs(out, ["index.html", *(f"{st}.{ext}" for st in stems
+                                           for ext in ("html", "json"))])
     records, entries = [], []
-    for i, (source, text) in enumerate(items, 1):
+    for (source, text), stem in zip(items, stems):
         record, words = explain_text(model, cal, classes, text, method,
                                      None if target is None else classes.index(target), topk)
-        stem = _stem(i, text)
         record = {"input": source, **record,
                   "html": str(out / f"{stem}.html"), "json": str(out / f"{stem}.json")}
         html = text_html.snippet(record, text, words)

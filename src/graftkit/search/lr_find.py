@@ -131,12 +131,16 @@ def plot(result: LRFind, path: Path) -> Path:
     return path
 
 
+OUTPUT_NAMES = ("lr_find.json", "lr_find.png")
+
+
 def write(result: LRFind, out: Path) -> tuple[Path, Path]:
     from .. import run as rd
 
+    js, png = (out / n for n in OUTPUT_NAMES)
     out.mkdir(parents=True, exist_ok=True)
-    rd.write_json(out / "lr_find.json", asdict(result))
-    return out / "lr_find.json", plot(result, out / "lr_find.png")
+    rd.write_json(js, asdict(result))
+    return js, plot(result, png)
 
 
 def centre_space(space: Any, s: Any, out: Path, quiet: bool) -> None:

@@ -109,6 +109,10 @@ class State:
         try:
             await self.model_call(b.load)
             await self.model_call(b.warmup)
+        except GraftError as e:  # a damaged or mismatched file: its one line, no traceback
+            log.error("loading the model failed: %s", e)
+            self.status, self.error = "failed", str(e)
+            return
         except Exception as e:  # noqa: BLE001 - reported by /readyz, the server stays up
             log.exception("loading the model failed")
             self.status, self.error = "failed", f"{type(e).__name__}: {e}"

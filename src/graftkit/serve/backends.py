@@ -38,12 +38,14 @@ class RunBackend:
     def __init__(self, path: Path) -> None:
         from .. import run as rd
         from ..inference import LoadedRun
+        from ..train.checkpoint import check_readable
 
         self.run = LoadedRun(path)
         meta = self.run.meta
         if not (self.run.path / rd.WEIGHTS).is_file():
             raise GraftError(f"run {str(path)!r} has no {rd.WEIGHTS} (did training finish an "
                              "epoch?)")
+        check_readable(self.run.path / rd.WEIGHTS)  # damaged: refused before listening
         self.path, self.meta = self.run.path, meta
         self.modality = self.run.modality
         self.task: str = meta["task"]

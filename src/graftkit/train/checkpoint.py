@@ -8,11 +8,13 @@ state or the new one, never a mix.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import re
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -54,8 +56,32 @@ def save_weights(model: torch.nn.Module, path: str | Path) -> None:
     atomic_save(model.state_dict(), path)
 
 
+@contextlib.contextmanager
+def _readable(path: str | Path) -> Iterator[None]:
+    """A damaged (truncated, overwritten) safetensors file of a run: the user's one-line
+    error, not safetensors' traceback."""
+    try:
+        yield
+    except SafetensorError as e:
+        raise GraftError(f"{path} is damaged ({e}); restore it from a copy or train the run "
+                         "again") from None
+
+
+def check_readable(path: str | Path) -> None:
+    """Read a safetensors file's header (and its size against it) without loading tensors."""
+    with _readable(path), safe_open(str(path), framework="pt") as f:
+        f.keys()
+
+
 def load_weights(model: torch.nn.Module, path: str | Path) -> None:
-    model.load_state_dict(load_file(str(path)), strict=True)
+    with _readable(path):
+        sd = load_file(str(path))
+    try:
+        model.load_state_dict(sd, strict=True)
+    except RuntimeError as e:  # names or shapes of another model
+        first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
+        raise GraftError(f"{path} does not fit this run's model ({first}); was it copied from "
+                         "another run?") from None
 
 
 def _split_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -144,14 +170,14 @@ def _load_model(model: torch.nn.Module, sd: dict[str, torch.Tensor], meta: dict[
 
 
 def read_state_info(path: str | Path) -> dict[str, Any]:
-    with safe_open(str(path), framework="pt") as f:
+    with _readable(path), safe_open(str(path), framework="pt") as f:
         return json.loads(f.metadata()["info"])
 
 
 def load_model_state(path: str | Path, model: torch.nn.Module, prefix: str = "model") -> None:
     """Only the model weights of a resumable state file (or those of an ``extra`` module saved
     under ``prefix``)."""
-    with safe_open(str(path), framework="pt") as f:
+    with _readable(path), safe_open(str(path), framework="pt") as f:
         sd = {k[len(prefix) + 1:]: f.get_tensor(k) for k in f.keys()
               if k.startswith(prefix + ".")}
         meta = f.metadata() or {}
@@ -164,9 +190,10 @@ def load_state(
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
 ) -> dict[str, Any]:
-    tensors = load_file(str(path))
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata()
+    with _readable(path):
+        tensors = load_file(str(path))
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata()
     _load_model(model, {k[len("model."):]: v for k, v in tensors.items()
                         if k.startswith("model.")}, meta, path)
     optimizer.load_state_dict(_join_optimizer(tensors, json.loads(meta["optimizer"])))
