@@ -327,6 +327,8 @@ def build_config(
     tree: dict[str, Any] = copy.deepcopy(base or {})  # overrides must not write into ``base``
     if file is not None:
         p = Path(file)
+        if p.is_dir():
+            raise ConfigError(f"config file {str(p)!r} is a folder, not a YAML file")
         if not p.is_file():
             raise ConfigError(f"config file {str(p)!r} not found")
         try:

@@ -196,6 +196,7 @@ def train(cfg: Config, out: str | Path | None = None, overwrite: bool = False,
     if world.main:  # rank 0 alone decides the run directory
         created = not out_dir.exists()
         try:
+            _outside_data(out_dir, cfg.data.path)
             # A run being replaced (--overwrite) stays as it is until the new one has passed
             # every check of its data and model: the new one is set up in a sibling folder,
             # then swapped in.
@@ -258,6 +259,15 @@ def train(cfg: Config, out: str | Path | None = None, overwrite: bool = False,
     except OSError as e:
         raise _failed(session, out_dir, e, time.perf_counter() - t0) from None
     return LoadedRun(out_dir)
+
+
+def _outside_data(out_dir: Path, data: str | None) -> None:
+    """A run directory inside a data folder would be read as data (a class folder) next time,
+    and this time half-made: refused."""
+    if data and Path(data).is_dir() and out_dir.resolve().is_relative_to(
+            Path(data).resolve()):
+        raise GraftError(f"--out {str(out_dir)!r} is inside the data folder {data!r}; choose "
+                         "a folder outside it")
 
 
 def _raise(problem: GraftError | None) -> None:

@@ -119,17 +119,18 @@ def prepare_out_dir(out: Path, overwrite: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
-def check_out_dir(out: Path, overwrite: bool) -> bool:
+def check_out_dir(out: Path, overwrite: bool, resumable: bool = True) -> bool:
     """Whether ``out`` holds a run that ``overwrite`` may replace (False: it is new or empty);
     a GraftError for a file, a non-empty folder without ``overwrite``, or a folder that is not a
-    graft run directory. Nothing is changed."""
+    graft run directory. ``resumable``: the command can continue a run (``--resume``). Nothing
+    is changed."""
     if out.exists() and not out.is_dir():
         raise GraftError(f"--out {str(out)!r} is a file, not a folder")
     if out.is_dir() and any(out.iterdir()):
         if not overwrite:
             raise GraftError(
                 f"--out {str(out)!r} is not empty; pass --overwrite to replace that run, "
-                "--resume to continue it, or choose another folder"
+                f"{'--resume to continue it, ' if resumable else ''}or choose another folder"
             )
         foreign = sorted(p.name for p in out.iterdir() if p.name not in OWN)
         if foreign:
@@ -229,6 +230,8 @@ def truncate_history(path: Path, last_epoch: int) -> None:
 
 def check_run_dir(path: str | Path) -> Path:
     p = Path(path).expanduser()
+    if p.exists() and not p.is_dir():
+        raise GraftError(f"{str(p)!r} is a file, not a run directory")
     if not p.is_dir():
         raise GraftError(f"run directory {str(p)!r} does not exist")
     if not (p / META).is_file():

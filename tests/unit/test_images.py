@@ -100,3 +100,16 @@ def test_a_100_megapixel_photo_is_a_photo_not_a_bomb(tmp_path: Path,
     monkeypatch.setattr(images, "MAX_PIXELS", 50_000_000)  # the setting, made smaller
     with pytest.raises(BadImage, match="limit of 50000000 pixels"):
         load_image(p)
+
+
+@pytest.mark.parametrize("raw", ["abc", "-5", "0", "1.5e9"])
+def test_a_bad_pixel_limit_is_the_users_one_line_error(raw: str,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from graftkit.data import images
+    from graftkit.errors import ConfigError
+
+    monkeypatch.setenv("GRAFT_MAX_IMAGE_PIXELS", raw)
+    with pytest.raises(ConfigError, match="GRAFT_MAX_IMAGE_PIXELS"):
+        images._max_pixels()
+    monkeypatch.setenv("GRAFT_MAX_IMAGE_PIXELS", "1000")
+    assert images._max_pixels() == 1000

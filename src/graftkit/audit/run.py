@@ -85,7 +85,9 @@ def one_backbone(cfg: Config) -> Config:
 def audit_data(cfg: Config, out: Path, quiet: bool = False, label_issues: bool = True
                ) -> F.Audit:
     """The full audit of ``cfg.data``, written into ``out``."""
-    if out.is_file() or (out.is_dir() and any(out.iterdir()) and not (out / AUDIT).is_file()):
+    if out.exists() and not out.is_dir():
+        raise GraftError(f"--out {str(out)!r} is a file, not a folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / AUDIT).is_file():
         raise GraftError(f"--out {str(out)!r} is not empty and holds no earlier audit; choose "
                          "another folder")
     use_threads(cfg.train.threads)

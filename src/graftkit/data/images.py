@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ..errors import BadInput
+from ..errors import BadInput, ConfigError
 from . import decoded
 
 IMAGE_EXTENSIONS = {
@@ -35,13 +35,17 @@ DEFAULT_MAX_PIXELS = 180_000_000
 
 
 def _max_pixels() -> int:
-    raw = os.environ.get("GRAFT_MAX_IMAGE_PIXELS", "")
-    try:
-        return int(raw) if raw.strip() else DEFAULT_MAX_PIXELS
-    except ValueError:
-        warnings.warn(f"GRAFT_MAX_IMAGE_PIXELS={raw!r} is not a number of pixels; using "
-                      f"{DEFAULT_MAX_PIXELS}", stacklevel=1)
+    raw = os.environ.get("GRAFT_MAX_IMAGE_PIXELS", "").strip()
+    if not raw:
         return DEFAULT_MAX_PIXELS
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:  # the user's mistake, one line (as a bad GRAFT_THREADS is)
+        raise ConfigError(f"GRAFT_MAX_IMAGE_PIXELS={raw!r}: give a whole number of pixels, 1 or "
+                          f"more (default {DEFAULT_MAX_PIXELS})")
+    return value
 
 
 MAX_PIXELS = _max_pixels()

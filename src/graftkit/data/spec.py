@@ -208,8 +208,8 @@ def label_map(train: list[str], others: list[str], task: str, where: str
         _check_classes(classes, where)
         unknown = sorted({n for lab in others for n in names_of(lab)} - set(classes))
         if unknown:
-            raise DataError(f"label {unknown[0]!r} in {where!r} appears in val/test but not in "
-                            "the training data; every label needs training examples")
+            raise DataError(f"label {unknown[0]!r} appears in val/test but not in the training "
+                            f"data ({where!r}); every label needs training examples")
         index = {c: i for i, c in enumerate(classes)}
         return classes, lambda label: multi_hot(names_of(label), index)
     if task == "regression":
@@ -222,8 +222,8 @@ def label_map(train: list[str], others: list[str], task: str, where: str
     _check_classes(classes, where)
     unknown = sorted(set(others) - set(classes))
     if unknown:
-        raise DataError(f"label {unknown[0]!r} in {where!r} appears in val/test but not in the "
-                        "training data; every class needs training examples")
+        raise DataError(f"label {unknown[0]!r} appears in val/test but not in the training data "
+                        f"({where!r}); every class needs training examples")
     index = {c: i for i, c in enumerate(classes)}
     return classes, lambda label: float(index[label])
 

@@ -73,6 +73,9 @@ def discover_text(
     if test:
         files["test"] = Path(test).expanduser()
     for split, f in files.items():
+        if f.is_dir():
+            raise DataError(f"{split} data {str(f)!r} is a folder; a text run reads a CSV of "
+                            "labeled texts (columns text,label)")
         if not f.is_file():
             raise DataError(f"{split} data {str(f)!r} does not exist")
     skipped: list[dict] = []

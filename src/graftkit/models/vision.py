@@ -110,6 +110,13 @@ def resolve_arch(name: str) -> str:
         return MODELS.get(name)
     if timm.is_model(name):
         return name
+    from .audio import AUDIO_MODELS
+    from .text import TEXT_MODELS
+
+    for kind, names in (("text", TEXT_MODELS), ("audio", AUDIO_MODELS)):
+        if name in names:
+            raise ConfigError(f"config key 'model.name': {name!r} is a {kind} model, and this "
+                              f"data is images; image built-ins: {', '.join(MODELS.names())}")
     raise ConfigError(
         f"config key 'model.name': unknown model {name!r}; built-ins: {', '.join(MODELS.names())}, "
         "or any timm model name (python -c 'import timm; print(timm.list_models())')"

@@ -111,7 +111,7 @@ def soup(search: Path, out: Path | None = None, overwrite: bool = False,
     best = ranked[0]
     monitor = best.meta.get("monitor") or "accuracy"
     out = out or search / "soup"
-    rd.check_out_dir(out, overwrite)
+    rd.check_out_dir(out, overwrite, resumable=False)
     run = LoadedRun(best.path)
     items, _, _ = run_split(run, "val")  # the data as every trial split it
     model = run.model
