@@ -65,6 +65,13 @@ def test_text_linear_probe_predict_evaluate(sms: tuple[Path, Path], tmp_path: Pa
     assert ev["n"] == 60 and ev["accuracy"] == pytest.approx(m["test"]["accuracy"])
     bad = graft("predict", out, "  ", check=False)
     assert bad.returncode == 2 and "empty text" in bad.stderr
+    lines = tmp_path / "messages.txt"  # a file of texts is read, not classified as a text
+    lines.write_text("WINNER!! Claim your free prize now, call 0800\n\n"
+                     "see you at lunch tomorrow?\n")
+    from_file = json.loads(graft("predict", out, lines, test, "--json").stdout)
+    assert [p["input"] for p in from_file[:2]] == [p["input"] for p in pred]
+    assert [p["label"] for p in from_file[:2]] == ["spam", "ham"]
+    assert len(from_file) == 2 + ev["n"]  # and every text of the CSV's text column
 
 
 def test_text_lora_trains_few_parameters_and_merges(sms: tuple[Path, Path], tmp_path: Path

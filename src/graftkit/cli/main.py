@@ -228,7 +228,8 @@ def audit(
 @app.command()
 def predict(
     run_dir: Path = typer.Argument(..., help="a run directory"),
-    inputs: list[str] = typer.Argument(..., help="image files or folders (a text run: texts)"),
+    inputs: list[str] = typer.Argument(..., help="image or sound files or folders (a text run: "
+                                       "texts, or .txt/.csv files of texts)"),
     topk: int = typer.Option(5, "--topk", "-k", min=1),
     as_json: bool = typer.Option(False, "--json", help="print JSON"),
     tta: int | None = typer.Option(None, "--tta", help="test-time augmentation: average the "
@@ -239,7 +240,8 @@ def predict(
     from ..api import Run
 
     run = Run(run_dir)
-    results = run.predict(run.modality.expand_inputs(inputs), topk=topk, tta=tta)
+    column = run.config.data.text_column or "text"
+    results = run.predict(run.modality.expand_inputs(inputs, column), topk=topk, tta=tta)
     if as_json:
         typer.echo(json.dumps(results, indent=2))
         return

@@ -31,6 +31,26 @@ from .spec import MAX_FIELD, oversized, typed_target, wide_csv_fields
 _NOT_UTF8 = re.compile("[\udc80-\udcff]")  # undecodable bytes, as surrogateescape keeps them
 
 
+def texts_in_file(p: Path, text_column: str = "text") -> list[tuple[str, str]]:
+    """``(source, text)`` for each text of an unlabeled file: a CSV's ``text_column`` (every
+    non-empty row) or a .txt file's non-empty lines; a DataError says what is wrong."""
+    if p.suffix.lower() == ".csv":
+        # read_text_csv wants a label column; naming the text column twice reuses its checks
+        # (columns, UTF-8, empty rows skipped) for an unlabeled file
+        rows, _ = read_text_csv(p, text_column, text_column)
+        return [(f"{p} row {i}", t) for i, (t, _) in enumerate(rows, 1)]
+    try:
+        lines = p.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise DataError(f"{p}: not UTF-8 text; re-save it as UTF-8") from None
+    except OSError as e:
+        raise DataError(f"{p}: cannot read ({e.strerror or e})") from None
+    texts = [(f"{p}:{i}", ln.strip()) for i, ln in enumerate(lines, 1) if ln.strip()]
+    if not texts:
+        raise DataError(f"{p}: no texts in this file (one text per line)")
+    return texts
+
+
 def read_text_csv(
     path: str | Path, text_column: str = "text", label_column: str = "label"
 ) -> tuple[list[tuple[str, str]], list[dict[str, Any]]]:

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from .. import run as rd
-from ..data.text import read_text_csv
+from ..data.text import texts_in_file
 from ..errors import ConfigError, DataError
 from ..evaluate.calibration import Calibration
 from . import text_html
@@ -42,24 +42,9 @@ def check_text_method(method: str) -> None:
 
 
 def _from_file(p: Path, text_column: Callable[[], str]) -> list[tuple[str, str]]:
-    suffix = p.suffix.lower()
-    if suffix == ".csv":
-        # read_text_csv wants a label column; naming the text column twice reuses its checks
-        # (columns, UTF-8, empty rows skipped) for an unlabeled file
-        rows, _ = read_text_csv(p, text_column(), text_column())
-        return [(f"{p} row {i}", t) for i, (t, _) in enumerate(rows, 1)]
-    if suffix != ".txt":
+    if p.suffix.lower() not in (".csv", ".txt"):
         raise DataError(f"{p}: not a .txt or .csv file; a text run explains texts: {HINT}")
-    try:
-        lines = p.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError:
-        raise DataError(f"{p}: not UTF-8 text; re-save it as UTF-8") from None
-    except OSError as e:
-        raise DataError(f"{p}: cannot read ({e.strerror or e})") from None
-    texts = [(f"{p}:{i}", ln.strip()) for i, ln in enumerate(lines, 1) if ln.strip()]
-    if not texts:
-        raise DataError(f"{p}: no texts in this file (one text per line)")
-    return texts
+    return texts_in_file(p, text_column() if p.suffix.lower() == ".csv" else "text")
 
 
 def read_texts(inputs: list[str | Path], texts: list[str], text_column: Callable[[], str]

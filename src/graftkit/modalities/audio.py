@@ -149,7 +149,8 @@ class AudioModality(Modality):
                              path_column=d.path_column, label_column=d.label_column,
                              kind=_sound_files())
 
-    def expand_inputs(self, inputs: Sequence[str | Path]) -> list[str]:
+    def expand_inputs(self, inputs: Sequence[str | Path], text_column: str = "text"
+                      ) -> list[str]:
         out: list[str] = []
         for item in map(Path, inputs):
             if item.is_dir():

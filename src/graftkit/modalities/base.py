@@ -106,8 +106,10 @@ class Modality:
     # FixMatch's two views of an unlabeled input: augmentation presets of ``make_dataset``
     weak_view, strong_view = "light", "strong"
 
-    def expand_inputs(self, inputs: Sequence[str]) -> list[str]:
-        """Command-line inputs to predict: files as given, folders replaced by their inputs."""
+    def expand_inputs(self, inputs: Sequence[str], text_column: str = "text") -> list[str]:
+        """Command-line inputs to predict: files as given, folders replaced by their inputs
+        (a text run: texts, and the texts of the .txt/.csv files named; ``text_column`` is the
+        CSV column)."""
         return list(inputs)
 
     # --- model --------------------------------------------------------------------------------

@@ -132,7 +132,8 @@ class ImageModality(Modality):
         return discover_eval(data, meta["classes"], task=meta["task"], split=split,
                              path_column=d.path_column, label_column=d.label_column)
 
-    def expand_inputs(self, inputs: Sequence[str | Path]) -> list[str]:
+    def expand_inputs(self, inputs: Sequence[str | Path], text_column: str = "text"
+                      ) -> list[str]:
         out: list[str] = []
         for item in map(Path, inputs):
             if item.is_dir():

@@ -4,6 +4,7 @@ gradients over the embeddings, ONNX export on token tensors."""
 from __future__ import annotations
 
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -159,6 +160,20 @@ class TextModality(Modality):
         return model.tokenize(prepared)
 
     # --- inputs -------------------------------------------------------------------------------
+    def expand_inputs(self, inputs: Sequence[str], text_column: str = "text") -> list[str]:
+        """Each argument is a text, except the name of an existing .txt file (its lines) or
+        .csv file (its ``text_column``): ``graft predict RUN messages.csv`` reads the file."""
+        from ..data.text import texts_in_file
+
+        out: list[str] = []
+        for item in inputs:
+            p = Path(item)
+            if p.suffix.lower() in (".txt", ".csv") and p.is_file():
+                out += [t for _, t in texts_in_file(p, text_column)]
+            else:
+                out.append(str(item))
+        return out
+
     def load(self, item: Any) -> tuple[str, Any]:
         text = str(item)
         if not text.strip():
