@@ -235,5 +235,9 @@ def check_run_dir(path: str | Path) -> Path:
     if not p.is_dir():
         raise GraftError(f"run directory {str(p)!r} does not exist")
     if not (p / META).is_file():
+        if (p / "bundle.json").is_file():  # export.light.BUNDLE_JSON
+            raise GraftError(f"{str(p)!r} is an export bundle, not a run directory: serve it "
+                             "with graft serve, or predict with graftkit.export.light."
+                             "BundlePredictor")
         raise GraftError(f"{str(p)!r} is not a graft run directory (no {META})")
     return p

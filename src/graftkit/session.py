@@ -624,6 +624,12 @@ def _quick_audit(cfg: Config, spec: DataSpec, modality: Modality, reporter: Repo
                 "; --drop-duplicates keeps one" if kind == "exact_duplicate" else "")
             reporter.warn(f"audit: {len(rows)} {kind.replace('_', ' ')}s: {what} (e.g. {where})"
                           f"{tail}; details: graft audit {d.path}")
+    few = found.of("few_train")
+    if few:
+        names = ", ".join(f"{f.labels[0]!r} ({int(f.score)})" for f in few[:5])
+        reporter.warn(f"audit: {len(few)} class{'es' if len(few) > 1 else ''} with almost no "
+                      f"training examples: {names}{', ...' if len(few) > 5 else ''}: a typo in "
+                      "a label, or a CSV row broken by a stray quote?")
     return {**found.summary(), "dropped": len(dropped),
             "details": [f.to_dict() for f in found.findings
                         if f.kind in ("leak", "label_conflict", "exact_duplicate")][:200]}

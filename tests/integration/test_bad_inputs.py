@@ -132,6 +132,8 @@ def ws(tmp_path_factory: pytest.TempPathFactory, probe_run: Path) -> Path:
     for name in ("img.json", "lr_find.json"):
         (root / "mine" / name).write_text("my own notes")
     (root / "notes.md").write_text("my own notes")
+    (root / "bundle").mkdir()  # what graft export writes, as far as predict looks
+    (root / "bundle" / "bundle.json").write_text('{"format": "graftkit-bundle"}')
     return root
 
 
@@ -250,6 +252,9 @@ def _corpus() -> list[tuple[str, list[str], str]]:
          "graft did not write"),
         ("lr-find over a user's file", ["lr-find", "--data", D, *TINY, "--out", "{ws}/mine"],
          "graft did not write"),
+        ("compare a split none has", ["compare", R, "--split", "test"], "no run here was scored"),
+        ("search out a file", ["search", "--data", D, "--out", "{ws}/a_file"], "is a file"),
+        ("predict on a bundle", ["predict", "{ws}/bundle", "{ws}/img.jpg"], "export bundle"),
         ("compare over a file", ["compare", R, "--out", "{ws}/notes.md"], "--overwrite"),
         ("compare nothing", ["compare", "{ws}/empty"], "empty"),
         ("serve a non-run", ["serve", "{ws}/imgs"], "imgs"),

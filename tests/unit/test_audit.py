@@ -78,6 +78,10 @@ def test_balance_flags_imbalance_and_classes_too_small_to_measure() -> None:
     found = {f.kind: f for f in F.balance(table, ["cat", "dog"])}
     assert found["imbalance"].score == 9.0 and "class_weights=auto" in found["imbalance"].action
     assert found["few_val"].labels == ["dog"] and "25 points" in found["few_val"].detail
+    assert "few_train" not in found
+    odd = F.balance({"train": {"cat": 90, "dog": 10, 'thanks"': 1}}, ["cat", "dog", 'thanks"'])
+    few = [f for f in odd if f.kind == "few_train"]  # a row broken by a stray quote, say
+    assert [f.labels for f in few] == [['thanks"']] and few[0].detail == "1 training example"
 
 
 def test_label_issues_find_flipped_labels_among_the_top() -> None:

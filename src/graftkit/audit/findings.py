@@ -16,8 +16,9 @@ folded texts), backbone ``features`` and cheap ``stats`` (sizes, lengths). Findi
 * ``outlier``: inputs far from all others (mean cosine distance to their k nearest neighbours
   beyond Q3 + 3 IQR, on a log scale), and ``odd_input``: a statistic far from the rest (robust
   z-score of its logarithm over 5);
-* ``imbalance`` / ``few_val``: class counts per split, the imbalance ratio, classes with too few
-  validation examples to measure.
+* ``imbalance`` / ``few_train`` / ``few_val``: class counts per split, the imbalance ratio,
+  classes with almost no training examples (a broken label more often than a class) and with
+  too few validation examples to measure.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ NEAR_COSINE = 0.95  # backbone-feature similarity that alone makes two inputs ne
 NEIGHBOURS = 5
 FEW_VAL = 10  # a class with fewer validation examples cannot be measured (1 error = 10 points)
 IMBALANCED = 3.0  # largest / smallest training class
+FEW_TRAIN = 3  # a class with fewer training examples is more likely a broken label than a class
 MAX_LABEL_ISSUES = 100
 FOLDS = 5
 
@@ -169,6 +171,13 @@ def balance(table: dict[str, dict[str, int]], classes: Sequence[str]) -> list[Fi
                                "train with loss.class_weights=auto, or add data of the small "
                                "classes", f"{hi}: {train[hi]} vs {lo}: {train[lo]} training "
                                "examples"))
+    for c in classes:
+        if train and train.get(c, 0) < FEW_TRAIN:
+            n = train.get(c, 0)
+            out.append(Finding("few_train", [], ["train"], [c], float(n),
+                               "check this label (a typo, or a CSV row broken by a stray "
+                               "quote) or add examples of the class",
+                               f"{n} training example{'' if n == 1 else 's'}"))
     val = table.get("val", {})
     for c in classes:
         if val and val.get(c, 0) < FEW_VAL:

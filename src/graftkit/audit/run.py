@@ -175,5 +175,6 @@ TITLES = {
     "outlier": "Outliers: far from every other input",
     "odd_input": "Odd inputs: a size or length far from the rest",
     "imbalance": "Class imbalance",
+    "few_train": "Classes with almost no training examples",
     "few_val": "Classes with too few validation examples",
 }

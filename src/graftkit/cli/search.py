@@ -112,6 +112,8 @@ def search(
         return
     if out is None:
         out = Path("searches") / (study or "search")
+    if out.exists() and not out.is_dir():
+        raise GraftError(f"--out {str(out)!r} is a file, not a folder")
     if (out / SETTINGS).is_file():
         raise GraftError(f"{str(out)!r} already holds a search; continue it with --resume "
                          f"{out} or choose another --out")

@@ -102,6 +102,8 @@ def compare(paths: list[str | Path], split: str | None = None) -> tuple[list[Col
                      "summary": run_summary(p, meta)})
     if split is None:  # the test split when every run has one, else validation
         split = "test" if all("test" in c["metrics"] for c in ctxs) else "val"
+    elif ctxs and not any(split in c["metrics"] for c in ctxs):
+        raise GraftError(f"--split {split}: no run here was scored on a {split} split")
     rows = []
     for c in ctxs:
         c["split"] = split
