@@ -71,6 +71,18 @@ def test_classification_metrics_equal_sklearn() -> None:
     assert m["ece"] == pytest.approx(ece, abs=1e-6) and m["mce"] == pytest.approx(mce, abs=1e-6)
 
 
+def test_without_ranking_only_the_per_class_ranking_scores_are_left_out() -> None:
+    logits, y = _overconfident()
+    probs, t = logits.double().softmax(-1).numpy(), y.numpy()
+    full = classification_metrics(probs, t, ["a", "b", "c", "d"], topk=2)
+    light = classification_metrics(probs, t, ["a", "b", "c", "d"], topk=2, ranking=False)
+    assert light["roc_auc"] is None and light["average_precision"] is None
+    assert all(v["roc_auc"] is None for v in light["per_class"].values())
+    for k in ("accuracy", "balanced_accuracy", "macro_f1", "weighted_f1", "log_loss", "brier",
+              "ece", "top2_accuracy", "confusion_matrix"):
+        assert light[k] == full[k], k
+
+
 def test_binary_auc_is_the_positive_class_and_absent_classes_are_none() -> None:
     probs = np.array([[0.9, 0.1], [0.4, 0.6], [0.3, 0.7], [0.8, 0.2]])
     t = np.array([0, 1, 1, 0])

@@ -95,12 +95,15 @@ def _mean(values: list[float | None]) -> float | None:
 
 def classification_metrics(
     probs: np.ndarray, targets: np.ndarray, classes: list[str], topk: int = 5,
-    pred: np.ndarray | None = None,
+    pred: np.ndarray | None = None, ranking: bool = True,
 ) -> dict:
     """``probs`` (N, K) and integer ``targets`` (N,) -> the standard classification metrics.
 
     ``pred`` are the decisions (default: the argmax); a binary run with a tuned threshold passes
     its own. Threshold-free scores (ROC-AUC, AP, log loss, Brier, ECE) use ``probs``.
+    ``ranking=False`` leaves out the per-class ROC-AUC and average precision (None): their cost
+    grows with the classes (60% of these metrics at 100 classes), and no validation metric an
+    epoch is judged by needs them.
     """
     k = len(classes)
     pred = probs.argmax(1) if pred is None else pred
@@ -111,7 +114,7 @@ def classification_metrics(
     # sklearn's average="weighted": the per-class scores weighted by support
     weight = support / support.sum() if support.sum() else np.zeros(k)
     wp, wr, wf1 = (float((v * weight).sum()) for v in (p, r, f1))
-    auc, ap = _one_vs_rest(probs, targets, k)
+    auc, ap = _one_vs_rest(probs, targets, k) if ranking else ([None] * k, [None] * k)
     with warnings.catch_warnings():  # sklearn warns when y_pred lacks a class; that's expected
         warnings.simplefilter("ignore")
         balanced = float(skm.balanced_accuracy_score(targets, pred))

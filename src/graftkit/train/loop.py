@@ -378,7 +378,10 @@ def score(outputs: torch.Tensor, targets: torch.Tensor, loss_fn: LossFn, s: Loop
         m.pop("per_label")
         return {"loss": loss, **m}
     probs = outputs.softmax(-1).numpy()
-    m = classification_metrics(probs, targets.numpy(), list(s.classes), s.topk)
+    # each epoch: ROC-AUC and AP of a binary task (one class, cheap), not of K one-vs-rest
+    # problems; the final scoring has every metric
+    m = classification_metrics(probs, targets.numpy(), list(s.classes), s.topk,
+                               ranking=len(s.classes) <= 2)
     return {"loss": loss, **m}
 
 
