@@ -62,4 +62,17 @@ def test_explain_again_replaces_its_own_outputs_not_the_users(probe_run: Path, t
         cli_explain(probe_run, [str(f)], "gradcam", None, out, 2)
     assert (out / f"{f.stem}.gradcam.png").read_text().startswith("a file of the user's")
     assert (out / "notes.txt").read_text() == "kept"
+    # the default folder, explain/<run>, written before graft listed its outputs: still replaced
+    old = tmp_path / "cwd" / "explain" / probe_run.name
+    old.mkdir(parents=True)
+    (old / f"{f.stem}.json").write_text("{}")
+    import os
+
+    here = os.getcwd()
+    os.chdir(tmp_path / "cwd")
+    try:
+        cli_explain(probe_run, [str(f)], "gradcam", None, None, 2)
+    finally:
+        os.chdir(here)
+    assert json.loads((old / f"{f.stem}.json").read_text())["method"] == "gradcam"
     capsys.readouterr()

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from .. import run as rd
 from ..errors import ConfigError, GraftError
 from ..inference import LoadedRun
 from ..modalities import MODALITIES
@@ -51,6 +52,11 @@ def cli_explain(run_dir: str | Path, inputs: list[str | Path], method: str | Non
     defaults to ``explain/<run folder name>`` under the current folder."""
     out_dir = Path(out) if out else Path("explain") / Path(run_dir).expanduser().resolve().name
     run = classification_run(run_dir)
+    listed = out_dir / rd.OUTPUTS
+    if out is None and out_dir.is_dir() and not listed.is_file():
+        # the default folder is graft's own; one from before graft listed its outputs is
+        # adopted as it is, so explaining again replaces those files as it always did
+        listed.write_text("".join(f"{p.name}\n" for p in sorted(out_dir.iterdir())))
     records = explain_run(run, inputs, method, target, out_dir=out_dir, topk=topk, texts=texts)
     for r in records:
         f = r["faithfulness"]
