@@ -12,6 +12,7 @@ from typing import Any
 
 from . import launch
 from .config import Config, build_config, parse_override
+from .errors import ConfigError, GraftError
 from .inference import LoadedRun
 from .launch import monitor_metric, resolve_inputs, validate
 
@@ -38,12 +39,21 @@ def finetune(
 
 def _compose(data: Any, model: Any, strategy: Any, epochs: Any, config: Any, overrides: Any
              ) -> Config:
+    if config is not None and not isinstance(config, (str, Path, Config)):
+        raise ConfigError(f"config: a YAML file path or a Config, not {type(config).__name__}")
+    if overrides is not None and not isinstance(overrides, (list, tuple, dict)):
+        raise ConfigError("overrides: a dict of config keys to values ({'optim.lr': 0.01}) or a "
+                          f"list of 'key=value' strings, not {type(overrides).__name__}")
     base = config.model_dump() if isinstance(config, Config) else None
     cfg_file = None if isinstance(config, Config) else config
     flags = {k: v for k, v in {"data.path": str(data) if data else None, "model.name": model,
              "strategy.name": strategy, "train.epochs": epochs}.items() if v is not None}
-    extra = dict(map(parse_override, overrides)) if isinstance(overrides, list) else dict(
-        overrides or {})
+    extra = dict(map(parse_override, overrides)) if isinstance(overrides, (list, tuple)) else \
+        dict(overrides or {})
+    for key, value in flags.items():  # an argument and an override of the same key must agree
+        if key in extra and str(extra[key]) != str(value):
+            raise ConfigError(f"config key {key!r} given twice: {value!r} as an argument and "
+                              f"{extra[key]!r} in overrides")
     return build_config(cfg_file, {**flags, **extra}, base=base)
 
 
@@ -94,6 +104,13 @@ class Run(LoadedRun):
         ``tta``: test-time views averaged (default: the run's ``report.tta``; 1 = off)."""
         from .inference import predict
 
+        if inputs is None or isinstance(inputs, (bytes, bytearray, dict, int, float)):
+            raise GraftError(f"inputs: a list of {self.modality.noun}s (or one), not "
+                             f"{type(inputs).__name__}")
+        for name, value in (("topk", topk), ("batch_size", batch_size), ("tta", tta)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                      or value < 1):
+                raise GraftError(f"{name}={value!r}: a whole number, 1 or more")
         items = inputs if isinstance(inputs, (list, tuple)) else [inputs]
         return predict(self, list(items), topk=topk, batch_size=batch_size, tta=tta)
 
@@ -104,7 +121,9 @@ class Run(LoadedRun):
                    engine: str | None = None) -> dict[str, Any]:
         """Accuracy under the ImageNet-C corruptions (text runs: text perturbations); written
         to ``RUN_DIR/robustness/``. ``engine``: auto | onnx | torch for the model (default: the
-        run's ``train.feature_engine``)."""
+        run's ``train.feature_engine``). Images are corrupted in worker processes (``spawn``),
+        which re-run the calling script's top level: call this under ``if __name__ ==
+        "__main__":``, or pass ``workers=0``."""
         from .robustness.evaluate import robustness
 
         return robustness(self, data, split, corruptions, severities, reference, seed, workers,

@@ -32,8 +32,15 @@ class LoadedRun:
     """A finished (or stopped) run directory; its model is built and loaded on first use."""
 
     def __init__(self, path: str | Path, model: Any = None) -> None:
+        if not isinstance(path, (str, Path)):
+            raise GraftError(f"a run directory's path (str or Path), not {type(path).__name__}")
         self.path = rd.check_run_dir(path)
         self.meta: dict[str, Any] = rd.read_json(self.path / rd.META)
+        missing = [k for k in ("task", "model", "num_outputs") if k not in self.meta] if \
+            isinstance(self.meta, dict) else ["(not an object)"]
+        if missing:
+            raise GraftError(f"{self.path / rd.META} is damaged (no {', '.join(missing)}); "
+                             "restore it from a copy or train the run again")
         self._model: Any = model  # a caller that holds the model in memory passes it
 
     def __repr__(self) -> str:
@@ -184,6 +191,10 @@ def calibrate(run: LoadedRun, temperature: bool = True, threshold: str = "keep",
     from .evaluate.metrics import probability_scores
 
     meta = run.meta
+    if threshold not in ("keep", "none", "f1", "precision", "recall"):
+        raise GraftError(f"threshold={threshold!r}: use f1, precision, recall, none or keep")
+    if target is not None and (isinstance(target, bool) or not isinstance(target, (int, float))):
+        raise GraftError(f"target={target!r}: a number between 0 and 1, e.g. 0.95")
     if target is not None and not 0.0 < target < 1.0:  # as calibration.target in a config
         raise GraftError(f"--target {target:g}: a precision or recall between 0 and 1 "
                          "(exclusive), e.g. 0.95")

@@ -219,7 +219,7 @@ def _corpus() -> list[tuple[str, list[str], str]]:
         ("predict texts on images", ["predict", R, "{ws}/texts.csv"], "texts.csv"),
         ("evaluate missing data", ["evaluate", R, "--data", "{ws}/nope"], "does not exist"),
         ("evaluate other classes", ["evaluate", R, "--data", "{ws}/texts.csv"],
-         "looks like a CSV of texts"),
+         "this run reads image files"),
         ("evaluate unknown split", ["evaluate", R, "--split", "holdout"], "holdout"),
         ("export unknown format", ["export", R, "--format", "pickle"], "pickle"),
         ("export a non-run", ["export", "{ws}/imgs"], "not a graft run"),

@@ -16,6 +16,8 @@ import pytest
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+from tests.conftest import shared_dataset
+
 from .conftest import TINY, graft, read_history
 
 pytestmark = pytest.mark.integration
@@ -233,3 +235,37 @@ def test_a_read_only_out_is_one_line(small_csv: Path, tmp_path: Path) -> None:
         proc = graft("train", "--data", small_csv, "--out", ro / "run", *TINY, check=False)
         assert proc.returncode == 2 and "Traceback" not in proc.stderr
         assert proc.stderr.strip() == f"error: Read-only file system: {ro / 'run'}"
+
+
+def test_python_api_mistakes_are_graft_errors(probe_run: Path, small_csv: Path,
+                                              tmp_path: Path) -> None:
+    from graftkit import api
+    from graftkit.errors import ConfigError, GraftError
+    from graftkit.modalities import get
+
+    run = api.Run(probe_run)
+    img = next((shared_dataset("hymenoptera_256") / "val" / "ants").glob("*.jpg"))
+    for kw in ({"batch_size": -1}, {"batch_size": 0}, {"batch_size": 2.5}, {"topk": 0},
+               {"topk": "3"}, {"tta": 0}):
+        with pytest.raises(GraftError, match=next(iter(kw))):
+            run.predict([img], **kw)  # type: ignore[arg-type]
+    for bad in (None, b"\xff\xd8", 3):
+        with pytest.raises(GraftError, match="inputs"):
+            run.predict(bad)
+    with pytest.raises(GraftError, match="PIL image"):
+        run.predict([[1, 2, 3]])
+    with pytest.raises(GraftError, match="str or Path"):
+        api.Run(None)  # type: ignore[arg-type]
+    with pytest.raises(GraftError, match="threshold='bogus'"):
+        run.calibrate(threshold="bogus")
+    with pytest.raises(GraftError, match="workers=-1"):
+        run.robustness(workers=-1)
+    with pytest.raises(GraftError, match="engine='tpu'"):
+        run.robustness(engine="tpu")
+    with pytest.raises(ConfigError, match="given twice"):
+        api.finetune(small_csv, epochs=1, overrides={"train.epochs": 2}, out=tmp_path / "a")
+    with pytest.raises(ConfigError, match="overrides: a dict"):
+        api.finetune(small_csv, overrides="optim.lr=0.1", out=tmp_path / "b")  # type: ignore
+    with pytest.raises(GraftError, match="a text run predicts texts"):
+        get("text").load(None)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

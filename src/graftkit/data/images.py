@@ -143,6 +143,8 @@ def open_image(item: str | Path | Image.Image) -> tuple[str, Image.Image]:
     then names the file."""
     if isinstance(item, Image.Image):
         return "<image>", item.convert("RGB")
+    if not isinstance(item, (str, Path)):
+        raise BadImage(f"{type(item).__name__}: give an image file path or a PIL image")
     try:
         return str(item), load_image(item)
     except BadImage as e:

@@ -448,10 +448,9 @@ def _eval_csv(
 ) -> tuple[list[tuple[str, float]], list[dict[str, str]], str]:
     rows = _read_rows(p)
     if path_column not in rows[0] or label_column not in rows[0]:
-        texts = "; it looks like a CSV of texts, and this run reads " + kind.noun + " files" \
-            if path_column not in rows[0] and "text" in rows[0] else ""
         raise DataError(f"CSV {str(p)!r} needs columns {path_column!r} and {label_column!r} "
-                        f"(it has {', '.join(rows[0])}){texts}")
+                        f"(it has {', '.join(rows[0])}): this run reads {kind.noun} files, "
+                        f"and the CSV lists them with their labels")
     if split:
         rows = [r for r in rows if SPLIT_ALIASES.get((r.get("split") or "").lower()) == split]
         if not rows:

@@ -175,7 +175,10 @@ class TextModality(Modality):
         return out
 
     def load(self, item: Any) -> tuple[str, Any]:
-        text = str(item)
+        if not isinstance(item, str):  # str(None) or str(Path) would be classified as a text
+            raise DataError(f"{type(item).__name__} {item!r}: a text run predicts texts (str); "
+                            "read a file of texts first")
+        text = item
         if not text.strip():
             raise DataError("empty text: every input needs some words")
         return text, text

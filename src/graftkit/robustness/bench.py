@@ -22,6 +22,7 @@ import os
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import closing
 from multiprocessing import get_context
 from typing import Any
@@ -29,7 +30,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ..errors import ConfigError
+from ..errors import ConfigError, GraftError
 from .corruptions import SEVERITIES, corrupt_array, resolve_corruptions
 
 PredictProbs = Callable[[list[Any]], np.ndarray]  # PIL images, or uint8 arrays (arrays=True)
@@ -98,6 +99,11 @@ def _corrupted_chunks(arrays: list[np.ndarray], jobs: list[tuple[str, int]], sev
                     return
                 name, s, fut = pending.popleft()
                 yield name, s, fut.result()
+        except BrokenProcessPool:
+            raise GraftError(
+                "a corrupting worker process died. A script that scores robustness with "
+                "workers keeps its calls under `if __name__ == \"__main__\":` (each worker "
+                "re-runs the script's top level), or passes workers=0") from None
         finally:
             for *_, fut in pending:
                 fut.cancel()

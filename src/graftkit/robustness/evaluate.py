@@ -121,6 +121,13 @@ def robustness(run: LoadedRun, data: str | Path | None = None, split: str | None
     from .corruptions import parse_severities
 
     meta, modality = run.meta, run.modality
+    for name, value in (("workers", workers), ("limit", limit)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or
+                                  value < (0 if name == "workers" else 1)):
+            raise GraftError(f"{name}={value!r}: a whole number, "
+                             f"{'0' if name == 'workers' else '1'} or more")
+    if engine is not None and engine not in ("auto", "onnx", "torch"):
+        raise GraftError(f"engine={engine!r}: use auto, onnx or torch")
     multilabel = meta["task"] == "multilabel"
     if meta["task"] != "classification" and not (multilabel and modality.robust_labels):
         raise GraftError(f"graft robustness measures classification runs (and multi-label "
