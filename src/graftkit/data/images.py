@@ -143,7 +143,7 @@ def open_image(item: str | Path | Image.Image) -> tuple[str, Image.Image]:
     then names the file."""
     if isinstance(item, Image.Image):
         return "<image>", item.convert("RGB")
-    if not isinstance(item, (str, Path)):
+    if not isinstance(item, (str, os.PathLike)):
         raise BadImage(f"{type(item).__name__}: give an image file path or a PIL image")
     try:
         return str(item), load_image(item)
