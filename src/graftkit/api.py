@@ -12,7 +12,7 @@ from typing import Any
 
 from . import launch
 from .config import Config, build_config, parse_override
-from .errors import ConfigError, GraftError
+from .errors import ConfigError, GraftError, check_whole
 from .inference import LoadedRun
 from .launch import monitor_metric, resolve_inputs, validate
 
@@ -108,9 +108,7 @@ class Run(LoadedRun):
             raise GraftError(f"inputs: a list of {self.modality.noun}s (or one), not "
                              f"{type(inputs).__name__}")
         for name, value in (("topk", topk), ("batch_size", batch_size), ("tta", tta)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
-                                      or value < 1):
-                raise GraftError(f"{name}={value!r}: a whole number, 1 or more")
+            check_whole(name, value)
         items = inputs if isinstance(inputs, (list, tuple)) else [inputs]
         return predict(self, list(items), topk=topk, batch_size=batch_size, tta=tta)
 

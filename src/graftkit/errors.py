@@ -29,6 +29,14 @@ class PeerFailed(GraftError):
     and exits with :data:`PEER_EXIT`."""
 
 
+def check_whole(name: str, value: object, least: int = 1) -> None:
+    """An argument that is None or a whole number of at least ``least``; anything else (a
+    float, a string, a bool, a smaller number) is the caller's mistake, named."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                              or value < least):
+        raise GraftError(f"{name}={value!r}: a whole number, {least} or more")
+
+
 PEER_EXIT = 0
 """The exit status of a worker that only followed another's error or death. Not a failure of
 its own: torchrun's agent stops every worker at the first one that fails, and a follower that

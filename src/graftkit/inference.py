@@ -183,6 +183,10 @@ def outputs(run: LoadedRun, items: list[tuple[str, float]], quiet: bool = True,
         reporter.stop()
 
 
+THRESHOLDS = ("f1", "precision", "recall", "none", "keep")  # what calibrate may refit
+THRESHOLD_CHOICES = f"{', '.join(THRESHOLDS[:-1])} or {THRESHOLDS[-1]}"
+
+
 def calibrate(run: LoadedRun, temperature: bool = True, threshold: str = "keep",
               target: float | None = None) -> dict[str, Any]:
     """Refit temperature (and a binary decision threshold) on the run's validation split and
@@ -191,8 +195,8 @@ def calibrate(run: LoadedRun, temperature: bool = True, threshold: str = "keep",
     from .evaluate.metrics import probability_scores
 
     meta = run.meta
-    if threshold not in ("keep", "none", "f1", "precision", "recall"):
-        raise GraftError(f"threshold={threshold!r}: use f1, precision, recall, none or keep")
+    if threshold not in THRESHOLDS:
+        raise GraftError(f"threshold={threshold!r}: use {THRESHOLD_CHOICES}")
     if target is not None and (isinstance(target, bool) or not isinstance(target, (int, float))):
         raise GraftError(f"target={target!r}: a number between 0 and 1, e.g. 0.95")
     if target is not None and not 0.0 < target < 1.0:  # as calibration.target in a config

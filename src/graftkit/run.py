@@ -119,13 +119,18 @@ def prepare_out_dir(out: Path, overwrite: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
+def not_a_file(out: Path) -> None:
+    """Every ``--out`` folder: a GraftError when a file stands where it would be."""
+    if out.exists() and not out.is_dir():
+        raise GraftError(f"--out {str(out)!r} is a file, not a folder")
+
+
 def check_out_dir(out: Path, overwrite: bool, resumable: bool = True) -> bool:
     """Whether ``out`` holds a run that ``overwrite`` may replace (False: it is new or empty);
     a GraftError for a file, a non-empty folder without ``overwrite``, or a folder that is not a
     graft run directory. ``resumable``: the command can continue a run (``--resume``). Nothing
     is changed."""
-    if out.exists() and not out.is_dir():
-        raise GraftError(f"--out {str(out)!r} is a file, not a folder")
+    not_a_file(out)
     if out.is_dir() and any(out.iterdir()):
         if not overwrite:
             raise GraftError(
@@ -160,8 +165,7 @@ def claim_outputs(folder: Path, names: list[str]) -> None:
     a GraftError, with nothing written, when one of them is already there and graft did not
     write it (the folder's :data:`OUTPUTS` list); else the folder is made and lists them. A
     command run again over its own outputs replaces them."""
-    if folder.exists() and not folder.is_dir():
-        raise GraftError(f"--out {str(folder)!r} is a file, not a folder")
+    not_a_file(folder)
     listed = folder / OUTPUTS
     own = set(listed.read_text().split()) if listed.is_file() else set()
     clash = [n for n in names if (folder / n).exists() and n not in own]
@@ -171,6 +175,14 @@ def claim_outputs(folder: Path, names: list[str]) -> None:
                          "graft did not write; choose another folder (nothing was written)")
     folder.mkdir(parents=True, exist_ok=True)
     listed.write_text("\n".join(sorted(own | set(names))) + "\n")
+
+
+def adopt_outputs(folder: Path) -> None:
+    """List every file of ``folder`` as graft's own (:func:`claim_outputs`), unless it already
+    has a list: a folder graft owns by its place, written before graft kept the list."""
+    listed = folder / OUTPUTS
+    if folder.is_dir() and not listed.is_file():
+        listed.write_text("".join(f"{p.name}\n" for p in sorted(folder.iterdir())))
 
 
 def sibling(out: Path, tag: str) -> Path:

@@ -85,8 +85,7 @@ def one_backbone(cfg: Config) -> Config:
 def audit_data(cfg: Config, out: Path, quiet: bool = False, label_issues: bool = True
                ) -> F.Audit:
     """The full audit of ``cfg.data``, written into ``out``."""
-    if out.exists() and not out.is_dir():
-        raise GraftError(f"--out {str(out)!r} is a file, not a folder")
+    rd.not_a_file(out)
     if out.is_dir() and any(out.iterdir()) and not (out / AUDIT).is_file():
         raise GraftError(f"--out {str(out)!r} is not empty and holds no earlier audit; choose "
                          "another folder")

@@ -475,9 +475,10 @@ def calibrate(
 ) -> None:
     """Refit a run's calibration (temperature, decision threshold) on its validation split."""
     from ..api import Run
+    from ..inference import THRESHOLD_CHOICES, THRESHOLDS
 
-    if threshold not in ("keep", "none", "f1", "precision", "recall"):
-        raise GraftError(f"--threshold {threshold!r}: use f1, precision, recall, none or keep")
+    if threshold not in THRESHOLDS:
+        raise GraftError(f"--threshold {threshold!r}: use {THRESHOLD_CHOICES}")
     cal = Run(run_dir).calibrate(temperature=temperature, threshold=threshold, target=target)
     typer.echo(f"temperature {cal['temperature']:.4f}" + (
         f"; threshold P({cal['positive_class']}) >= {cal['threshold']:.4f} ({cal['criterion']})"

@@ -80,7 +80,7 @@ def search(
 ) -> None:
     """Search fine-tuning strategies and hyperparameters with Optuna."""
     from ..config import parse_override
-    from ..run import safe_name
+    from ..run import not_a_file, safe_name
     from ..search.study import SETTINGS, SearchSettings, settings_from_study
     from ..search.study import search as run_search
 
@@ -112,8 +112,7 @@ def search(
         return
     if out is None:
         out = Path("searches") / (study or "search")
-    if out.exists() and not out.is_dir():
-        raise GraftError(f"--out {str(out)!r} is a file, not a folder")
+    not_a_file(out)
     if (out / SETTINGS).is_file():
         raise GraftError(f"{str(out)!r} already holds a search; continue it with --resume "
                          f"{out} or choose another --out")

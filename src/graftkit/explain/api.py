@@ -52,11 +52,8 @@ def cli_explain(run_dir: str | Path, inputs: list[str | Path], method: str | Non
     defaults to ``explain/<run folder name>`` under the current folder."""
     out_dir = Path(out) if out else Path("explain") / Path(run_dir).expanduser().resolve().name
     run = classification_run(run_dir)
-    listed = out_dir / rd.OUTPUTS
-    if out is None and out_dir.is_dir() and not listed.is_file():
-        # the default folder is graft's own; one from before graft listed its outputs is
-        # adopted as it is, so explaining again replaces those files as it always did
-        listed.write_text("".join(f"{p.name}\n" for p in sorted(out_dir.iterdir())))
+    if out is None:  # the default folder is graft's own: explaining again replaces its files
+        rd.adopt_outputs(out_dir)
     records = explain_run(run, inputs, method, target, out_dir=out_dir, topk=topk, texts=texts)
     for r in records:
         f = r["faithfulness"]

@@ -109,8 +109,7 @@ def _reference(run: Any) -> dict[str, Any] | None:
 
 def _check_out(out: Path, overwrite: bool, run_path: Path) -> None:
     """Refuse a non-empty ``out`` unless asked, and then only if it holds a bundle."""
-    if out.exists() and not out.is_dir():
-        raise GraftError(f"--out {str(out)!r} is a file, not a folder")
+    rd.not_a_file(out)
     if not (out.is_dir() and any(out.iterdir())):
         return
     if not overwrite:

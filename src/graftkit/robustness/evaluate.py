@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import run as rd
-from ..errors import GraftError
+from ..errors import GraftError, check_whole
 from ..inference import LoadedRun, eval_items, evaluate
 
 RESULTS = rd.ROBUSTNESS_RESULTS
@@ -121,11 +121,8 @@ def robustness(run: LoadedRun, data: str | Path | None = None, split: str | None
     from .corruptions import parse_severities
 
     meta, modality = run.meta, run.modality
-    for name, value in (("workers", workers), ("limit", limit)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or
-                                  value < (0 if name == "workers" else 1)):
-            raise GraftError(f"{name}={value!r}: a whole number, "
-                             f"{'0' if name == 'workers' else '1'} or more")
+    check_whole("workers", workers, least=0)
+    check_whole("limit", limit)
     if engine is not None and engine not in ("auto", "onnx", "torch"):
         raise GraftError(f"engine={engine!r}: use auto, onnx or torch")
     multilabel = meta["task"] == "multilabel"
