@@ -71,16 +71,19 @@ class Session:
 
     def fit(self) -> None:
         metric = self.settings.monitor
-        hooks: list[H.Hook] = [H.BestCheckpoint(self.out / rd.WEIGHTS, metric,
-                                                self.cfg.train.early_stop.min_delta,
-                                                last_stage=len(self.stages) - 1)]
+        state_file = self.out / rd.STATE if self.resume_info else None
+        head_only = [st.head_only for st in self.stages]
+        best = H.BestCheckpoint(self.out / rd.WEIGHTS, metric, self.cfg.train.early_stop.min_delta,
+                                last_stage=len(self.stages) - 1, head_only=head_only,
+                                resume_from=state_file)
+        hooks: list[H.Hook] = [best]
         if self.cfg.train.early_stop.patience:
             hooks.append(H.EarlyStopping(self.cfg.train.early_stop.patience,
                                          last_stage=len(self.stages) - 1))
         if self.cfg.train.wise_ft is not None:  # the probe the fine-tuned weights are mixed with
             hooks.append(H.SnapshotAtStage(self.out / wise_ft.PROBE, len(self.stages) - 1))
         hooks += [H.History(self.out / rd.HISTORY),
-                  H.StateCheckpoint(self.out / rd.STATE, [st.head_only for st in self.stages])]
+                  H.StateCheckpoint(self.out / rd.STATE, head_only)]
         if self.tracking is not None:
             hooks.append(self.tracking)
         hooks += self.extra_hooks  # last: they see the epoch after it is recorded and saved
@@ -89,8 +92,14 @@ class Session:
         try:
             with self.reporter.phase("training"):  # less its feature extraction (own phase)
                 state = fit(self.model, self.stages, self.loss_fn, self.settings, self.data,
-                            hooks, self.reporter, self.out / rd.STATE if self.resume_info
-                            else None, self.resume_info)
+                            hooks, self.reporter, state_file, self.resume_info)
+        except BaseException:  # Ctrl-C, a diverged step: the best epoch so far is the run's
+            if self.settings.world.main:
+                try:
+                    best.flush(self.model)
+                except OSError as e:  # (the error that stopped training is the one to see)
+                    self.reporter.warn(f"could not write the best epoch's weights: {e}")
+            raise
         finally:  # what discovery decoded and the first pass did not take goes
             self.decoded = decoded.clear()
         self.best_value, self.best_epoch, self.stop_reason = (

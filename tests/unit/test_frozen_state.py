@@ -9,10 +9,17 @@ from typing import Any
 import pytest
 import torch
 from safetensors import safe_open
+from safetensors.torch import load_file
 
 from graftkit.errors import GraftError
-from graftkit.train.checkpoint import load_model_state, load_state, save_state, weights_digest
-from graftkit.train.hooks import LoopState, StateCheckpoint
+from graftkit.train.checkpoint import (
+    load_model_state,
+    load_prefixed,
+    load_state,
+    save_state,
+    weights_digest,
+)
+from graftkit.train.hooks import BEST_HEAD, BestCheckpoint, LoopState, StateCheckpoint
 
 
 class Net(torch.nn.Module):
@@ -98,3 +105,68 @@ def test_the_hook_writes_the_whole_model_once_a_stage_trains_the_backbone(tmp_pa
     hook = StateCheckpoint(path, head_only=[True, True])
     hook.on_epoch_end(state, {})
     assert not any(k.startswith("model.backbone.") for k in _keys(path))
+
+
+def _epoch(hook: BestCheckpoint, state: LoopState, value: float, weight: float) -> None:
+    with torch.no_grad():
+        state.model.head.weight.fill_(weight)
+    state.epoch += 1
+    hook.on_epoch_end(state, {"val_accuracy": value})
+
+
+def test_a_head_only_stage_writes_its_best_weights_once(tmp_path: Path, monkeypatch: Any
+                                                        ) -> None:
+    """Improvements of a probe keep the head in memory and in the resumable state; the whole
+    model is written when the stage ends, with the best epoch's head."""
+    from graftkit.train import checkpoint, hooks
+
+    writes: list[Path] = []
+    real = checkpoint.atomic_save
+    for module in (checkpoint, hooks):
+        monkeypatch.setattr(module, "atomic_save", lambda t, p, m=None: (writes.append(p),
+                                                                         real(t, p, m)))
+    net, opt, sched = _trained_head()
+    weights, last = tmp_path / "model.safetensors", tmp_path / "last.safetensors"
+    best = BestCheckpoint(weights, "accuracy", head_only=[True, False], last_stage=1)
+    keep = StateCheckpoint(last, head_only=[True, False])
+    state = LoopState(net, optimizer=opt, scheduler=sched)
+    best.on_stage_start(state)
+    for value, w in ((0.5, 1.0), (0.7, 2.0), (0.6, 3.0)):  # epoch 2 is the best
+        _epoch(best, state, value, w)
+        keep.on_epoch_end(state, {})
+    assert not weights.exists() and writes.count(weights) == 0
+    assert torch.equal(load_prefixed(last, BEST_HEAD)["head.weight"], torch.full((2, 8), 2.0))
+
+    # a run killed here resumes with the pending head and writes it at the stage's end
+    again, opt2, sched2 = _trained_head()
+    resumed = BestCheckpoint(weights, "accuracy", head_only=[True, False], last_stage=1,
+                             resume_from=last)
+    state2 = LoopState(again, optimizer=opt2, scheduler=sched2)
+    resumed.on_stage_start(state2)  # stage 0 again, as the loop restarts it
+    state2.stage_index = 1
+    resumed.on_stage_start(state2)  # the fine-tuning stage begins: the probe's best is written
+    saved = load_file(str(weights))
+    assert torch.equal(saved["head.weight"], torch.full((2, 8), 2.0))
+    assert torch.equal(saved["backbone.0.weight"], again.backbone[0].weight)
+    assert writes.count(weights) == 1 and resumed.pending is None
+
+    # a stage that trains the backbone writes at each improvement, as before
+    _epoch(resumed, state2, 0.1, 4.0)
+    assert writes.count(weights) == 2
+    assert torch.equal(load_file(str(weights))["head.weight"], torch.full((2, 8), 4.0))
+
+
+def test_training_that_ends_or_stops_writes_the_pending_best(tmp_path: Path) -> None:
+    net, opt, sched = _trained_head()
+    weights = tmp_path / "model.safetensors"
+    best = BestCheckpoint(weights, "accuracy", head_only=[True])
+    state = LoopState(net, optimizer=opt, scheduler=sched)
+    best.on_stage_start(state)
+    _epoch(best, state, 0.9, 5.0)
+    _epoch(best, state, 0.8, 6.0)
+    best.flush(net)  # what the session does when training stops on an error
+    assert torch.equal(load_file(str(weights))["head.weight"], torch.full((2, 8), 5.0))
+    _epoch(best, state, 0.95, 7.0)
+    best.on_train_end(state)
+    assert torch.equal(load_file(str(weights))["head.weight"], torch.full((2, 8), 7.0))
+    assert best.pending is None and state.extra[BEST_HEAD] is None

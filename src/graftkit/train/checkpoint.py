@@ -127,6 +127,7 @@ def save_state(
     info: dict[str, Any],
     extra: dict[str, torch.nn.Module] | None = None,
     frozen: tuple[str, str] | None = None,
+    tensors: dict[str, dict[str, torch.Tensor]] | None = None,
 ) -> None:
     """One file (written atomically): the model's and the optimizer's tensors, the scheduler and
     ``info``; ``extra`` modules (the weights' moving average) under their own prefix.
@@ -135,18 +136,19 @@ def save_state(
     trained in this run (the backbone of a linear probe), left out of the file. The model rebuilt
     to resume holds it again, and must match the digest (:func:`load_state`). A probe's state is
     then the head's few kilobytes instead of the whole network each epoch."""
-    tensors = {f"model.{k}": v for k, v in model.state_dict().items()
-               if frozen is None or not k.startswith(frozen[0] + ".")}
-    for name, module in (extra or {}).items():
-        tensors.update({f"{name}.{k}": v for k, v in module.state_dict().items()})
+    out = {f"model.{k}": v for k, v in model.state_dict().items()
+           if frozen is None or not k.startswith(frozen[0] + ".")}
+    groups = {**{n: m.state_dict() for n, m in (extra or {}).items()}, **(tensors or {})}
+    for name, group in groups.items():
+        out.update({f"{name}.{k}": v for k, v in group.items()})
     opt_tensors, opt_meta = _split_optimizer(optimizer)
-    tensors.update(opt_tensors)
+    out.update(opt_tensors)
     sched = {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"}
     meta = {"info": json.dumps(info), "optimizer": json.dumps(opt_meta),
             "scheduler": json.dumps(sched)}
     if frozen is not None:
         meta["frozen"] = json.dumps({"prefix": frozen[0], "digest": frozen[1]})
-    atomic_save(tensors, path, meta)
+    atomic_save(out, path, meta)
 
 
 def _load_model(model: torch.nn.Module, sd: dict[str, torch.Tensor], meta: dict[str, str],
@@ -178,10 +180,15 @@ def load_model_state(path: str | Path, model: torch.nn.Module, prefix: str = "mo
     """Only the model weights of a resumable state file (or those of an ``extra`` module saved
     under ``prefix``)."""
     with _readable(path), safe_open(str(path), framework="pt") as f:
-        sd = {k[len(prefix) + 1:]: f.get_tensor(k) for k in f.keys()
-              if k.startswith(prefix + ".")}
         meta = f.metadata() or {}
-    _load_model(model, sd, meta if prefix == "model" else {}, path)
+    _load_model(model, load_prefixed(path, prefix), meta if prefix == "model" else {}, path)
+
+
+def load_prefixed(path: str | Path, prefix: str) -> dict[str, torch.Tensor]:
+    """The tensors a state file holds under ``prefix`` (the prefix taken off their names)."""
+    with _readable(path), safe_open(str(path), framework="pt") as f:
+        return {k[len(prefix) + 1:]: f.get_tensor(k) for k in f.keys()
+                if k.startswith(prefix + ".")}
 
 
 def load_state(

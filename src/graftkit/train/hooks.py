@@ -16,7 +16,9 @@ from typing import Any, Protocol
 import torch
 
 from ..evaluate.metrics import is_better
-from .checkpoint import save_state, save_weights, weights_digest
+from .checkpoint import atomic_save, load_prefixed, save_state, save_weights, weights_digest
+
+BEST_HEAD = "best"  # the state's prefix for a head-only stage's best head, not yet written
 
 
 @dataclass
@@ -85,14 +87,27 @@ class BestCheckpoint(BaseHook):
     best-so-far restarts when the last stage begins. With ``train.ema`` an epoch's candidate is
     its moving average when that validated better (``ema_val_<metric>``); the record says which
     (``kept``: ``weights`` or ``ema``).
+
+    In a stage that trains the head alone (``head_only``: each stage's flag) the backbone cannot
+    change, so an improvement keeps only the head's weights, in memory and in the resumable
+    state (``state.extra[BEST_HEAD]``, which :class:`StateCheckpoint` saves), and the file is
+    written once, when the stage ends or training ends or stops (:meth:`flush`): a MiniLM probe
+    writes its 90 MB once, not at every improving epoch. ``resume_from``: the state file of the
+    attempt being resumed, whose pending head is taken up.
     """
 
-    def __init__(self, path: Path, metric: str, min_delta: float = 0.0, last_stage: int = 0
-                 ) -> None:
+    def __init__(self, path: Path, metric: str, min_delta: float = 0.0, last_stage: int = 0,
+                 head_only: list[bool] | None = None, resume_from: Path | None = None) -> None:
         self.path, self.metric, self.min_delta = path, metric, min_delta
-        self.last_stage = last_stage
+        self.last_stage, self.head_only = last_stage, head_only or []
+        self.pending: dict[str, torch.Tensor] | None = None  # the best head, not yet written
+        self._resume_from = resume_from
 
     def on_stage_start(self, state: LoopState) -> None:
+        self.flush(state.model, state.extra)  # the stage before's best, before this one trains
+        if self._resume_from is not None:
+            self.pending = load_prefixed(self._resume_from, BEST_HEAD) or None
+            state.extra[BEST_HEAD], self._resume_from = self.pending, None
         if state.stage_index == self.last_stage and self.last_stage > 0:
             state.best, state.best_epoch = None, None
 
@@ -110,9 +125,34 @@ class BestCheckpoint(BaseHook):
         record["best"] = first or is_better(value, state.best, self.metric, self.min_delta)
         if record["best"]:
             state.best, state.best_epoch, state.bad_epochs = value, state.epoch, 0
-            save_weights(model, self.path)
+            if self._head_only(state):
+                self.pending = {f"head.{k}": v.detach().clone()
+                                for k, v in model.head.state_dict().items()}
+                state.extra[BEST_HEAD] = self.pending
+            else:
+                save_weights(model, self.path)
         else:
             state.bad_epochs += 1
+
+    def on_train_end(self, state: LoopState) -> None:
+        self.flush(state.model, state.extra)
+
+    def flush(self, model: torch.nn.Module, extra: dict[str, Any] | None = None) -> None:
+        """Write the pending best head, if there is one, with ``model``'s backbone (the one it
+        was trained on: a head-only stage does not change it). Training calls it; so does the
+        caller when training stops on an error, so an interrupted run keeps its best epoch."""
+        if self.pending is None:
+            return
+        weights = model.state_dict()
+        weights.update(self.pending)
+        atomic_save(weights, self.path)
+        self.pending = None
+        if extra is not None:
+            extra[BEST_HEAD] = None
+
+    def _head_only(self, state: LoopState) -> bool:
+        return (len(self.head_only) > state.stage_index and self.head_only[state.stage_index]
+                and isinstance(getattr(state.model, "head", None), torch.nn.Module))
 
 
 class EarlyStopping(BaseHook):
@@ -157,7 +197,8 @@ class StateCheckpoint(BaseHook):
                 self._frozen = ("backbone", weights_digest(state.model.backbone))
             frozen = self._frozen
         save_state(self.path, state.model, state.optimizer, state.scheduler, state.info(),
-                   extra={"ema": ema.module} if ema is not None else None, frozen=frozen)
+                   extra={"ema": ema.module} if ema is not None else None, frozen=frozen,
+                   tensors={BEST_HEAD: state.extra.get(BEST_HEAD) or {}})
 
 
 class SnapshotAtStage(BaseHook):
