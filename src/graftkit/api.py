@@ -12,7 +12,7 @@ from typing import Any
 
 from . import launch
 from .config import Config, build_config, parse_override
-from .errors import ConfigError, GraftError, check_whole
+from .errors import ConfigError, GraftError, check_flags, check_whole
 from .inference import LoadedRun
 from .launch import monitor_metric, resolve_inputs, validate
 
@@ -33,6 +33,7 @@ def finetune(
     quiet: bool = False,
 ) -> Run:
     """Fine-tune ``model`` on ``data`` with ``strategy`` and return the finished :class:`Run`."""
+    check_flags(overwrite=overwrite, quiet=quiet)
     cfg = _compose(data, model, strategy, epochs, config, overrides)
     return train(cfg, out=out, overwrite=overwrite, quiet=quiet)
 
@@ -66,6 +67,7 @@ def audit(data: str | Path, model: str | None = None, *, out: str | Path | None 
     from . import run as rd
     from .audit.run import AUDIT, audit_data, one_backbone
 
+    check_flags(label_issues=label_issues, quiet=quiet)
     cfg = resolve_inputs(_compose(data, model, None, None, config, overrides))
     validate(one_backbone(cfg))  # --model auto: the audit reads the default backbone
     target = Path(out) if out else Path("audits") / rd.safe_name(Path(str(data)).stem or "data")
@@ -75,6 +77,7 @@ def audit(data: str | Path, model: str | None = None, *, out: str | Path | None 
 
 def resume(run_dir: str | Path, quiet: bool = False) -> Run | None:
     """Continue a stopped run from its last completed epoch (None: see :func:`train`)."""
+    check_flags(quiet=quiet)
     loaded = launch.resume(run_dir, quiet=quiet)
     return None if loaded is None else Run(loaded.path)
 
@@ -84,7 +87,17 @@ def train(cfg: Config, out: str | Path | None = None, overwrite: bool = False,
           ) -> Run | None:
     """Train from a validated config into a run directory. ``hooks`` run after the built-in
     ones on every event (see ``train/hooks.py``). Under torchrun every process calls this and
-    rank 0 gets the run; the others get None."""
+    rank 0 gets the run; the others get None. ``resume_dir``: continue that stopped run in its
+    own folder (as :func:`resume` does, with ``cfg`` instead of the run's saved config)."""
+    check_flags(overwrite=overwrite, quiet=quiet)
+    if not isinstance(cfg, Config):
+        raise ConfigError(f"cfg: a Config (build_config(...)), not {type(cfg).__name__}")
+    if resume_dir is not None:
+        resume_dir, _ = launch.resume_config(resume_dir)
+        if out is not None and Path(out).resolve() != resume_dir.resolve():
+            raise GraftError(f"out={str(out)!r} and resume_dir={str(resume_dir)!r}: a resumed "
+                             "run goes on in its own folder; leave out out")
+        out = resume_dir
     loaded = launch.train(cfg, out, overwrite, resume_dir, quiet, hooks)
     return None if loaded is None else Run(loaded.path)
 
@@ -124,6 +137,7 @@ class Run(LoadedRun):
         "__main__":``, or pass ``workers=0``."""
         from .robustness.evaluate import robustness
 
+        check_flags(quiet=quiet)
         return robustness(self, data, split, corruptions, severities, reference, seed, workers,
                           limit, quiet, engine)
 
@@ -133,6 +147,7 @@ class Run(LoadedRun):
         on the validation split; predict and evaluate use it from then on."""
         from .inference import calibrate
 
+        check_flags(temperature=temperature)
         return calibrate(self, temperature=temperature, threshold=threshold, target=target)
 
     def evaluate(self, data: str | Path | None = None, split: str | None = None,
@@ -144,6 +159,7 @@ class Run(LoadedRun):
         ``tta``."""
         from .inference import evaluate
 
+        check_flags(quiet=quiet)
         return evaluate(self, data, split=split, name=name, quiet=quiet, tta=tta)
 
 

@@ -37,6 +37,13 @@ def check_whole(name: str, value: object, least: int = 1) -> None:
         raise GraftError(f"{name}={value!r}: a whole number, {least} or more")
 
 
+def check_flags(**flags: object) -> None:
+    """Yes/no arguments must be True or False: a string such as ``"no"`` would count as yes."""
+    for name, value in flags.items():
+        if not isinstance(value, bool):
+            raise GraftError(f"{name}={value!r}: True or False")
+
+
 PEER_EXIT = 0
 """The exit status of a worker that only followed another's error or death. Not a failure of
 its own: torchrun's agent stops every worker at the first one that fails, and a follower that

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -268,4 +269,20 @@ def test_python_api_mistakes_are_graft_errors(probe_run: Path, small_csv: Path,
         api.finetune(small_csv, overrides="optim.lr=0.1", out=tmp_path / "b")  # type: ignore
     with pytest.raises(GraftError, match="a text run predicts texts"):
         get("text").load(None)
-    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    with pytest.raises(GraftError, match="overwrite='no': True or False"):
+        api.finetune(small_csv, epochs=1, out=tmp_path / "c", overwrite="no")  # type: ignore
+    with pytest.raises(GraftError, match="quiet=1"):
+        run.evaluate(quiet=1)  # type: ignore[arg-type]
+    with pytest.raises(GraftError, match="temperature='yes'"):
+        run.calibrate(temperature="yes")  # type: ignore[arg-type]
+    with pytest.raises(GraftError, match="already completed"):  # resume_dir is a run to go on
+        api.train(run.config, resume_dir=probe_run)
+    stopped = tmp_path / "stopped"
+    shutil.copytree(probe_run, stopped)
+    meta = json.loads((stopped / "meta.json").read_text())
+    (stopped / "meta.json").write_text(json.dumps({**meta, "status": "interrupted"}))
+    with pytest.raises(GraftError, match="goes on in its own folder"):
+        api.train(run.config, out=tmp_path / "elsewhere", resume_dir=stopped)
+    with pytest.raises(GraftError, match="cfg: a Config"):
+        api.train({"data": {"path": str(small_csv)}})  # type: ignore[arg-type]
+    assert not any((tmp_path / n).exists() for n in "abc")
