@@ -10,6 +10,12 @@ the same regression's val accuracy (for information: it did not choose), and its
 chosen model's own val accuracy after training, against the default's.
 
     python benchmarks/model_auto.py [--threads 2] [--sets hymenoptera,caltech] [--budget S]
+                                    [--seeds 5]
+
+``--seeds N``: then both the default model and auto's winner are trained again with
+``train.seed`` 1 .. N-1 (features from the warm cache, no report), so the table shows how much
+one val accuracy moves with the seed alone (the head's initialisation and batch order): the
+spread over seeds 0 .. N-1.
 
 Writes benchmarks/results/model_auto.json (machine, versions, load average before each run).
 """
@@ -39,11 +45,23 @@ def _train(threads: int, data: Path, out: Path, cache: Path, *extra: str) -> dic
             "timings": meta.get("timings")}
 
 
+def _seeds(threads: int, data: Path, out: Path, cache: Path, model: str, n: int) -> list[float]:
+    """Val accuracy of ``model`` trained with seeds 1 .. n-1 (the cache is warm)."""
+    accs = []
+    for seed in range(1, n):
+        r = _train(threads, data, out / f"seed{seed}", cache, "--model", model,
+                   f"train.seed={seed}", "report.enabled=false")
+        accs.append(r["val_accuracy"])
+    return accs
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--sets", default="hymenoptera,caltech")
     ap.add_argument("--budget", type=float, default=None)
+    ap.add_argument("--seeds", type=int, default=5, help="seeds per model for the spread "
+                    "(1: the seed-0 runs alone)")
     args = ap.parse_args()
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -57,6 +75,14 @@ def main() -> None:
             results[name] = {"default": default, "auto": auto, "ranking": ranking["candidates"],
                              "skipped": ranking["skipped"], "selection_s": ranking["seconds"],
                              "auto_adds_s": round(auto["wall_s"] - default["wall_s"], 1)}
+            if args.seeds > 1:  # the same two models again, seeds 1 .. N-1
+                results[name]["seeds"] = {
+                    "default": [default["val_accuracy"], *_seeds(
+                        args.threads, SETS[name], t / "default-seeds", t / "cache-default",
+                        default["model"], args.seeds)],
+                    "auto": [auto["val_accuracy"], *_seeds(
+                        args.threads, SETS[name], t / "auto-seeds", t / "cache-auto",
+                        auto["model"], args.seeds)]}
             print(f"{name}: default {default['model']} val {default['val_accuracy']:.4f} in "
                   f"{default['wall_s']:.0f} s; auto -> {auto['model']} val "
                   f"{auto['val_accuracy']:.4f} in {auto['wall_s']:.0f} s (selection "
@@ -68,8 +94,11 @@ def main() -> None:
                       f"{c['seconds']:>6.1f}s")
             for s in ranking["skipped"]:
                 print(f"  {s['name']:<52} skipped: {s['reason']}")
+            for which, accs in results[name].get("seeds", {}).items():
+                print(f"  {which} over seeds 0-{len(accs) - 1}: "
+                      + " ".join(f"{a:.4f}" for a in accs))
     path = write_result("model_auto", {"threads": args.threads, "budget_s": args.budget,
-                                       "sets": results})
+                                       "seeds": args.seeds, "sets": results})
     print(f"wrote {path}")
 
 

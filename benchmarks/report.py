@@ -164,6 +164,13 @@ def model_auto() -> None:
             b = "**" if c["name"] == a["model"] else ""
             print(f"| {b}{c['name']}{b} | {c['cv_accuracy']:.4f} | {v} | {c['seconds']:.1f} s |")
         print()
+        seeds = s.get("seeds")
+        if seeds:
+            spread = "; ".join(
+                f"{m} {min(v):.4f}-{max(v):.4f} (mean {sum(v) / len(v):.4f})"
+                for m, v in ((d["model"], seeds["default"]), (a["model"], seeds["auto"])))
+            print(f"Val accuracy over training seeds 0-{len(seeds['auto']) - 1} (the head's "
+                  f"initialisation and batch order; the features are the same): {spread}.\n")
     print(f"`benchmarks/model_auto.py` on {machine_line(r)}.\n")
 
 

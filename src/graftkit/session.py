@@ -30,7 +30,7 @@ from .strategies import STRATEGIES, Stage, Strategy, StrategyParams
 from .threads import thread_count, use_threads
 from .train import distributed, engines, select, wise_ft
 from .train import hooks as H
-from .train.checkpoint import load_weights, read_state_info, save_weights
+from .train.checkpoint import leaves_out, load_weights, read_state_info, save_weights
 from .train.device import (
     resolve_channels_last,
     resolve_device,
@@ -96,7 +96,7 @@ class Session:
         except BaseException:  # Ctrl-C, a diverged step: the best epoch so far is the run's
             if self.settings.world.main:
                 try:
-                    best.flush(self.model)
+                    best.on_error(self.model)
                 except OSError as e:  # (the error that stopped training is the one to see)
                     self.reporter.warn(f"could not write the best epoch's weights: {e}")
             raise
@@ -495,7 +495,10 @@ def build_session(cfg: Config, out: Path, monitor: str, quiet: bool = False,
     m = cfg.model
     reporter.line(f"[bold]model[/] {m.name}  [bold]strategy[/] {cfg.strategy.name}")
     with reporter.phase("model load"):
-        model, about_model = modality.create_model(m, spec, n_out, out, resuming)
+        # a probe's state leaves out the backbone it never trained: the rebuilt model loads it
+        backbone = not resuming or leaves_out(out / rd.STATE) is not None
+        model, about_model = modality.create_model(m, spec, n_out, out, resuming,
+                                                   load_backbone=backbone)
         if cfg.task == "multilabel" and not resuming:
             label_prior_bias(model, [t for _, t in spec.splits["train"]])
         modality.tta_views(cfg.report.tta, model, cfg)  # report.tta: views it has, or one line

@@ -105,10 +105,12 @@ def test_killed_run_resumes_to_the_same_weights(small_csv: Path, full: Path, tmp
 
 def test_killed_probe_resumes_from_its_head_only_state(small_csv: Path, tmp_path: Path
                                                        ) -> None:
-    # A cached probe's state holds the head (the backbone is the one the run is rebuilt with,
-    # checked by its fingerprint): kilobytes per epoch, and the same weights after a resume.
+    # A cached probe's state holds the head (the backbone is the one the run is rebuilt with:
+    # its pretrained weights, checked by their fingerprint): kilobytes per epoch, and the same
+    # weights after a resume. The best head waits in the state until the stage ends.
     args = ["--data", str(small_csv), "--strategy", "linear_probe", "--epochs", "150",
-            *TINY, "report.enabled=false", "data.audit=false"]
+            "--model", "efficientnet_lite0", "model.image_size=64", "train.threads=1",
+            "report.enabled=false", "data.audit=false"]
     graft("train", *args, "--out", tmp_path / "full")
     cut = tmp_path / "cut"
     _kill_after(args, cut, 2)
@@ -116,7 +118,9 @@ def test_killed_probe_resumes_from_its_head_only_state(small_csv: Path, tmp_path
     with safe_open(str(state), framework="pt") as f:
         assert f.keys() and not any(k.startswith("model.backbone.") for k in f.keys())
         assert "frozen" in f.metadata()
+        assert any(k.startswith("best.head.") for k in f.keys())
     assert 2 <= len(read_history(cut)) < 150
+    assert not (cut / "model.safetensors").exists()  # killed: no chance to write it
     graft("train", "--resume", cut)
     assert [h["epoch"] for h in read_history(cut)] == list(range(1, 151))
     _same_weights(tmp_path / "full" / "model.safetensors", cut / "model.safetensors")

@@ -171,12 +171,13 @@ class ImageModality(Modality):
 
         return resolve_arch(name)
 
-    def create_model(self, m: Any, spec: Any, n_out: int, out: Path, resuming: bool
-                     ) -> tuple[Any, dict[str, Any]]:
+    def create_model(self, m: Any, spec: Any, n_out: int, out: Path, resuming: bool,
+                     load_backbone: bool | None = None) -> tuple[Any, dict[str, Any]]:
         from ..models.vision import create_model
 
-        return create_model(m.name or "", n_out, pretrained=m.pretrained and not resuming,
-                            weights=None if resuming else m.weights, dropout=m.dropout,
+        load = not resuming if load_backbone is None else load_backbone
+        return create_model(m.name or "", n_out, pretrained=m.pretrained and load,
+                            weights=m.weights if load else None, dropout=m.dropout,
                             image_size=m.image_size), {}
 
     def rebuild(self, path: Path, meta: dict[str, Any]) -> Any:

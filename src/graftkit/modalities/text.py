@@ -120,8 +120,8 @@ class TextModality(Modality):
                               "is text (try all-MiniLM-L6-v2, paraphrase-MiniLM-L3-v2 or a local "
                               "Hugging Face model directory)")
 
-    def create_model(self, m: Any, spec: Any, n_out: int, out: Path, resuming: bool
-                     ) -> tuple[Any, dict[str, Any]]:
+    def create_model(self, m: Any, spec: Any, n_out: int, out: Path, resuming: bool,
+                     load_backbone: bool | None = None) -> tuple[Any, dict[str, Any]]:
         """The text adapter, its max length chosen from the training texts (and any unlabeled
         ones) unless set, its
         tokenizer/config saved in the run; and the token statistics of every split."""
@@ -134,7 +134,8 @@ class TextModality(Modality):
             save_text_assets,
         )
 
-        model = create_text_model(m.name or "", n_out, pretrained=m.pretrained and not resuming,
+        load = not resuming if load_backbone is None else load_backbone
+        model = create_text_model(m.name or "", n_out, pretrained=m.pretrained and load,
                                   dropout=m.dropout, max_length=m.max_length, pooling=m.pooling)
         if resuming:  # the length the run started with
             saved = TextDataConfig.from_dict(rd.read_json(out / rd.META)["preprocessing"])

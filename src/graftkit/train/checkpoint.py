@@ -171,6 +171,14 @@ def _load_model(model: torch.nn.Module, sd: dict[str, torch.Tensor], meta: dict[
     model.load_state_dict(sd, strict=False)
 
 
+def leaves_out(path: str | Path) -> str | None:
+    """The part of the model a state file leaves out (``save_state(frozen=)``), if any: the
+    model rebuilt to resume must load that part's weights itself."""
+    with _readable(path), safe_open(str(path), framework="pt") as f:
+        frozen = (f.metadata() or {}).get("frozen")
+    return json.loads(frozen)["prefix"] if frozen else None
+
+
 def read_state_info(path: str | Path) -> dict[str, Any]:
     with _readable(path), safe_open(str(path), framework="pt") as f:
         return json.loads(f.metadata()["info"])

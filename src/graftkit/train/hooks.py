@@ -102,6 +102,7 @@ class BestCheckpoint(BaseHook):
         self.last_stage, self.head_only = last_stage, head_only or []
         self.pending: dict[str, torch.Tensor] | None = None  # the best head, not yet written
         self._resume_from = resume_from
+        self._epochs = 0  # finished in this process
 
     def on_stage_start(self, state: LoopState) -> None:
         self.flush(state.model, state.extra)  # the stage before's best, before this one trains
@@ -112,6 +113,7 @@ class BestCheckpoint(BaseHook):
             state.best, state.best_epoch = None, None
 
     def on_epoch_end(self, state: LoopState, record: dict[str, Any]) -> None:
+        self._epochs += 1
         value, model = record[f"val_{self.metric}"], state.model
         ema, averaged = state.extra.get("ema"), record.get(f"ema_val_{self.metric}")
         if ema is not None and averaged is not None:
@@ -139,8 +141,7 @@ class BestCheckpoint(BaseHook):
 
     def flush(self, model: torch.nn.Module, extra: dict[str, Any] | None = None) -> None:
         """Write the pending best head, if there is one, with ``model``'s backbone (the one it
-        was trained on: a head-only stage does not change it). Training calls it; so does the
-        caller when training stops on an error, so an interrupted run keeps its best epoch."""
+        was trained on: a head-only stage does not change it)."""
         if self.pending is None:
             return
         weights = model.state_dict()
@@ -149,6 +150,14 @@ class BestCheckpoint(BaseHook):
         self.pending = None
         if extra is not None:
             extra[BEST_HEAD] = None
+
+    def on_error(self, model: torch.nn.Module) -> None:
+        """Training stopped on an error (Ctrl-C, a diverged step): the pending best is written,
+        once this process has finished an epoch. Not before: a resumed model may not hold the
+        run's weights yet (a resume that failed to load them), and the state file still holds
+        the pending head for the next attempt."""
+        if self._epochs:
+            self.flush(model)
 
     def _head_only(self, state: LoopState) -> bool:
         return (len(self.head_only) > state.stage_index and self.head_only[state.stage_index]
