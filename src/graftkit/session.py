@@ -74,8 +74,7 @@ class Session:
         state_file = self.out / rd.STATE if self.resume_info else None
         head_only = [st.head_only for st in self.stages]
         best = H.BestCheckpoint(self.out / rd.WEIGHTS, metric, self.cfg.train.early_stop.min_delta,
-                                last_stage=len(self.stages) - 1, head_only=head_only,
-                                resume_from=state_file)
+                                head_only=head_only, resume_from=state_file)
         hooks: list[H.Hook] = [best]
         if self.cfg.train.early_stop.patience:
             hooks.append(H.EarlyStopping(self.cfg.train.early_stop.patience,
@@ -394,6 +393,13 @@ def plan_stages(cfg: Config, strat: Strategy) -> list[Stage]:
             raise ConfigError(f"config key 'semi.method': FixMatch trains the backbone on "
                               f"augmented views; {cfg.strategy.name} keeps it frozen (use "
                               "semi.method=self_training, or a strategy such as full or lp_ft)")
+        mixed = [k for k, on in (("train.mixup", cfg.train.mixup), ("train.cutmix",
+                 cfg.train.cutmix), ("train.augment=augmix_jsd",
+                 cfg.train.augment == "augmix_jsd")) if on]
+        if mixed:  # its labeled batches would be mixed (ignored) or stacked views (a crash)
+            raise ConfigError(f"config key 'semi.method': FixMatch trains on its own weak and "
+                              f"strong views, not with {' or '.join(mixed)}; drop it, or use "
+                              "semi.method=self_training with lp_ft")
         stages = [replace(st, fixmatch=True) if not st.head_only else st for st in stages]
     if cfg.train.wise_ft is not None and not (
             len(stages) > 1 and stages[0].head_only and not stages[-1].head_only):

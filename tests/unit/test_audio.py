@@ -155,3 +155,19 @@ def test_waveform_encoder_from_a_local_directory(tmp_path, clip) -> None:  # noq
     with torch.no_grad():
         assert m(x).shape == (1, 2)
     assert len(m.blocks()) >= 3
+
+
+@pytest.mark.parametrize("task, targets, shape, dtype", [
+    ("multilabel", [(1.0, 0.0, 1.0), (0.0, 1.0, 1.0)], (2, 3), torch.float32),
+    ("classification", [2, 0], (2,), torch.int64),
+    ("regression", [0.5, 1.5], (2,), torch.float32)])
+def test_a_batch_of_clips_has_one_target_tensor(task: str, targets: list, shape: tuple,
+                                                dtype: torch.dtype) -> None:
+    from torch.utils.data import default_collate
+
+    from graftkit.models.audio import AudioDataset
+
+    files = [shared_dataset("fsdd") / "3" / f"3_george_{i}.wav" for i in (7, 8)]
+    ds = AudioDataset(list(zip(map(str, files), targets)), AudioDataConfig(window_s=1.0), task)
+    x, y = default_collate([ds[0], ds[1]])
+    assert x["input"].shape[0] == 2 and y.shape == shape and y.dtype == dtype

@@ -33,9 +33,11 @@ def test_the_ranks_slices_make_up_the_single_process_batches(n: int, batch: int,
         world = World(rank=r, size=size, local_rank=r, local_size=size)
         gen = torch.Generator().manual_seed(7)
         sampler = GlobalBatches(n, batch, world, gen)
+        held = sampler.weights  # as the training loop takes it, before the epoch starts
         # the DataLoader draws its base seed from the generator first, as a shuffled one does
         loader = DataLoader(TensorDataset(torch.arange(n)), batch_sampler=sampler, generator=gen)
         got = [b[0].tolist() for b in loader]
+        assert held is sampler.weights and len(held) == len(got)
         per_rank.append((got, list(sampler.weights)))
         assert len(got) == len(single) == len(sampler)
     for i, batch_ids in enumerate(single):
@@ -194,3 +196,11 @@ def test_incomplete_torchrun_environment(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setenv("WORLD_SIZE", "1")
     assert world_from_env() == World()
 
+
+
+def test_an_epochs_last_short_group_of_micro_batches_is_their_mean() -> None:
+    from graftkit.train.loop import accumulation_group
+
+    assert [accumulation_group(i, 8, 3) for i in range(8)] == [3, 3, 3, 3, 3, 3, 2, 2]
+    assert [accumulation_group(i, 5, 1) for i in range(5)] == [1] * 5
+    assert [accumulation_group(i, 2, 4) for i in range(2)] == [2, 2]

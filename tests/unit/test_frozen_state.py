@@ -127,7 +127,7 @@ def test_a_head_only_stage_writes_its_best_weights_once(tmp_path: Path, monkeypa
                                                                          real(t, p, m)))
     net, opt, sched = _trained_head()
     weights, last = tmp_path / "model.safetensors", tmp_path / "last.safetensors"
-    best = BestCheckpoint(weights, "accuracy", head_only=[True, False], last_stage=1)
+    best = BestCheckpoint(weights, "accuracy", head_only=[True, False])
     keep = StateCheckpoint(last, head_only=[True, False])
     state = LoopState(net, optimizer=opt, scheduler=sched)
     best.on_stage_start(state)
@@ -139,7 +139,7 @@ def test_a_head_only_stage_writes_its_best_weights_once(tmp_path: Path, monkeypa
 
     # a run killed here resumes with the pending head and writes it at the stage's end
     again, opt2, sched2 = _trained_head()
-    resumed = BestCheckpoint(weights, "accuracy", head_only=[True, False], last_stage=1,
+    resumed = BestCheckpoint(weights, "accuracy", head_only=[True, False],
                              resume_from=last)
     state2 = LoopState(again, optimizer=opt2, scheduler=sched2)
     resumed.on_stage_start(state2)  # stage 0 again, as the loop restarts it

@@ -92,8 +92,8 @@ class PointsModality(Modality):
         return DataSpec(task, classes, splits, "points-csv", str(d.path), modality="points",
                         inline=True)
 
-    def create_model(self, m: Any, spec: Any, n_out: int, out: Path, resuming: bool
-                     ) -> tuple[Any, dict[str, Any]]:
+    def create_model(self, m: Any, spec: Any, n_out: int, out: Path, resuming: bool,
+                     load_backbone: bool | None = None) -> tuple[Any, dict[str, Any]]:
         return PointsAdapter(n_out), {}
 
     def rebuild(self, path: Path, meta: dict[str, Any]) -> Any:

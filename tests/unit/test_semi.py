@@ -247,6 +247,10 @@ def test_plans_of_semi_supervised_runs(tmp_path: Path) -> None:
     ({"strategy.name": "prototype", "task": "regression"}, "is for single-label classification"),
     ({"strategy.name": "prototype", "data.unlabeled": "POOL", "train.augment": "light"},
      "takes no augmentation"),
+    ({"data.unlabeled": "POOL", "strategy.name": "full", "train.mixup": 0.8},
+     "FixMatch trains on its own weak and strong views, not with train.mixup"),
+    ({"data.unlabeled": "POOL", "strategy.name": "full", "train.augment": "augmix_jsd"},
+     "not with train.augment=augmix_jsd"),
 ])
 def test_semi_supervised_config_mistakes_fail_early(tmp_path: Path, overrides: dict,
                                                     message: str) -> None:

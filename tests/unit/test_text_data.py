@@ -107,3 +107,20 @@ def test_choose_max_length_from_the_length_distribution() -> None:
     assert choose_max_length([3000] * 10, limit=512) == 512  # at most the model's positions
     assert choose_max_length([40] * 99 + [5000]) == 40  # one outlier does not set it
     assert choose_max_length([]) == 16
+
+
+def test_a_split_column_stays_with_its_rows_when_rows_are_skipped(tmp_path: Path) -> None:
+    from graftkit.data.text_sources import discover_text
+
+    rows = ["text,label,split", "alpha one,x,train", "beta two,,train", "delta four,x,train",
+            "eps five,y,train", "zeta six,x,val", "eta seven,y,val"]
+    (tmp_path / "a.csv").write_text("\n".join(rows) + "\n")
+    spec = discover_text(tmp_path / "a.csv")  # the row without a label is skipped, not fatal
+    assert [t for t, _ in spec.splits["val"]] == ["zeta six", "eta seven"]
+    assert sorted(t for t, _ in spec.splits["train"]) == ["alpha one", "delta four", "eps five"]
+    assert [s["reason"] for s in spec.skipped] == ["missing label"]
+    # a skipped row and a row with no split used to pair up, shifting the splits silently
+    rows[2], rows[3] = "beta two,,val", "gamma three,y,"
+    (tmp_path / "b.csv").write_text("\n".join(rows) + "\n")
+    with pytest.raises(DataError, match="the row of 'gamma three' has no split"):
+        discover_text(tmp_path / "b.csv")

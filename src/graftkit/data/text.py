@@ -56,6 +56,22 @@ def read_text_csv(
 ) -> tuple[list[tuple[str, str]], list[dict[str, Any]]]:
     """``(rows, skipped)``: ``(text, label)`` pairs in file order, and ``{path, row, reason}``
     for every row left out (``row`` is its first line number in the file)."""
+    rows, skipped = _read(path, text_column, label_column, None)
+    return [(text, label) for text, label, _ in rows], skipped
+
+
+def read_text_split_csv(
+    path: str | Path, text_column: str = "text", label_column: str = "label",
+    split_column: str = "split",
+) -> tuple[list[tuple[str, str, str]], list[dict[str, Any]]]:
+    """As :func:`read_text_csv`, each row with its ``split_column`` value ("" where the row has
+    none, or the file no such column), read in the same pass, so that a skipped row cannot shift
+    the splits."""
+    return _read(path, text_column, label_column, split_column)
+
+
+def _read(path: str | Path, text_column: str, label_column: str, split_column: str | None
+          ) -> tuple[list[tuple[str, str, str]], list[dict[str, Any]]]:
     p = Path(path).expanduser()
     try:
         raw = p.read_bytes()
@@ -64,11 +80,12 @@ def read_text_csv(
     reader = csv.reader(io.StringIO(raw.decode("utf-8", "surrogateescape").removeprefix("\ufeff"),
                                     newline=""))
     with wide_csv_fields():
-        return _read_records(p, reader, text_column, label_column)
+        return _read_records(p, reader, text_column, label_column, split_column)
 
 
-def _read_records(p: Path, reader: Any, text_column: str, label_column: str
-                  ) -> tuple[list[tuple[str, str]], list[dict[str, Any]]]:
+def _read_records(p: Path, reader: Any, text_column: str, label_column: str,
+                  split_column: str | None
+                  ) -> tuple[list[tuple[str, str, str]], list[dict[str, Any]]]:
     try:
         header = next(reader, None)
         if not header:
@@ -79,7 +96,8 @@ def _read_records(p: Path, reader: Any, text_column: str, label_column: str
                 raise DataError(f"CSV {str(p)!r} has no column {col!r} "
                                 f"(its columns: {', '.join(header)})")
         ti, li = header.index(text_column), header.index(label_column)
-        rows: list[tuple[str, str]] = []
+        si = header.index(split_column) if split_column in header else None
+        rows: list[tuple[str, str, str]] = []
         skipped: list[dict[str, Any]] = []
         n_records, n_bad_bytes, first_line = 0, 0, reader.line_num + 1
         for record in reader:
@@ -102,7 +120,8 @@ def _read_records(p: Path, reader: Any, text_column: str, label_column: str
             if reason:
                 skipped.append({"path": f"{p}:{line}", "row": line, "reason": reason})
             else:
-                rows.append((text, label))
+                split = record[si].strip() if si is not None and si < len(record) else ""
+                rows.append((text, label, split))
     except csv.Error as e:
         raise DataError(f"{p}:{reader.line_num}: malformed CSV ({e})") from None
     if n_bad_bytes > n_records / 2:

@@ -20,7 +20,7 @@ from .sources import (
     target_stats,
 )
 from .spec import csv_header
-from .text import read_text_csv
+from .text import read_text_csv, read_text_split_csv
 
 
 def is_text_csv(path: str | Path, text_column: str = "text", path_column: str = "path",
@@ -36,20 +36,19 @@ def is_text_csv(path: str | Path, text_column: str = "text", path_column: str = 
 
 def _read(path: Path, text_column: str, label_column: str, skipped: list[dict]
           ) -> list[tuple[str, str, str | None]]:
-    """(text, label, split or None) rows of one file; the split comes from a ``split`` column."""
-    rows, bad = read_text_csv(path, text_column, label_column)
+    """(text, label, split or None) rows of one file; the split comes from a ``split`` column
+    (None for every row when there is none, or none is filled in)."""
+    rows, bad = read_text_split_csv(path, text_column, label_column)
     skipped += bad
-    try:
-        splits, _ = read_text_csv(path, text_column, "split")
-    except DataError:  # no split column (or none filled in)
-        return [(t, lab, None) for t, lab in rows]
-    if len(splits) != len(rows):
-        raise DataError(f"CSV {str(path)!r}: give every usable row a split (train, val or test)"
-                        " or drop the split column")
-    out = []
-    for (text, label), (_, raw) in zip(rows, splits):
+    if not any(split for _, _, split in rows):
+        return [(t, lab, None) for t, lab, _ in rows]
+    out: list[tuple[str, str, str | None]] = []
+    for text, label, raw in rows:
         if raw.lower() not in SPLIT_ALIASES:
-            raise DataError(f"CSV {str(path)!r}: unknown split {raw!r}; use train, val or test")
+            raise DataError(f"CSV {str(path)!r}: " + (
+                f"unknown split {raw!r}; use train, val or test" if raw else
+                f"the row of {text[:40]!r} has no split; give every usable row a split (train, "
+                "val or test) or drop the split column"))
         out.append((text, label, SPLIT_ALIASES[raw.lower()]))
     return out
 

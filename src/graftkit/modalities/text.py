@@ -87,18 +87,16 @@ class TextModality(Modality):
         """A labeled text CSV, with the run's label map (a split column is honoured with
         --split)."""
         from ..data.sources import SPLIT_ALIASES, label_target
-        from ..data.text import read_text_csv
+        from ..data.text import read_text_split_csv
 
-        rows, skipped = read_text_csv(data, d.text_column, d.label_column)
+        rows, skipped = read_text_split_csv(data, d.text_column, d.label_column)
         if split:
-            try:
-                splits = [s for _, s in read_text_csv(data, d.text_column, "split")[0]]
-            except DataError:
-                raise DataError(f"CSV {str(data)!r} has no split column; drop --split") from None
-            rows = [r for r, s in zip(rows, splits) if SPLIT_ALIASES.get(s.lower()) == split]
+            if not any(s for _, _, s in rows):
+                raise DataError(f"CSV {str(data)!r} has no split column; drop --split")
+            rows = [r for r in rows if SPLIT_ALIASES.get(r[2].lower()) == split]
         index = {c: i for i, c in enumerate(meta["classes"])}
         items = [(text, label_target(label, index, meta["task"], str(data)))
-                 for text, label in rows]
+                 for text, label, _ in rows]
         return items, skipped, split or "all"
 
     # --- model --------------------------------------------------------------------------------

@@ -60,13 +60,14 @@ class AudioDataset(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, i: int) -> tuple[dict[str, torch.Tensor], int | float]:
+    def __getitem__(self, i: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         path, target = self.items[i]
         try:
             wave = load_audio(path, self.dc.sample_rate)
         except BadAudio as e:
             raise DataError(e.reason) from None
-        return clip_input(wave, self.dc, self.augment), target
+        # a tensor, as the image datasets give: a multi-label tuple collates to (B, K)
+        return clip_input(wave, self.dc, self.augment), torch.tensor(target)
 
 
 def clip_input(wave: np.ndarray, dc: AudioDataConfig, augment: str = "none",

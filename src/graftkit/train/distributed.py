@@ -238,7 +238,7 @@ class GlobalBatches(Sampler[list[int]]):
 
     def __iter__(self) -> Iterator[list[int]]:
         order = list(RandomSampler(range(self.n), generator=self.generator))
-        self.weights = []
+        self.weights.clear()  # in place: the training loop holds this list
         for i in range(len(self)):
             batch = order[i * self.batch_size:(i + 1) * self.batch_size]
             part = self.world.shard(len(batch))

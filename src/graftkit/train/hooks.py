@@ -82,9 +82,10 @@ class History(BaseHook):
 class BestCheckpoint(BaseHook):
     """Keeps the weights of the best epoch (by ``metric`` on validation) in ``model.safetensors``.
 
-    The choice is made among the epochs of the last stage only: a multi-stage strategy's result is
-    the model its last stage produced (LP-FT's is the fine-tuned model, not its probe), so the
-    best-so-far restarts when the last stage begins. With ``train.ema`` an epoch's candidate is
+    The choice is made among the epochs of each stage: a multi-stage strategy's result is the
+    model its last stage produced (LP-FT's is the fine-tuned model, not its probe), so the
+    best-so-far restarts when a stage begins, and what the file holds at the end is the last
+    stage's best epoch. With ``train.ema`` an epoch's candidate is
     its moving average when that validated better (``ema_val_<metric>``); the record says which
     (``kept``: ``weights`` or ``ema``).
 
@@ -96,10 +97,10 @@ class BestCheckpoint(BaseHook):
     attempt being resumed, whose pending head is taken up.
     """
 
-    def __init__(self, path: Path, metric: str, min_delta: float = 0.0, last_stage: int = 0,
+    def __init__(self, path: Path, metric: str, min_delta: float = 0.0,
                  head_only: list[bool] | None = None, resume_from: Path | None = None) -> None:
         self.path, self.metric, self.min_delta = path, metric, min_delta
-        self.last_stage, self.head_only = last_stage, head_only or []
+        self.head_only = head_only or []
         self.pending: dict[str, torch.Tensor] | None = None  # the best head, not yet written
         self._resume_from = resume_from
         self._epochs = 0  # finished in this process
@@ -109,8 +110,9 @@ class BestCheckpoint(BaseHook):
         if self._resume_from is not None:
             self.pending = load_prefixed(self._resume_from, BEST_HEAD) or None
             state.extra[BEST_HEAD], self._resume_from = self.pending, None
-        if state.stage_index == self.last_stage and self.last_stage > 0:
-            state.best, state.best_epoch = None, None
+        # each stage has its own best (a self-training round's new head is not compared with
+        # the stage before's, nor early-stopped for trailing it)
+        state.best, state.best_epoch = None, None
 
     def on_epoch_end(self, state: LoopState, record: dict[str, Any]) -> None:
         self._epochs += 1

@@ -403,6 +403,13 @@ def _cycle(loader: DataLoader) -> Iterator[Any]:
         yield from loader
 
 
+def accumulation_group(i: int, n_steps: int, accumulate: int) -> int:
+    """How many micro-batches the update that step ``i`` belongs to adds up: ``accumulate``,
+    fewer for an epoch's last group when ``n_steps`` does not divide evenly (its gradient is
+    still the mean over its micro-batches, not a fraction of it)."""
+    return min(accumulate, n_steps - i // accumulate * accumulate)
+
+
 def train_epoch(model: nn.Module, batches: Batches, loader: DataLoader, state: LoopState,
                 loss_fn: LossFn, s: LoopSettings, n_blocks: int, reporter: Reporter,
                 scaler: torch.amp.GradScaler, unlabeled: DataLoader | None = None,
@@ -422,14 +429,15 @@ def train_epoch(model: nn.Module, batches: Batches, loader: DataLoader, state: L
     n_steps = len(loader) if unlabeled is None else len(unlabeled)
     for i, batch in steps:
         update = (i + 1) % s.accumulate == 0 or i + 1 == n_steps
+        group = accumulation_group(i, n_steps, s.accumulate)
         if unlabeled is None:
             x, y = batch
             loss, n = train_step(model, forward, x, y, loss_fn, s, opt, scaler, batches.mix,
-                                 s.accumulate, update, weights[i] if weights else 1.0)
+                                 group, update, weights[i] if weights else 1.0)
         else:
             (x, y), (weak, strong, hidden) = batch
             loss, n, st = fixmatch_step(model, x, y, weak, strong, hidden, loss_fn, s, opt,
-                                        scaler, s.semi.threshold, s.semi.lambda_u, s.accumulate,
+                                        scaler, s.semi.threshold, s.semi.lambda_u, group,
                                         update, prior, p_mean)
             u_stats = {k: u_stats[k] + st[k] for k in u_stats}
             n_means += 1
