@@ -300,6 +300,29 @@ def test_a_greedy_soup_of_kept_trials_is_a_run_no_worse_than_the_best(
         cook(tmp_path / "freed")
 
 
+def test_a_soup_of_a_regression_search_scores_in_the_targets_units(small_csv: Path,
+                                                                   tmp_path: Path) -> None:
+    """The soup starts from the best trial at that trial's own val score (RMSE in the targets'
+    units, not the standardised outputs'), and a regression soup is written without a
+    calibration."""
+    rows = small_csv.read_text().splitlines()
+    reg = tmp_path / "reg.csv"  # a target far from 0, as standardisation matters there
+    reg.write_text("\n".join([rows[0]] + [f"{r.split(',')[0]},{100 + i % 7 / 3:.3f},"
+                                          f"{r.split(',')[2]}" for i, r in
+                                          enumerate(rows[1:])]) + "\n")
+    space = tmp_path / "space.yaml"
+    space.write_text("optim.lr: {low: 1.0e-3, high: 3.0e-2, log: true}\n")
+    out = tmp_path / "s"
+    graft("search", "--data", reg, "--space", space, "--trials", "2", "--out", out,
+          "--no-default-trial", "--pruner", "none", "--keep-weights", "-q", *TINY,
+          "task=regression", "strategy.name=linear_probe", "train.epochs=2")
+    r = json.loads(graft("soup", out, "--json").stdout)
+    assert r["monitor"] == "rmse"
+    assert r["best_trial_val"] == pytest.approx(r["tried"][0]["value"], rel=1e-4)
+    meta = json.loads((Path(r["out"]) / "meta.json").read_text())
+    assert meta["status"] == "completed" and not list(out.glob(".soup*"))
+
+
 def test_a_model_name_choice_trains_and_ranks_each_backbone(data: Path, tmp_path: Path) -> None:
     space = tmp_path / "space.yaml"  # two backbones, each probed on its own cached features
     space.write_text("model.name: {choices: [test_efficientnet, mobilenetv2_050]}\n"

@@ -116,12 +116,19 @@ def soup(search: Path, out: Path | None = None, overwrite: bool = False,
     items, _, _ = run_split(run, "val")  # the data as every trial split it
     model = run.model
 
+    task = run.meta["task"]
+
     def score(weights: dict[str, torch.Tensor]) -> float:
+        """The monitored val metric, as training scored each epoch: outputs not temperature-
+        scaled, a multi-label run's through sigmoids, a regression's in the targets' units."""
         from ..evaluate.analysis import analyze
+        from ..evaluate.calibration import Calibration
 
         model.load_state_dict(weights, strict=True)
         logits, targets = outputs(run, items)
-        m = analyze(logits, targets, run.meta["task"], run.meta["classes"]).metrics
+        m = analyze(logits, targets, task, run.meta["classes"],
+                    Calibration(multilabel=task == "multilabel"),
+                    target_stats=run.meta.get("target_stats")).metrics
         return float(m[monitor])
 
     first = load_file(str(best.path / rd.WEIGHTS))
@@ -159,9 +166,22 @@ def _write(best: Path, out: Path, weights: dict[str, torch.Tensor], info: dict[s
            save_file: Any) -> None:
     """The soup's run directory: a copy of the best trial's, built beside ``out`` and put in its
     place once complete."""
+    build = rd.sibling(out, "soup")
+    try:
+        _build(best, build, weights, info, save_file)
+    except BaseException:  # a half-built soup is nobody's run
+        shutil.rmtree(build, ignore_errors=True)
+        raise
+    if out.exists():
+        rd.replace_dir(out, build)
+    else:
+        build.rename(out)
+
+
+def _build(best: Path, build: Path, weights: dict[str, torch.Tensor], info: dict[str, Any],
+           save_file: Any) -> None:
     from ..inference import LoadedRun, calibrate, ensure_reference, evaluate, run_split
 
-    build = rd.sibling(out, "soup")
     shutil.copytree(best, build, dirs_exist_ok=True, ignore=shutil.ignore_patterns(
         "checkpoints", rd.HISTORY, rd.EVAL, rd.ROBUSTNESS, "reference.json", "tensorboard"))
     save_file(weights, str(build / rd.WEIGHTS))
@@ -170,7 +190,8 @@ def _write(best: Path, out: Path, weights: dict[str, torch.Tensor], info: dict[s
     meta.update(status="completed", soup=info, best_value=info["val"])
     rd.write_json(build / rd.META, meta)
     run = LoadedRun(build)
-    calibrate(run)  # the soup's own temperature (and decision threshold), fitted on val
+    if run.meta["task"] != "regression":  # the soup's own temperature (threshold), fitted on val
+        calibrate(run)
     metrics = rd.read_json(best / rd.METRICS)
     spec = run.modality.discover(run.config.data, run.config.task)
     for split in spec.splits:
@@ -180,10 +201,6 @@ def _write(best: Path, out: Path, weights: dict[str, torch.Tensor], info: dict[s
         if split in spec.splits:
             evaluate(run, None, split)
     ensure_reference(run)
-    if out.exists():
-        rd.replace_dir(out, build)
-    else:
-        build.rename(out)
 
 
 def _scores(run: Any, items: list[tuple[str, float]]) -> dict[str, Any]:
