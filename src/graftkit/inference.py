@@ -223,6 +223,13 @@ def calibrate(run: LoadedRun, temperature: bool = True, threshold: str = "keep",
     after = probability_scores(cal.probs(logits).double().numpy(), y, len(meta["classes"]))
     meta = rd.read_json(run.path / rd.META)
     meta["calibration"] = {**cal.to_dict(), "fitted_on": "val"}
+    fitted = meta.get("calibration_tta")
+    if fitted:  # predict and evaluate use it for that many views (report.tta): refit it too
+        n = fitted["views"]
+        averaged, _ = outputs(run, items, tta=tta_model(run, n))
+        cal_tta, _ = fit_calibration(averaged, targets, meta["classes"], temperature, threshold,
+                                     target)
+        meta["calibration_tta"] = {**cal_tta.to_dict(), "views": n, "fitted_on": "val"}
     rd.write_json(run.path / rd.META, meta)
     run.meta = meta
     return {**cal.to_dict(), "before": before, "after": after, "warning": warning}

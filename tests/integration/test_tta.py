@@ -47,6 +47,12 @@ def test_a_run_default_of_three_views(small_csv: Path, hymenoptera: Path, tmp_pa
     default, three, one = (run.predict(image, tta=n)[0] for n in (None, 3, 1))
     assert default["prob"] == pytest.approx(three["prob"])
     assert abs(default["prob"] - one["prob"]) > 1e-6  # the views changed the outputs
+    # graft calibrate refits the averaged model's calibration too: predict and evaluate use it
+    assert fitted["temperature"] != 1.0
+    run.calibrate(temperature=False)
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["calibration_tta"]["temperature"] == 1.0 and meta["calibration_tta"]["views"] == 3
+    assert run.evaluate(split="val")["calibration"]["temperature"] == 1.0
     bad = graft("predict", out, image, "--tta", "13", check=False)  # the CLI: one line
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert "--tta 13: image runs have 12 test-time views at most" in bad.stderr

@@ -153,6 +153,12 @@ def test_run_perturbations_scores_like_the_corruption_benchmark():
     assert ce["ce"]["char_delete"] == pytest.approx(1.0)
     with pytest.raises(ConfigError, match="need at least one perturbation"):
         run_perturbations(_spotter, texts, targets, ["casing"], [0])
+    # the run's own decision rule: a binary threshold of P(spam) >= 1.01 calls nothing spam
+    from graftkit.evaluate.calibration import Calibration
+
+    strict = Calibration(threshold=1.01)
+    r = run_perturbations(_spotter, texts, targets, ["casing"], [1], decide=strict.decide)
+    assert r["clean_accuracy"] == 0.5
 
 
 def test_example_table_is_escaped_and_marks_changes():

@@ -301,7 +301,8 @@ class AudioModality(Modality):
             return cal.probs(model(x).float()).numpy()
 
         results = run_audio_perturbations(predict_probs, waves, targets, names, sevs, seed=seed,
-                                          batch_size=batch_size, progress=progress)
+                                          batch_size=batch_size, progress=progress,
+                                          decide=cal.decide)
         return results, (waves[0], examples(waves[0], names, sevs, seed))
 
     def robustness_figures(self, shown: Any, names: list[str], sevs: list[int], out: Path,

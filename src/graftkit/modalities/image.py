@@ -317,7 +317,7 @@ class ImageModality(Modality):
         t0 = time.perf_counter()
         results = run_corruptions(predict_probs, images, targets, names, sevs, seed=seed,
                                   workers=workers, batch_size=max(batch_size, 16),
-                                  progress=progress, decide=cal.decide if cal.multilabel else None,
+                                  progress=progress, decide=cal.decide,
                                   turns=turns, arrays=True)
         # where the time went: the model (with its input conversion), and the rest (corrupting
         # in process, or waiting for the workers)

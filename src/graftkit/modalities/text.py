@@ -234,7 +234,7 @@ class TextModality(Modality):
             return cal.probs(model(model.tokenize(batch)).float()).numpy()
 
         results = run_perturbations(predict_probs, texts, targets, names, sevs, seed=seed,
-                                    batch_size=batch_size, progress=progress)
+                                    batch_size=batch_size, progress=progress, decide=cal.decide)
         return results, examples(texts, names, sevs, seed)
 
     def robustness_figures(self, shown: Any, names: list[str], sevs: list[int], out: Path,

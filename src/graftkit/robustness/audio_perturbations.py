@@ -48,7 +48,7 @@ from scipy import signal
 
 from ..errors import ConfigError
 from ..registry import Registry
-from .bench import cell_seed, check_inputs, summarize
+from .bench import cell_seed, check_inputs, decisions, hits, summarize
 from .corruptions import SEVERITIES
 
 SAMPLE_RATE = 16_000
@@ -218,18 +218,12 @@ def resolve_audio_perturbations(spec: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def _correct(predict_probs: PredictAudioProbs, waves: list[Wave], targets: np.ndarray) -> int:
-    probs = np.asarray(predict_probs(waves))
-    if probs.ndim != 2 or probs.shape[0] != len(waves):
-        raise ValueError(f"predict_probs returned shape {probs.shape} for {len(waves)} clips; "
-                         "expected (N, classes)")
-    return int((probs.argmax(axis=1) == targets).sum())
-
-
 def run_audio_perturbations(predict_probs: PredictAudioProbs, waves: Sequence[Wave],
                             targets: np.ndarray, names: list[str], severities: list[int],
                             seed: int = 0, batch_size: int = 64,
-                            progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+                            progress: Callable[[int], None] | None = None,
+                            decide: Callable[[np.ndarray], np.ndarray] | None = None
+                            ) -> dict[str, Any]:
     """Accuracy of ``predict_probs`` (list of waveforms -> (N, K) probabilities) on clean and
     perturbed copies of ``waves``; ``targets`` holds the N true class indices. Perturbing is
     cheap next to the model, so it happens here, batch by batch. ``progress(k)`` is called
@@ -241,7 +235,8 @@ def run_audio_perturbations(predict_probs: PredictAudioProbs, waves: Sequence[Wa
     n = len(waves)
 
     def score(batch: list[Wave], start: int) -> int:
-        k = _correct(predict_probs, batch, targets[start:start + len(batch)])
+        k = hits(decisions(predict_probs, batch, decide, "clips"),
+                 targets[start:start + len(batch)])
         if progress is not None:
             progress(len(batch))
         return k

@@ -132,11 +132,14 @@ def default_plan() -> tuple[int, bool]:
     return (threads, True) if threads > 1 else (0, False)
 
 
-def _predict(predict_probs: PredictProbs, images: list[Any],
-             decide: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
-    probs = np.asarray(predict_probs(images))
-    if probs.ndim != 2 or probs.shape[0] != len(images):
-        raise ValueError(f"predict_probs returned shape {probs.shape} for {len(images)} images; "
+def decisions(predict_probs: Callable[[Any], Any], inputs: list[Any],
+              decide: Callable[[np.ndarray], np.ndarray] | None = None,
+              noun: str = "images") -> np.ndarray:
+    """The decisions on a batch of ``inputs``: ``decide`` of their probabilities (the run's own
+    rule: a binary run's threshold, a multi-label run's per-label ones), else the argmax."""
+    probs = np.asarray(predict_probs(inputs))
+    if probs.ndim != 2 or probs.shape[0] != len(inputs):
+        raise ValueError(f"predict_probs returned shape {probs.shape} for {len(inputs)} {noun}; "
                          "expected (N, classes)")
     return probs.argmax(axis=1) if decide is None else decide(probs)
 
@@ -211,7 +214,7 @@ def run_corruptions(predict_probs: PredictProbs, images: Sequence[Image.Image],
 
     def score_clean() -> None:
         nonlocal clean_correct
-        clean_correct = sum(scored(_predict(predict_probs, clean[s:s + batch_size], decide), s)
+        clean_correct = sum(scored(decisions(predict_probs, clean[s:s + batch_size], decide), s)
                             for s in range(0, n, batch_size))
 
     correct = {name: dict.fromkeys(sevs, 0) for name in names}
@@ -221,7 +224,7 @@ def run_corruptions(predict_probs: PredictProbs, images: Sequence[Image.Image],
         for name, start, per_severity in chunks:
             for sev, batch in zip(sevs, per_severity):
                 imgs = batch if arrays else [Image.fromarray(a, mode="RGB") for a in batch]
-                correct[name][sev] += scored(_predict(predict_probs, imgs, decide), start)
+                correct[name][sev] += scored(decisions(predict_probs, imgs, decide), start)
 
     return summarize(correct, clean_correct, n, sevs, seed)
 

@@ -13,23 +13,16 @@ from typing import Any
 
 import numpy as np
 
-from .bench import check_inputs, summarize
+from .bench import check_inputs, decisions, hits, summarize
 from .perturbations import perturb, resolve_perturbations
 
 PredictTextProbs = Callable[[list[str]], np.ndarray]
 
 
-def _correct(predict_probs: PredictTextProbs, texts: list[str], targets: np.ndarray) -> int:
-    probs = np.asarray(predict_probs(texts))
-    if probs.ndim != 2 or probs.shape[0] != len(texts):
-        raise ValueError(f"predict_probs returned shape {probs.shape} for {len(texts)} texts; "
-                         "expected (N, classes)")
-    return int((probs.argmax(axis=1) == targets).sum())
-
-
 def run_perturbations(predict_probs: PredictTextProbs, texts: Sequence[str], targets: np.ndarray,
                       perturbations: list[str], severities: list[int], seed: int = 0,
-                      batch_size: int = 64, progress: Callable[[int], None] | None = None
+                      batch_size: int = 64, progress: Callable[[int], None] | None = None,
+                      decide: Callable[[np.ndarray], np.ndarray] | None = None
                       ) -> dict[str, Any]:
     """Accuracy of ``predict_probs`` (texts -> (N, K) probabilities) on clean and perturbed
     copies of ``texts``; ``targets`` holds the N true class indices. ``progress(k)`` is called
@@ -41,7 +34,8 @@ def run_perturbations(predict_probs: PredictTextProbs, texts: Sequence[str], tar
     n = len(texts)
 
     def score(batch: list[str], start: int) -> int:
-        k = _correct(predict_probs, batch, targets[start:start + len(batch)])
+        k = hits(decisions(predict_probs, batch, decide, "texts"),
+                 targets[start:start + len(batch)])
         if progress is not None:
             progress(len(batch))
         return k
