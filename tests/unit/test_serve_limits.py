@@ -369,6 +369,13 @@ def test_upload_pixels_reads_the_header_only() -> None:
         with pytest.raises(BadImage) as e:
             upload_pixels(data, 36_000_000)
         assert e.value.code == code
+    # what the preprocessing's resize makes of it counts too: a thin strip of a few bytes
+    # becomes 256 x 10 million pixels before its centre crop
+    assert upload_pixels(bomb_png(640, 480), 36_000_000, 256) == 640 * 480
+    assert upload_pixels(bomb_png(500, 4), 36_000_000, 256) == 256 * 256 * 125
+    with pytest.raises(BadImage, match="once its short side is resized to 256") as e:
+        upload_pixels(bomb_png(40_000, 1), 36_000_000, 256)
+    assert e.value.code == "too_many_pixels"
 
 
 @pytest.mark.parametrize("size", [(5000, 5000), (5000, 37), (37, 5000), (64, 64), (65, 64),

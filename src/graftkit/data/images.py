@@ -196,13 +196,20 @@ def _open_upload(data: bytes, max_pixels: int) -> Image.Image:
     return img
 
 
-def upload_pixels(data: bytes, max_pixels: int) -> int:
-    """The pixels an uploaded image file declares in its header (width x height), read without
-    decoding anything; :class:`BadImage` as :func:`decode_image` raises it for an unreadable
-    header or more than ``max_pixels``."""
+def upload_pixels(data: bytes, max_pixels: int, model_side: int = 0) -> int:
+    """The pixels an uploaded image file will hold, read from its header without decoding
+    anything: width x height, or more where the preprocessing's resize of the short side to
+    ``model_side`` makes it larger (a 40000x1 strip becomes 256 x 10 million pixels before its
+    centre crop). :class:`BadImage` as :func:`decode_image` raises it for an unreadable header
+    or either count over ``max_pixels``."""
     with _reading_upload(data):
         w, h = _open_upload(data, max_pixels).size
-    return w * h
+    resized = -(-model_side * model_side * max(w, h) // min(w, h)) if model_side else 0
+    if resized > max_pixels:
+        raise BadImage(f"image of {w}x{h} is {resized} pixels once its short side is resized to "
+                       f"{model_side}: over the limit of {max_pixels} pixels (too long and thin)",
+                       "too_many_pixels")
+    return max(w * h, resized)
 
 
 def decode_image(data: bytes, max_pixels: int, min_side: int = 0) -> Image.Image:

@@ -172,11 +172,13 @@ class Modality:
         a reason and a code (the server answers 400, or 413 for ``too_many_pixels``)."""
         raise NotImplementedError
 
-    def upload_cost(self, raw: bytes | str, max_pixels: int) -> int:
-        """What decoding this input of a served request will hold in memory, read from its
-        header without decoding it (the server bounds the sum per request and what is decoded at
-        once): pixels for an image. Raises :class:`BadInput` as ``decode_upload`` does for a
-        header it cannot read or over ``max_pixels``. 0: too small to count (a text)."""
+    def upload_cost(self, raw: bytes | str, max_pixels: int, model_side: int = 0) -> int:
+        """What decoding and preprocessing this input of a served request will hold in memory,
+        read from its header without decoding it (the server bounds the sum per request and
+        what is decoded at once): pixels for an image, also once resized to ``model_side`` (the
+        short side the preprocessing resizes to; 0: unknown). Raises :class:`BadInput` as
+        ``decode_upload`` does for a header it cannot read or over ``max_pixels``. 0: too small
+        to count (a text)."""
         return 0
 
     def decode_for_model(self, raw: bytes | str, max_pixels: int, model_side: int) -> Any:

@@ -218,10 +218,10 @@ class ImageModality(Modality):
             raise BadInput("this model takes images, not texts", "bad_request")
         return decode_image(raw, max_pixels)
 
-    def upload_cost(self, raw: bytes | str, max_pixels: int) -> int:
+    def upload_cost(self, raw: bytes | str, max_pixels: int, model_side: int = 0) -> int:
         if isinstance(raw, str):
             raise BadInput("this model takes images, not texts", "bad_request")
-        return upload_pixels(raw, max_pixels)  # the header's width x height
+        return upload_pixels(raw, max_pixels, model_side)  # from the header
 
     def decode_for_model(self, raw: bytes | str, max_pixels: int, model_side: int) -> Any:
         if isinstance(raw, str):

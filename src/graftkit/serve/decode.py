@@ -69,10 +69,10 @@ class Decoder:
 
     def costs(self, items: Items) -> list[int]:
         """Each input's cost from its header; 400/413 before anything is decoded."""
-        costs = []
+        costs, side = [], self.model_side()
         for _, raw in items:
             try:
-                costs.append(self.modality.upload_cost(raw, self.max_pixels))
+                costs.append(self.modality.upload_cost(raw, self.max_pixels, side))
             except BadInput as e:
                 raise _rejected(e) from None
         total = sum(costs)
