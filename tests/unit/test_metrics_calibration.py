@@ -157,6 +157,33 @@ def test_threshold_decides_predictions() -> None:
                         threshold="f1")
 
 
+def test_a_threshold_needs_both_classes_in_validation() -> None:
+    logits = torch.tensor([[0.0, -0.5], [0.0, 0.5], [0.0, -2.0]])
+    for y, word in ((torch.tensor([0, 0, 0]), "no"), (torch.tensor([1, 1, 1]), "only")):
+        cal, warning = fit_calibration(logits, y, ["neg", "pos"], threshold="f1")
+        assert cal.threshold is None and f"validation has {word} 'pos' examples" in warning
+
+
+def test_classes_absent_from_the_data_are_left_out_of_macro_averages() -> None:
+    """Evaluating on data that holds 2 of a run's 10 classes: a perfect model scores 1."""
+    probs = np.eye(10)[[0, 0, 1, 1]]
+    m = classification_metrics(probs, np.array([0, 0, 1, 1]), [str(i) for i in range(10)])
+    assert m["macro_f1"] == m["macro_recall"] == m["macro_precision"] == 1.0
+    assert m["per_class"]["5"]["recall"] is None and m["per_class"]["5"]["support"] == 0
+    # a class predicted but absent still counts (its precision is 0), as in sklearn
+    wrong = classification_metrics(np.eye(10)[[0, 0, 1, 5]], np.array([0, 0, 1, 1]),
+                                   [str(i) for i in range(10)])
+    assert wrong["macro_f1"] == pytest.approx(skm.f1_score([0, 0, 1, 1], [0, 0, 1, 5],
+                                                           average="macro"))
+    from graftkit.evaluate.metrics import regression_metrics
+    from graftkit.evaluate.multilabel import multilabel_metrics
+
+    assert np.isnan(regression_metrics(np.array([1.0, 2.0]), np.array([3.0, 3.0]))["r2"])
+    ml = multilabel_metrics(np.array([[.9, .1], [.2, .1], [.8, .2]]),
+                            np.array([[1, 0], [0, 0], [1, 0]]))
+    assert ml["macro_f1"] == 1.0 and ml["per_label"]["1"]["f1"] is None
+
+
 def test_confused_pairs_and_ece_of_perfect_predictions() -> None:
     cm = [[5, 2, 0], [0, 4, 3], [1, 0, 6]]
     pairs = confused_pairs(cm, ["a", "b", "c"])

@@ -175,8 +175,12 @@ def fit_calibration(logits: torch.Tensor, targets: torch.Tensor, classes: list[s
         return cal, None
     if len(classes) != 2:
         raise ValueError("a decision threshold is for binary classification")
+    positive = targets.numpy() == 1
+    if positive.all() or not positive.any():  # every threshold is as good: none is learned
+        return cal, (f"validation has {'only' if positive.any() else 'no'} {classes[1]!r} "
+                     f"examples: no {threshold} threshold can be fitted; the argmax decides")
     p_pos = cal.probs(logits)[:, 1].numpy()
-    cal.threshold, got = choose_threshold(p_pos, targets.numpy() == 1, threshold, target)
+    cal.threshold, got = choose_threshold(p_pos, positive, threshold, target)
     cal.positive_class, cal.criterion, cal.target = classes[1], threshold, target
     if not got["reached"]:
         return cal, (f"no threshold reaches {threshold} {target} on validation; using the "

@@ -111,6 +111,10 @@ def classification_metrics(
     p, r, f1, support = skm.precision_recall_fscore_support(
         targets, pred, labels=labels, zero_division=0
     )
+    # a class neither in the targets nor predicted (evaluate on data that holds only some of the
+    # run's classes) has no precision, recall or F1, and the macro averages leave it out, as
+    # sklearn's do when it is not told the labels: a perfect model scores 1, not 2/10
+    seen = (support > 0) | (np.bincount(np.asarray(pred, dtype=np.int64), minlength=k)[:k] > 0)
     # sklearn's average="weighted": the per-class scores weighted by support
     weight = support / support.sum() if support.sum() else np.zeros(k)
     wp, wr, wf1 = (float((v * weight).sum()) for v in (p, r, f1))
@@ -122,9 +126,9 @@ def classification_metrics(
         "n": int(len(targets)),
         "accuracy": float(skm.accuracy_score(targets, pred)),
         "balanced_accuracy": balanced,
-        "macro_precision": float(p.mean()),
-        "macro_recall": float(r.mean()),
-        "macro_f1": float(f1.mean()),
+        "macro_precision": float(p[seen].mean()),
+        "macro_recall": float(r[seen].mean()),
+        "macro_f1": float(f1[seen].mean()),
         "weighted_precision": float(wp),
         "weighted_recall": float(wr),
         "weighted_f1": float(wf1),
@@ -134,7 +138,8 @@ def classification_metrics(
         "average_precision": ap[1] if k == 2 else _mean(ap),
         **probability_scores(probs, targets, k),
         "per_class": {
-            c: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f1[i]),
+            c: {**({"precision": float(p[i]), "recall": float(r[i]), "f1": float(f1[i])} if seen[i]
+                   else {"precision": None, "recall": None, "f1": None}),
                 "support": int(support[i]), "roc_auc": auc[i], "average_precision": ap[i]}
             for i, c in enumerate(classes)
         },
@@ -154,7 +159,9 @@ def regression_metrics(pred: np.ndarray, targets: np.ndarray) -> dict:
         "n": int(len(targets)),
         "mae": float(skm.mean_absolute_error(targets, pred)),
         "rmse": math.sqrt(mse),
-        "r2": float(skm.r2_score(targets, pred)) if len(targets) > 1 else float("nan"),
+        # undefined for fewer than two targets or constant ones (sklearn would say 0)
+        "r2": float(skm.r2_score(targets, pred)) if len(targets) > 1 and np.ptp(targets) > 0
+        else float("nan"),
     }
 
 

@@ -76,12 +76,17 @@ def multilabel_metrics(probs: np.ndarray, targets: np.ndarray,
     ap = [float(skm.average_precision_score(t[:, c], p[:, c])) if t[:, c].any() else None
           for c in range(p.shape[1])]
     known = [a for a in ap if a is not None]
-    per_label = {name: {"precision": float(prec[c]), "recall": float(rec[c]), "f1": float(f1[c]),
+    # a label neither present nor predicted has no precision, recall or F1 (not 0): macro F1 is
+    # over the others, as mAP is over the labels with a positive
+    seen = (support > 0) | (pred.sum(0) > 0)
+    per_label = {name: {**({"precision": float(prec[c]), "recall": float(rec[c]),
+                            "f1": float(f1[c])} if seen[c] else
+                           {"precision": None, "recall": None, "f1": None}),
                         "ap": ap[c], "support": int(support[c]), "threshold": float(th[c])}
                  for c, name in enumerate(names)}
     return {
         "micro_f1": float(skm.f1_score(t, pred, average="micro", zero_division=0)),
-        "macro_f1": float(skm.f1_score(t, pred, average="macro", zero_division=0)),
+        "macro_f1": float(f1[seen].mean()) if seen.any() else None,
         "samples_f1": float(skm.f1_score(t, pred, average="samples", zero_division=0)),
         "mAP": float(np.mean(known)) if known else None,
         "subset_accuracy": float(skm.accuracy_score(t, pred)),

@@ -161,7 +161,9 @@ def training_curves(history: list[dict[str, Any]], monitor: str, best_epoch: int
 
 def per_class_f1(per_class: dict[str, dict[str, float]], path: Path) -> Path:
     plt = _plt()
-    items = sorted(per_class.items(), key=lambda kv: kv[1]["f1"])
+    # (a class neither in the data nor predicted has no F1)
+    items = sorted(((c, v) for c, v in per_class.items() if v["f1"] is not None),
+                   key=lambda kv: kv[1]["f1"])
     k = len(items)
     fig, ax = plt.subplots(figsize=(7.5, float(np.clip(0.28 * k + 1.2, 2.5, 20))))
     vals = [v["f1"] for _, v in items]
