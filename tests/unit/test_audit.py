@@ -73,6 +73,15 @@ def test_drop_keeps_train_copies_and_one_per_split() -> None:
     assert reasons["v-test"].startswith("dropped (--drop-leaks): a copy of v in val")
 
 
+def test_a_file_listed_twice_keeps_one_row() -> None:
+    spec = SimpleNamespace(splits={"train": [("a", 0.0), ("b", 1.0), ("a", 0.0)],
+                                   "val": [("v", 0.0)]}, task="classification",
+                           classes=["cat", "dog"])
+    audit = F.quick(spec, {"a": "A", "b": "B", "v": "V"}.__getitem__)
+    dropped = F.drop(spec, audit, duplicates=True, leaks=True)
+    assert spec.splits["train"] == [("a", 0.0), ("b", 1.0)] and len(dropped) == 1
+
+
 def test_balance_flags_imbalance_and_classes_too_small_to_measure() -> None:
     table = {"train": {"cat": 90, "dog": 10}, "val": {"cat": 40, "dog": 4}}
     found = {f.kind: f for f in F.balance(table, ["cat", "dog"])}

@@ -24,7 +24,7 @@ folded texts), backbone ``features`` and cheap ``stats`` (sizes, lengths). Findi
 from __future__ import annotations
 
 import math
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -331,7 +331,7 @@ def drop(spec: Any, audit: Audit, duplicates: bool, leaks: bool) -> list[dict[st
     """Take exact copies out of ``spec``'s splits (in place): with ``leaks`` the copies outside
     train (outside val for a val/test leak), with ``duplicates`` all but the first copy in each
     split. Returns what was dropped, as the data report's skipped rows (with the reason)."""
-    gone: dict[tuple[str, str], str] = {}
+    gone: list[dict[str, str]] = []
     for f in audit.findings:
         if f.kind not in ("exact_duplicate", "leak"):
             continue
@@ -340,12 +340,21 @@ def drop(spec: Any, audit: Audit, duplicates: bool, leaks: bool) -> list[dict[st
         for item, split in zip(f.items, f.splits):
             if leaks and f.kind == "leak" and split != home:
                 first = f.items[f.splits.index(home)]
-                gone[(split, item)] = f"dropped (--drop-leaks): a copy of {first} in {home}"
+                why = f"dropped (--drop-leaks): a copy of {first} in {home}"
             elif duplicates and split in kept:
-                gone[(split, item)] = f"dropped (--drop-duplicates): a copy of {kept[split]}"
+                why = f"dropped (--drop-duplicates): a copy of {kept[split]}"
             else:
                 kept.setdefault(split, item)
-    if gone:
-        for split, items in spec.splits.items():
-            spec.splits[split] = [(i, t) for i, t in items if (split, str(i)) not in gone]
-    return [{"path": item, "split": split, "reason": why} for (split, item), why in gone.items()]
+                continue
+            gone.append({"path": item, "split": split, "reason": why})
+    # one row dropped per copy: a manifest that lists one file twice keeps its first row
+    left = Counter((g["split"], g["path"]) for g in gone)
+    for split, items in spec.splits.items():
+        keep = []
+        for i, t in reversed(items):  # the last rows of a repeated file go first
+            if left[(split, str(i))] > 0:
+                left[(split, str(i))] -= 1
+            else:
+                keep.append((i, t))
+        spec.splits[split] = keep[::-1]
+    return gone
