@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from graftkit.train.wise_ft import pick_alpha
+from tests.conftest import shared_dataset
 
 from .conftest import TINY, graft, read_history
 
@@ -91,9 +92,13 @@ def test_robustness_benchmark_report_and_mce(probe_run: Path, small_csv: Path,
     assert bad.returncode == 2 and "no robustness results" in bad.stderr
     # the same cells with the backbone on ONNX Runtime (the default where it is installed, in
     # process: --workers 0) and on torch: the same accuracies
-    graft("robustness", other, *args, "--engine", "torch")
+    # (the probe's examples: its own data, the same split, limit and seed)
+    same = ["--data", str(shared_dataset("hymenoptera_256")), "--split", "val"]
+    graft("robustness", other, *same, *args, "--engine", "torch")
     on_torch = json.loads((other / "robustness" / "results.json").read_text())
-    graft("robustness", other, "--reference", probe_run, *args, "--workers", "0")
+    elsewhere = graft("robustness", other, "--reference", probe_run, *args, check=False)
+    assert elsewhere.returncode == 2 and "measured on other examples" in elsewhere.stderr
+    graft("robustness", other, *same, "--reference", probe_run, *args, "--workers", "0")
     mine = json.loads((other / "robustness" / "results.json").read_text())
     assert mine["engine"].startswith("onnxruntime")
     assert mine["corruptions"] == on_torch["corruptions"] and mine["mca"] == on_torch["mca"]

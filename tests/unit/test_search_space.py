@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import optuna
@@ -183,3 +184,22 @@ def test_prune_hook_spares_head_only_epochs() -> None:
     with pytest.raises(Pruned):
         hook.on_epoch_end(None, {"epoch": 2, "val_accuracy": 0.6, "unfrozen_blocks": 3})
     assert Trial.reported == [(1, 0.5), (2, 0.6)]
+
+
+def test_a_search_keeps_its_files_as_absolute_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                                    ) -> None:
+    """search.json and the trials keep absolute paths, so a search resumed from another folder
+    finds the same data (a relative one failed there)."""
+    from graftkit.search.settings import SearchSettings
+    from graftkit.search.study import _absolute
+
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "val.csv").write_text("path,label\n")
+    monkeypatch.chdir(tmp_path)
+    s = SearchSettings(data="photos", study="s", overrides={"data.val": "val.csv",
+                                                           "optim.lr": "0.1",
+                                                           "data.test": "missing.csv"})
+    _absolute(s)
+    assert s.data == str(tmp_path / "photos") and s.overrides["data.val"] == str(
+        tmp_path / "val.csv")
+    assert s.overrides["optim.lr"] == "0.1" and s.overrides["data.test"] == "missing.csv"

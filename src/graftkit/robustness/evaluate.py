@@ -68,6 +68,22 @@ def _reference(reference: str | Path | None, names: list[str], sevs: list[int]
     return ref
 
 
+def _same_examples(ref: dict[str, Any], data: str, split: str, n: int, seed: int) -> None:
+    """Corruption errors relative to a reference compare like with like only when both runs
+    scored the same examples with the same corrupting draws."""
+    def where(d: Any) -> str:
+        return str(Path(str(d)).expanduser().resolve())
+
+    ours = {"data": where(data), "split": split, "n": n, "seed": seed}
+    theirs = {k: where(ref[k]) if k == "data" else ref[k] for k in ours if k in ref}
+    differs = [f"{k} {theirs[k]!r} there, {ours[k]!r} here" for k in theirs
+               if theirs[k] != ours[k]]
+    if differs:
+        raise GraftError("the reference run's robustness was measured on other examples ("
+                         + "; ".join(differs) + "): its errors would not compare; rerun it with "
+                         "the same data, --split, --limit and --seed")
+
+
 def _score(run: LoadedRun, items: list[tuple[str, float]], names: list[str], sevs: list[int],
            seed: int, workers: int | None, progress: Any, warn: Any = None,
            engine: str = "torch") -> tuple[dict[str, Any], Any]:
@@ -134,6 +150,8 @@ def robustness(run: LoadedRun, data: str | Path | None = None, split: str | None
     ref = _reference(reference, names, sevs)
     items, _, used, data = eval_items(run, data, split)
     items = subset_items(items, limit, seed)
+    if ref is not None:
+        _same_examples(ref, data, used, len(items), seed)
     what = modality.robustness_kind
     reporter = Reporter(quiet)
     reporter.line(f"[bold]robustness[/] {len(names)} {what} x severities "

@@ -370,6 +370,8 @@ def search(s: SearchSettings, out: Path, space_file: str | Path | None = None,
         from ..launch import AUTO_MONITOR
         from .objective import check
 
+        _absolute(s)  # a search resumed (or joined) from another folder finds the same files
+        out = out.resolve()
         base = base_config(s)
         if s.metric == "auto":  # accuracy, rmse or mAP, as a run's early stopping would watch
             s.metric = AUTO_MONITOR[base.task]
@@ -411,6 +413,20 @@ def search(s: SearchSettings, out: Path, space_file: str | Path | None = None,
                                         Path(result["summary"])],
                       lambda m: console.print(f"[yellow]warning[/]: {m}", highlight=False))
     return result
+
+
+PATH_KEYS = ("data.path", "data.val", "data.test", "data.unlabeled", "model.weights")
+
+
+def _absolute(s: SearchSettings) -> None:
+    """The data, config and path overrides of ``s`` made absolute (those that exist here), as
+    search.json and the trials keep them."""
+    def resolved(v: Any) -> Any:
+        p = Path(str(v)).expanduser()
+        return str(p.resolve()) if isinstance(v, str) and v and p.exists() else v
+
+    s.data, s.config = resolved(s.data), resolved(s.config) if s.config else s.config
+    s.overrides = {k: resolved(v) if k in PATH_KEYS else v for k, v in s.overrides.items()}
 
 
 MLFLOW_RUN = "mlflow_run"  # the study's user attribute: its MLflow run's ids
