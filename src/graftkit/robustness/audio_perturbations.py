@@ -129,7 +129,8 @@ MU = 255  # mu-law's mu, as in G.711
 
 
 def _mu_law(wave: Wave, bits: int) -> Wave:
-    """Mu-law compand, quantise to ``bits`` bits (full scale 1.0) and expand back."""
+    """Mu-law compand, quantise to ``2**(bits-1)`` steps each side of zero (full scale 1.0;
+    2**bits + 1 levels with zero, one more than a ``bits``-bit code) and expand back."""
     x = np.clip(wave, -1.0, 1.0)
     y = np.sign(x) * np.log1p(MU * np.abs(x)) / math.log1p(MU)
     levels = 2 ** (bits - 1)
@@ -162,7 +163,9 @@ def speed(wave: Wave, factor: float, rng: np.random.Generator) -> Wave:
     return _fit(signal.resample_poly(wave, ratio.denominator, ratio.numerator), wave.size)
 
 
-REVERB_TAIL_STD = math.sqrt(3 * math.log(10) / (SAMPLE_RATE * 0.5))  # tail energy 1 at 0.5 s
+# the decaying tail's energy is RT60 in seconds (0.5 at 0.5 s, 1.2 at 1.2 s) against the direct
+# path's 1: sum(ir**2) = std**2 * fs * rt60 / (6 ln 10)
+REVERB_TAIL_STD = math.sqrt(3 * math.log(10) / (SAMPLE_RATE * 0.5))
 
 
 @_register("reverb", "synthetic room response with RT60 0.2, 0.4, 0.6, 0.9, 1.2 s",
