@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import platform
 import re
@@ -45,8 +46,9 @@ ROBUSTNESS, ROBUSTNESS_RESULTS = "robustness", "results.json"  # robustness/resu
 # Everything a run writes at its top level; a folder holding only these is a graft run (perhaps
 # one that failed before writing meta.json) and may be replaced with --overwrite.
 MODEL_SELECTION = "model_selection.json"  # --model auto's ranking (graftkit.train.select)
+SEMI, SEMI_ROUNDS = "semi.json", "semi"  # a semi-supervised run's rounds (train.semi)
 OWN = {CONFIG, META, WEIGHTS, METRICS, HISTORY, DATA_REPORT, "checkpoints", EVAL, ROBUSTNESS,
-       TEXT_ASSETS, AUDIO_ASSETS, REFERENCE, "tensorboard", MODEL_SELECTION}
+       TEXT_ASSETS, AUDIO_ASSETS, REFERENCE, "tensorboard", MODEL_SELECTION, SEMI, SEMI_ROUNDS}
 
 
 _UMASK = os.umask(0)
@@ -58,12 +60,29 @@ def usual_mode(path: str | Path) -> None:
     os.chmod(path, 0o666 & ~_UMASK)
 
 
+def finite(obj: Any) -> Any:
+    """NaN/inf -> None throughout ``obj`` (an undefined metric, e.g. R² of one example), so what
+    graft writes is strict JSON that any parser reads."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite(v) for v in obj]
+    return obj
+
+
+def to_json(obj: Any) -> str:
+    """``obj`` as the strict, indented JSON of the run's files and of ``--json`` outputs."""
+    return json.dumps(finite(obj), indent=2, default=_json_default)
+
+
 def write_json(path: Path, obj: Any) -> None:
     """Atomic JSON write (temp file + rename), so readers never see half a file.
 
     On a full disk there may be no room for the temporary copy: then an existing file is
     rewritten in place (over its own blocks), so a run can still record that it failed."""
-    text = json.dumps(obj, indent=2, default=_json_default) + "\n"
+    text = to_json(obj) + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -149,11 +168,15 @@ def check_out_dir(out: Path, overwrite: bool, resumable: bool = True) -> bool:
 
 def unique_stems(files: list[Path]) -> list[str]:
     """File stems for one output each, with ``-2``, ``-3``... where two inputs share one."""
-    seen: dict[str, int] = {}
+    taken: set[str] = set()
     stems = []
     for f in files:
-        seen[f.stem] = seen.get(f.stem, 0) + 1
-        stems.append(f.stem if seen[f.stem] == 1 else f"{f.stem}-{seen[f.stem]}")
+        stem, k = f.stem, 1
+        while stem in taken:  # (a-2 may itself be an input's own stem)
+            k += 1
+            stem = f"{f.stem}-{k}"
+        taken.add(stem)
+        stems.append(stem)
     return stems
 
 
@@ -167,7 +190,7 @@ def claim_outputs(folder: Path, names: list[str]) -> None:
     command run again over its own outputs replaces them."""
     not_a_file(folder)
     listed = folder / OUTPUTS
-    own = set(listed.read_text().split()) if listed.is_file() else set()
+    own = set(listed.read_text().splitlines()) if listed.is_file() else set()  # (spaces too)
     clash = [n for n in names if (folder / n).exists() and n not in own]
     if clash:
         raise GraftError(f"--out {str(folder)!r} already holds {clash[0]!r}"
@@ -189,6 +212,7 @@ def sibling(out: Path, tag: str) -> Path:
     """A new hidden folder next to ``out`` (``.<name>.<tag>-<random>``), on the same disk."""
     import secrets
 
+    out = out.absolute()  # "--out ." has no name of its own: its parent is the real one
     p = out.parent / f".{out.name}.{tag}-{secrets.token_hex(4)}"
     p.mkdir(parents=True)
     return p
@@ -196,6 +220,7 @@ def sibling(out: Path, tag: str) -> Path:
 
 def replace_dir(old: Path, new: Path) -> None:
     """Put folder ``new`` where ``old`` is (two renames on one disk), then delete the old one."""
+    old = old.absolute()
     trash = old.parent / f".{old.name}.old-{os.getpid()}"
     os.replace(old, trash)
     os.replace(new, old)

@@ -601,7 +601,9 @@ def _select_model(cfg: Config, spec: DataSpec, modality: Modality, n_out: int, d
     chosen, report = select.select(names, extract, modality.combines, cfg.train.seed,
                                    cfg.model.budget, out, reporter.line)
     reporter.line(f"  chosen: [bold]{chosen}[/] (ranking in {out / select.FILE})")
-    return cfg.model_copy(update={"model": cfg.model.model_copy(update={"name": chosen})}), report
+    # the budget bounded the choice (model_selection.json keeps it); the run names its model
+    chosen_model = cfg.model.model_copy(update={"name": chosen, "budget": None})
+    return cfg.model_copy(update={"model": chosen_model}), report
 
 
 def _check_world(cfg: Config, world: World) -> None:

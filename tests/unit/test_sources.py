@@ -98,6 +98,20 @@ def test_csv_manifest_relative_paths_and_split_column(tmp_path: Path) -> None:
     assert len(spec.skipped) == 1 and "missing" in spec.skipped[0]["path"]
 
 
+def test_a_file_listed_twice_keeps_each_rows_label(tmp_path: Path) -> None:
+    """The same file as cat and as dog is a label conflict the audit can see, not two dogs."""
+    for i in range(8):
+        _img(tmp_path / "imgs" / f"{i}.png", i * 30)
+    rows = ["path,label,split",
+            *(f"imgs/{i}.png,{'cat' if i < 3 else 'dog'},train" for i in range(6)),
+            "imgs/0.png,dog,train", "imgs/6.png,cat,val", "imgs/7.png,dog,val"]
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    spec = discover(tmp_path / "m.csv")
+    zero = sorted(t for p, t in spec.splits["train"] if p.endswith("0.png"))
+    assert zero == [0, 1]  # cat and dog, one row each
+    assert Counter(t for _, t in spec.splits["train"]) == {0: 3, 1: 4}
+
+
 def test_csv_missing_column_names_it(tmp_path: Path) -> None:
     (tmp_path / "m.csv").write_text("file,label\na.png,x\n")
     with pytest.raises(DataError, match=r"no image path column 'path' and no text column "

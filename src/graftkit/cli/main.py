@@ -5,7 +5,6 @@ A user mistake (``GraftError``) prints one line, ``error: ...``, and exits with 
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
@@ -243,7 +242,9 @@ def predict(
     column = run.config.data.text_column or "text"
     results = run.predict(run.modality.expand_inputs(inputs, column), topk=topk, tta=tta)
     if as_json:
-        typer.echo(json.dumps(results, indent=2))
+        from .. import run as rd
+
+        typer.echo(rd.to_json(results))
         return
     for r in results:
         if "value" in r:
@@ -276,7 +277,9 @@ def evaluate(
         raise GraftError(f"--split {split!r}: use train, val or test")
     m = Run(run_dir).evaluate(data, split=split, name=name, quiet=as_json, tta=tta)
     if as_json:
-        typer.echo(json.dumps(m, indent=2))
+        from .. import run as rd
+
+        typer.echo(rd.to_json(m))
         return
     keys = [k for k in HEADLINE_METRICS if isinstance(m.get(k), float)]
     typer.echo(f"{m['data']} [{m['split']}] n={m['n']}" + (

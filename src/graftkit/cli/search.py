@@ -154,14 +154,15 @@ def soup(
 ) -> None:
     """Greedy soup of a search's trials (Wortsman et al. 2022): average the weights of the best
     ones while validation does not drop; written as an ordinary run directory."""
-    import json
 
     from ..search.soup import soup as cook
 
     say = None if (quiet or as_json) else typer.echo
     r = cook(search_dir, out, overwrite=overwrite, progress=say)
     if as_json:
-        typer.echo(json.dumps(r, indent=2))
+        from .. import run as rd
+
+        typer.echo(rd.to_json(r))
         return
     typer.echo(f"soup of trials {', '.join(f'{n:04d}' for n in r['ingredients'])}: val "
                f"{r['monitor']} {r['val']:.4f} (best trial alone {r['best_trial_val']:.4f})")

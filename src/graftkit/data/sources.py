@@ -24,7 +24,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from .. import threads
 from ..errors import DataError
@@ -282,33 +282,33 @@ def _from_csv(
     classes, target = label_map([lab for _, lab, s in entries if s in (None, "train")],
                                 [lab for _, lab, s in entries if s in ("val", "test")], task,
                                 str(csv_path))
-    by_path = {str(p): target(lab) for p, lab, _ in entries}
+    # each row keeps its own target (a file listed twice with two labels is a label conflict
+    # for the audit to see, not the last row's label twice); rows are split by position
+    def rows_of(idx: list[int]) -> list[tuple[str, Any]]:
+        return [(str(entries[i][0]), target(entries[i][1])) for i in idx]
+
+    def by_label(idx: list[int]) -> dict[str, list[int]]:
+        keys: dict[str, list[int]] = {}
+        for i, key in zip(idx, split_keys([entries[i][1] for i in idx], task)):
+            keys.setdefault(key, []).append(i)
+        return keys
+
     has_split_col = any(s is not None for _, _, s in entries)
     if has_split_col:
-        splits = {
-            s: [(str(p), by_path[str(p)]) for p, _, sp in entries if sp == s]
-            for s in ("train", "val", "test")
-        }
+        splits = {s: rows_of([i for i, e in enumerate(entries) if e[2] == s])
+                  for s in ("train", "val", "test")}
     else:
-        keys: dict[str, list[Path]] = {}
-        for (p, _, _), key in zip(entries, split_keys([lab for _, lab, _ in entries], task)):
-            keys.setdefault(key, []).append(p)
-        parts = stratified_split(keys, val_fraction, test_fraction, seed)
-        splits = {
-            s: [(str(p), by_path[str(p)]) for group in pc.values() for p in group]
-            for s, pc in parts.items()
-        }
+        parts = stratified_split(by_label(list(range(len(entries)))), val_fraction,
+                                 test_fraction, seed)
+        splits = {s: rows_of([i for group in pc.values() for i in group])
+                  for s, pc in parts.items()}
     splits = {s: items for s, items in splits.items() if items}
     if has_split_col and "train" in splits and "val" not in splits:
         # train (+ test) given, as split folders may be: a stratified val is carved out of train
-        label_of = {str(p): lab for p, lab, _ in entries}
-        train = [p for p, _ in splits["train"]]
-        by_key: dict[str, list[str]] = {}
-        for p, key in zip(train, split_keys([label_of[p] for p in train], task)):
-            by_key.setdefault(key, []).append(p)
-        parts = stratified_split(by_key, val_fraction or 0.2, 0.0, seed)
+        train = [i for i, e in enumerate(entries) if e[2] == "train"]
+        parts = stratified_split(by_label(train), val_fraction or 0.2, 0.0, seed)
         for s in ("train", "val"):
-            splits[s] = [(p, by_path[p]) for group in parts[s].values() for p in group]
+            splits[s] = rows_of([i for group in parts[s].values() for i in group])
         splits = {s: items for s, items in splits.items() if items}
     for s in ("train", "val"):
         if s not in splits:

@@ -16,7 +16,6 @@ report of the same data and split is written again so that it shows the robustne
 
 from __future__ import annotations
 
-import math
 import random
 import time
 from pathlib import Path
@@ -27,17 +26,6 @@ from ..errors import GraftError, check_whole
 from ..inference import LoadedRun, eval_items, evaluate
 
 RESULTS = rd.ROBUSTNESS_RESULTS
-
-
-def _finite(obj: Any) -> Any:
-    """NaN/inf -> None, so results.json stays strict JSON."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_finite(v) for v in obj]
-    return obj
 
 
 def subset_items(items: list[tuple[str, float]], limit: int | None, seed: int
@@ -179,7 +167,7 @@ def robustness(run: LoadedRun, data: str | Path | None = None, split: str | None
     for old in [*out.glob("*.png"), *out.glob("*.html")]:
         old.unlink()
     results.update(modality.robustness_figures(shown, names, sevs, out, seed))
-    results = _finite(results)
+    results = rd.finite(results)
     rd.write_json(out / RESULTS, results)
     plots.plot_accuracy_vs_severity(results, out / "accuracy_vs_severity.png")
     plots.plot_heatmap(results, out / "heatmap.png")

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 import torch
 
 from ..evaluate.metrics import is_better
+from ..run import finite
 from .checkpoint import atomic_save, load_prefixed, save_state, save_weights, weights_digest
 
 BEST_HEAD = "best"  # the state's prefix for a head-only stage's best head, not yet written
@@ -76,7 +77,7 @@ class History(BaseHook):
 
     def on_epoch_end(self, state: LoopState, record: dict[str, Any]) -> None:
         with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(json.dumps(finite(record)) + "\n")  # strict JSON: NaN as null
 
 
 class BestCheckpoint(BaseHook):

@@ -32,10 +32,10 @@ from safetensors.torch import load_file
 from torch.utils.data import Dataset
 
 from ..evaluate.calibration import fit_temperature
+from ..run import SEMI, SEMI_ROUNDS
 from .checkpoint import atomic_save
 
-ROUNDS_FILE = "semi.json"
-ROUND_DIR = "semi"
+ROUNDS_FILE, ROUND_DIR = SEMI, SEMI_ROUNDS  # in the run directory
 
 
 @dataclass(frozen=True)
