@@ -171,3 +171,22 @@ def test_a_batch_of_clips_has_one_target_tensor(task: str, targets: list, shape:
     ds = AudioDataset(list(zip(map(str, files), targets)), AudioDataConfig(window_s=1.0), task)
     x, y = default_collate([ds[0], ds[1]])
     assert x["input"].shape[0] == 2 and y.shape == shape and y.dtype == dtype
+
+
+def test_a_wav2vec2_encoder_is_grouped_by_its_transformer_layers() -> None:
+    """Not by its convolutional front (feature_extractor.conv_layers, the first list of
+    layers): last_n=1 trains the last transformer layer only."""
+    from transformers import Wav2Vec2Config, Wav2Vec2Model
+
+    from graftkit.models.audio import AudioAdapter
+    from graftkit.train.loop import set_trainable
+
+    cfg = Wav2Vec2Config(hidden_size=32, num_hidden_layers=4, num_attention_heads=2,
+                         intermediate_size=64, conv_dim=(16,) * 7, num_conv_pos_embeddings=16)
+    a = AudioAdapter(Wav2Vec2Model(cfg), 3, 0.1, AudioDataConfig(window_s=1.0,
+                                                                frontend="waveform"))
+    assert a._layers() == "backbone.encoder.layers."
+    set_trainable(a, 1)
+    trained = {n.split("encoder.layers.")[1].split(".")[0] for n, p in a.named_parameters()
+               if p.requires_grad and "encoder.layers." in n}
+    assert trained == {"3"}

@@ -86,3 +86,18 @@ def test_pickled_code_in_a_pth_is_refused(tmp_path: Path) -> None:
 def test_unknown_model_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="unknown model 'resnet9000'"):
         create_model("resnet9000", 2)
+
+
+@pytest.mark.parametrize("name, size", [("test_vit", 64), ("vit_tiny_patch16_224", 112)])
+def test_a_vit_is_made_for_its_image_size_and_rebuilds_to_the_same(name: str, size: int) -> None:
+    """model.image_size sets a ViT's position grid when it is created, as a saved run is
+    rebuilt: training runs at that size and the run's weights load back strictly."""
+    from graftkit.models.vision import rebuild_model
+
+    torch.manual_seed(0)
+    m = create_model(name, 3, pretrained=False, image_size=size).eval()
+    x = torch.randn(2, 3, size, size)
+    again = rebuild_model(name, 3, 0.0, m.data_config)
+    again.load_state_dict(m.state_dict(), strict=True)
+    assert m.data_config.input_size == size
+    assert torch.allclose(again.eval()(x), m(x))

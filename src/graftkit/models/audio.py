@@ -161,11 +161,17 @@ class AudioAdapter(HeadedAdapter):
         self._data_config = replace(self._data_config, window_s=float(seconds))
 
     def _layers(self) -> str:
-        for name, m in self.named_modules():
-            if isinstance(m, nn.ModuleList) and name.startswith("backbone.") and name.endswith(
-                    "layers"):
-                return name + "."
-        raise GraftError(f"{type(self.backbone).__name__} has no list of layers to group")
+        """The encoder's list of transformer layers: the one as long as the config says (a
+        wav2vec2's ``feature_extractor.conv_layers`` comes first and is not it), else the last."""
+        cfg = getattr(self.backbone, "config", None)
+        n_cfg = getattr(cfg, "encoder_layers", None) or getattr(cfg, "num_hidden_layers", None)
+        lists = [(name, len(m)) for name, m in self.named_modules()
+                 if isinstance(m, nn.ModuleList) and name.startswith("backbone.")
+                 and name.endswith("layers")]
+        if not lists:
+            raise GraftError(f"{type(self.backbone).__name__} has no list of layers to group")
+        matching = [nm for nm, k in lists if k == n_cfg]
+        return (matching[-1] if matching else lists[-1][0]) + "."
 
     def blocks(self) -> list[list[str]]:
         """Backbone parameter names, input -> output: [the convolutional front and position

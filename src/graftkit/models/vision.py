@@ -209,7 +209,26 @@ def create_backbone(
             ) from None
     else:
         model = timm.create_model(arch, pretrained=False)
-    return model, arch
+    return _at_size(model, arch, image_size), arch
+
+
+def _at_size(model: nn.Module, arch: str, image_size: int | None) -> nn.Module:
+    """A ViT whose position grid is made for ``image_size`` (as :func:`_bare` rebuilds a run's),
+    its position embedding resampled from the weights it holds; any other model as it is."""
+    size = getattr(getattr(model, "patch_embed", None), "img_size", None)
+    if image_size is None or size is None or tuple(size) == (image_size, image_size):
+        return model
+    from timm.layers import resample_abs_pos_embed
+
+    sized = timm.create_model(arch, pretrained=False, img_size=image_size, dynamic_img_size=True)
+    weights = model.state_dict()
+    if "pos_embed" in weights:
+        prefix = 0 if getattr(model, "no_embed_class", False) else model.num_prefix_tokens
+        weights["pos_embed"] = resample_abs_pos_embed(
+            weights["pos_embed"], list(sized.patch_embed.grid_size),
+            old_size=list(model.patch_embed.grid_size), num_prefix_tokens=prefix)
+    sized.load_state_dict(weights)
+    return sized
 
 
 def create_model(
