@@ -29,13 +29,21 @@ def resolve_inputs(cfg: Config) -> Config:
     d = cfg.data
     name = modalities.detect(d)
     model = cfg.model.name or modalities.get(name).default_model
-    task, data = cfg.task, {"modality": name}
+    task, data = cfg.task, {"modality": name, **_absolute(d, ("path", "val", "test", "unlabeled"))}
     if task == "classification" and d.label_column == "label" and d.path:
         header = csv_header(d.path)  # a "labels" column and no "label" one: multi-label data
         if MULTILABEL_COLUMN in header and "label" not in header:
             task, data["label_column"] = "multilabel", MULTILABEL_COLUMN
     return cfg.model_copy(update={"task": task, "data": d.model_copy(update=data),
-                                  "model": cfg.model.model_copy(update={"name": model})})
+                                  "model": cfg.model.model_copy(update={
+                                      "name": model, **_absolute(cfg.model, ("weights",))})})
+
+
+def _absolute(section: Any, keys: tuple[str, ...]) -> dict[str, str]:
+    """The paths of ``section`` that exist, made absolute: the run's saved config then finds its
+    data again from any folder (evaluate, --resume)."""
+    found = {k: Path(v).expanduser() for k in keys if isinstance(v := getattr(section, k), str)}
+    return {k: str(p.resolve()) for k, p in found.items() if p.exists()}
 
 
 def monitor_metric(cfg: Config) -> str:

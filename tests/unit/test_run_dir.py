@@ -44,3 +44,17 @@ def test_a_run_given_as_dot_is_replaced_beside_itself(tmp_path: Path,
     os.chdir(tmp_path)
     assert json.loads((run / "meta.json").read_text()) == {"new": True}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_a_run_saves_its_data_paths_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                             ) -> None:
+    """evaluate and --resume from another folder find the data the run was trained on."""
+    from graftkit.config import build_config
+    from graftkit.launch import resolve_inputs
+
+    (tmp_path / "photos" / "cat").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    cfg = resolve_inputs(build_config(overrides={"data.path": "photos",
+                                                 "data.unlabeled": "nowhere"}))
+    assert cfg.data.path == str(tmp_path / "photos")
+    assert cfg.data.unlabeled == "nowhere"  # (its own check says it does not exist)
