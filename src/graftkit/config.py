@@ -28,7 +28,9 @@ from .errors import ConfigError
 
 class _Section(BaseModel):
     # inf and nan are never a sane setting (optim.lr=inf would fail only at the first epoch)
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+    # (a number given for a text key is that text: data.label_column=2024, tracking.experiment=7)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False,
+                              coerce_numbers_to_str=True)
 
 
 class DataSection(_Section):
@@ -295,6 +297,8 @@ def parse_override(item: str) -> tuple[str, Any]:
         raise ConfigError(f"override {item!r} has no key")
     if raw.strip().lower() in _YAML11_WORDS:  # train.feature_cache=off is the word, not False
         return key, raw.strip()  # (a boolean key takes "off"/"no" as False all the same)
+    if "#" in raw:  # YAML would read the rest as a comment: data.path=photos #2 is that folder
+        return key, raw.strip()
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError:

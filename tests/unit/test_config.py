@@ -20,6 +20,12 @@ def test_overrides_parse_yaml_scalars() -> None:
     assert parse_override("loss.class_weights=[1, 2]") == ("loss.class_weights", [1, 2])
     with pytest.raises(ConfigError, match="key=value"):
         parse_override("optim.lr")
+    # a # is part of the value (YAML would drop the rest as a comment: another folder)
+    assert parse_override("data.path=photos #2") == ("data.path", "photos #2")
+    # a number given for a text key is that text
+    cfg = build_config(overrides=dict(map(parse_override, ["data.label_column=2024",
+                                                          "tracking.experiment=7"])))
+    assert cfg.data.label_column == "2024" and cfg.tracking.experiment == "7"
 
 
 def test_file_then_overrides(tmp_path: Path) -> None:
