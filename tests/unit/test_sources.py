@@ -150,6 +150,26 @@ def test_discover_eval_uses_run_labels(hymenoptera: Path, tmp_path: Path) -> Non
         discover_eval(hymenoptera / "val", ["ants", "wasps"])
 
 
+def test_evaluation_reads_data_as_training_does(tmp_path: Path) -> None:
+    """A class named "train" beside others is a class, for evaluation as for training; a
+    "Split" column is the split column; a row without a label is skipped, not fatal."""
+    for c in ("bus", "train"):
+        for i in range(3):
+            _img(tmp_path / "veh" / c / f"{i}.png", 60 * i + (c == "bus"))
+    assert discover(tmp_path / "veh").classes == ["bus", "train"]
+    items, _, used = discover_eval(tmp_path / "veh", ["bus", "train"])
+    assert used == "all" and len(items) == 6
+    rows = ["path,label,Split", *(f"veh/{c}/{i}.png,{c},{'val' if i == 2 else 'train'}"
+                                  for c in ("bus", "train") for i in range(3))]
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    spec = discover(tmp_path / "m.csv")
+    assert len(spec.splits["val"]) == 2 and len(spec.splits["train"]) == 4  # not re-split
+    (tmp_path / "gap.csv").write_text("\n".join([*rows, "veh/bus/0.png,,val"]) + "\n")
+    items, skipped, _ = discover_eval(tmp_path / "gap.csv", ["bus", "train"], split="val")
+    assert len(items) == 2 and skipped == [{"path": f"{tmp_path / 'gap.csv'}:8",
+                                            "reason": "empty path or label"}]
+
+
 def test_partial_split_column_is_an_error(tmp_path: Path) -> None:
     for i in range(3):
         _img(tmp_path / f"{i}.png", i)

@@ -328,6 +328,9 @@ def _read_rows(path: Path) -> list[dict[str, str]]:
         raise DataError(f"cannot read CSV {str(path)!r}: {e}") from None
     if not rows:
         raise DataError(f"CSV {str(path)!r} has no rows")
+    named = [k for k in rows[0] if k is not None and k.strip().lower() == "split"]
+    if named and "split" not in rows[0]:  # "Split" or " split": the split column all the same
+        rows = [{("split" if k == named[0] else k): v for k, v in r.items()} for r in rows]
     return rows
 
 
@@ -418,7 +421,10 @@ def discover_eval(
     index = {c: i for i, c in enumerate(classes)}
     if p.is_file():
         return _eval_csv(p, index, task, split, path_column, label_column, kind)
-    split_dirs = _split_dirs(p, _children(p))
+    children = _children(p)
+    split_dirs = _split_dirs(p, children)
+    if set(children) - set(SPLIT_ALIASES):  # a class named "train" beside others, as training
+        split_dirs = {}  # reads such a folder: class folders
     used = "all"
     if split_dirs:
         default = "test" if "test" in split_dirs else "val" if "val" in split_dirs else "train"
@@ -451,18 +457,20 @@ def _eval_csv(
         raise DataError(f"CSV {str(p)!r} needs columns {path_column!r} and {label_column!r} "
                         f"(it has {', '.join(rows[0])}): this run reads {kind.noun} files, "
                         f"and the CSV lists them with their labels")
-    if split:
-        rows = [r for r in rows if SPLIT_ALIASES.get((r.get("split") or "").lower()) == split]
-        if not rows:
-            raise DataError(f"CSV {str(p)!r} has no rows with split {split!r}")
     entries: list[tuple[Path, float]] = []
-    for i, r in enumerate(rows, start=2):
+    empty: list[dict[str, str]] = []
+    for i, r in enumerate(rows, start=2):  # (line numbers of the file, before any filter)
+        if split and SPLIT_ALIASES.get((r.get("split") or "").strip().lower()) != split:
+            continue
         label, raw = (r.get(label_column) or "").strip(), (r.get(path_column) or "").strip()
-        if not raw or not label:
-            raise DataError(f"{p}:{i}: empty path or label")
+        if not raw or not label:  # as training skips it
+            empty.append({"path": f"{p}:{i}", "reason": "empty path or label"})
+            continue
         f = Path(raw)
         f = f if f.is_absolute() else p.parent / f
         entries.append((f, label_target(label, index, task, f"{p}:{i}")))
+    if split and not entries and not empty:
+        raise DataError(f"CSV {str(p)!r} has no rows with split {split!r}")
     good, skipped = _audit([f for f, _ in entries], kind=kind)
     ok = {str(g) for g in good}
-    return [(str(f), t) for f, t in entries if str(f) in ok], skipped, split or "all"
+    return [(str(f), t) for f, t in entries if str(f) in ok], empty + skipped, split or "all"

@@ -96,7 +96,8 @@ def _read_records(p: Path, reader: Any, text_column: str, label_column: str,
                 raise DataError(f"CSV {str(p)!r} has no column {col!r} "
                                 f"(its columns: {', '.join(header)})")
         ti, li = header.index(text_column), header.index(label_column)
-        si = header.index(split_column) if split_column in header else None
+        lowered = [h.lower() for h in header]  # "Split" is the split column too
+        si = lowered.index(split_column) if split_column and split_column in lowered else None
         rows: list[tuple[str, str, str]] = []
         skipped: list[dict[str, Any]] = []
         n_records, n_bad_bytes, first_line = 0, 0, reader.line_num + 1
