@@ -101,3 +101,16 @@ def test_a_vit_is_made_for_its_image_size_and_rebuilds_to_the_same(name: str, si
     again.load_state_dict(m.state_dict(), strict=True)
     assert m.data_config.input_size == size
     assert torch.allclose(again.eval()(x), m(x))
+
+
+def test_the_mean_colour_baseline_of_a_combination_is_not_black() -> None:
+    """Explanations start from the data's mean colour: zero after an ordinary model's
+    normalisation, the first part's mean for a combination fed [0, 1] pixels."""
+    from graftkit.explain.methods import mean_colour
+
+    x = torch.rand(2, 3, 32, 32)
+    single = create_model("test_efficientnet", 2, pretrained=False, image_size=32)
+    assert torch.equal(mean_colour(single, x), torch.zeros_like(x))
+    both = create_model("test_efficientnet+mobilenetv2_050", 2, pretrained=False)
+    want = torch.tensor(both.backbone.configs[0].mean).view(1, 3, 1, 1).expand_as(x)
+    assert both.data_config.mean == (0.0, 0.0, 0.0) and torch.allclose(mean_colour(both, x), want)

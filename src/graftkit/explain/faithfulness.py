@@ -28,6 +28,8 @@ import torch
 from torch import nn
 from torchvision.transforms.v2 import functional as F
 
+from .methods import mean_colour
+
 BATCH = 64  # perturbed images per forward pass
 
 
@@ -88,7 +90,7 @@ def faithfulness(model: nn.Module, x: torch.Tensor, heatmap: np.ndarray, target:
     ranked = np.lexsort((tie, -heatmap.ravel()))  # most attributed first
     random = _random_order(rng, (h, w), random_grid, tie)
     x = x.detach().float()
-    mean, blurred = torch.zeros_like(x), _blur(x)
+    mean, blurred = mean_colour(model, x), _blur(x)
     batches, was_training = [], model.training
     for order in (ranked, random):
         m = _masks(order, (h, w), steps)

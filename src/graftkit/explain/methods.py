@@ -72,6 +72,14 @@ def _input(x: torch.Tensor) -> torch.Tensor:
     return x.detach().clone().contiguous(memory_format=torch.channels_last).requires_grad_(True)
 
 
+def mean_colour(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The input of ``x``'s shape that is the data's mean colour, the neutral baseline: zero
+    after the preprocessing's normalisation, or the model's own (``mean_colour``: a combination
+    of backbones normalises inside its graph, its input is [0, 1] pixels)."""
+    own = getattr(model, "mean_colour", None)
+    return own(x) if callable(own) else torch.zeros_like(x)
+
+
 def _unit(a: np.ndarray | torch.Tensor, top: float | None = None) -> np.ndarray:
     """Positive part scaled to [0, 1] by ``top`` (default: the maximum); float32, no NaN."""
     a = np.nan_to_num(np.asarray(a, dtype=np.float32))
@@ -182,7 +190,7 @@ def integrated_gradients(model: nn.Module, x: torch.Tensor, target: int) -> np.n
     xin = _input(x)
     with _explaining(model):
         attr = IntegratedGradients(model).attribute(
-            xin, baselines=torch.zeros_like(xin), target=target, n_steps=IG_STEPS,
+            xin, baselines=mean_colour(model, xin.detach()), target=target, n_steps=IG_STEPS,
             internal_batch_size=IG_STEPS)
     a = np.maximum(attr[0].detach().sum(0).numpy(), 0.0)
     # Pixel attributions are heavy-tailed: scale by the 99th percentile so the map is visible.
@@ -200,6 +208,7 @@ def occlusion(model: nn.Module, x: torch.Tensor, target: int) -> np.ndarray:
     xin = _input(x)
     with _explaining(model):
         attr = Occlusion(model).attribute(
-            xin, sliding_window_shapes=(c, win, win), strides=(c, stride, stride), baselines=0.0,
+            xin, sliding_window_shapes=(c, win, win), strides=(c, stride, stride),
+            baselines=mean_colour(model, xin.detach()),
             target=target, perturbations_per_eval=32)
     return _unit(attr[0].detach().sum(0).numpy())

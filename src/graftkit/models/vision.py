@@ -334,6 +334,12 @@ class CombinedAdapter(TimmAdapter):
 
     backbone: CombinedBackbone
 
+    def mean_colour(self, x: torch.Tensor) -> torch.Tensor:
+        """The mean colour as this model's input ([0, 1] pixels, normalised inside the graph):
+        the first part's mean (explanations' neutral baseline; zero would be black)."""
+        mean = torch.tensor(self.backbone.configs[0].mean, dtype=x.dtype, device=x.device)
+        return mean.view(1, 3, 1, 1).expand_as(x).contiguous(memory_format=torch.channels_last)
+
     def blocks(self) -> list[list[str]]:
         per_part = [_timm_blocks(part, f"backbone.parts.{i}.")
                     for i, part in enumerate(self.backbone.parts)]
