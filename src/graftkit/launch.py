@@ -237,6 +237,8 @@ def train(cfg: Config, out: str | Path | None = None, overwrite: bool = False,
     if replacing:
         rd.replace_dir(out_dir, build_dir)
         session.out = out_dir
+        if session.data.run_dir is not None:  # (a semi-supervised run's rounds are kept there)
+            session.data.run_dir = out_dir
     session.extra_hooks = list(hooks or [])
     t0 = time.perf_counter()
     if not world.main:

@@ -98,7 +98,9 @@ def test_predict_evaluate_and_the_bundle_return_every_label_above_its_threshold(
     assert b["calibration"]["thresholds"] == run.meta["calibration"]["thresholds"]
     light = BundlePredictor(bundle).predict(test, topk=len(CLASSES))
     assert [p["labels"] for p in light] == [p["labels"] for p in preds]
-    assert "Multi-label image classifier" in (bundle / "MODEL_CARD.md").read_text()
+    card = (bundle / "MODEL_CARD.md").read_text()
+    assert "Multi-label image classifier" in card and "sigmoid(logits /" in card
+    assert "value = output" not in card and "Estimating the target" not in card
 
 
 def test_serve_returns_every_label_above_its_threshold(tile_run: Path, tiles: Path) -> None:

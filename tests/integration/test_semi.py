@@ -143,6 +143,10 @@ def test_a_run_stopped_inside_a_round_resumes_to_the_same_weights(small_csv: Pat
                                                            for h in read_history(cut)]
     ra, rb = _meta(full)["semi"]["rounds"], _meta(cut)["semi"]["rounds"]
     assert [r["accepted"] for r in ra] == [r["accepted"] for r in rb]
+    # the same run again over the finished one (--overwrite): its rounds go to the new run
+    again = api.train(api.build_config(None, over), out=full, overwrite=True, quiet=True).path
+    assert _meta(again)["status"] == "completed" and (again / "semi.json").is_file()
+    assert not list(tmp_path.glob(".full.*"))
 
 
 def test_text_self_training_and_fixmatch_with_a_txt_pool(tmp_path: Path) -> None:

@@ -89,3 +89,10 @@ def test_auto_exports_from_the_modalitys_size(monkeypatch: pytest.MonkeyPatch, t
                               min_inputs=least) == "torch"
         assert engines.choose("auto", cpu, torch.bfloat16, large, "d", "s",
                               min_inputs=least) == "torch"
+    # an engine exported but refused by its parity check is not chosen again
+    (tmp_path / "engines").mkdir(exist_ok=True)
+    monkeypatch.setattr(engines, "engine_dir", lambda: tmp_path / "engines")
+    (tmp_path / "engines" / "k.onnx").write_bytes(b"")
+    assert engines.choose("auto", cpu, None, 10, "d", "s") == "onnx"  # exported: reused
+    (tmp_path / "engines" / "k.json").write_text('{"ok": false, "reason": "parity"}')
+    assert engines.choose("auto", cpu, None, 10, "d", "s") == "torch"

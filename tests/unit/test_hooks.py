@@ -36,3 +36,16 @@ def test_a_new_stage_is_not_early_stopped_for_trailing_the_stage_before(tmp_path
     assert state.stop_stage and not state.stop
     best.on_train_end(state)
     assert (tmp_path / "model.safetensors").is_file()
+
+
+def test_the_reports_round_scores_are_the_best_by_the_monitored_metric() -> None:
+    """A run monitored by loss shows each self-training round's lowest validation loss."""
+    from graftkit.evaluate.report import _semi
+
+    meta = {"semi": {"rounds": [{"stage": "self-train 1"}]}, "monitor": "loss",
+            "stages": [{"name": "probe"}]}
+    hist = [{"stage": "probe", "val_loss": 0.7}, {"stage": "probe", "val_loss": 0.6},
+            {"stage": "self-train 1", "val_loss": 0.69293},
+            {"stage": "self-train 1", "val_loss": 0.69295}]
+    semi = _semi(meta, hist)
+    assert semi["rounds"][0]["val"] == 0.69293 and semi["labels_only_val"] == 0.6

@@ -3,6 +3,7 @@ folder, a tracker failing mid-run is dropped with one warning, a missing library
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -43,8 +44,14 @@ def test_resume_continues_the_same_runs(tmp_path: Path) -> None:
     assert client.get_run(run_id).info.status == "KILLED"
     assert client.get_run(run_id).data.params == {"optim.lr": "0.1", "task": "x"}
 
-    t = _start(tmp_path, resume=ids, next_step=3)
-    assert t.ids() == ids
+    # resumed from another folder with no tracking.uri set: the run's saved uri is used
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    os.chdir(elsewhere)
+    t = tracking.start(["mlflow", "tensorboard"], tmp_path / "run", uri=None, experiment="unit",
+                       run_name="r", config={}, config_yaml="", tags={}, resume=ids,
+                       next_step=3, warn=[].append)
+    assert t.ids() == ids and not list(elsewhere.iterdir())  # no stray mlflow.db here
     t.on_epoch_end(None, {"epoch": 3, "stage_epoch": 3, "val_accuracy": 0.3})
     t.final({"monitor": "accuracy", "val": {"accuracy": 0.3, "n": 6}},
             [(tmp_path / "run" / "tensorboard", None)], tmp_path / "run")

@@ -26,7 +26,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from .. import run as rd
 from . import plots
 from .analysis import Analysis
-from .metrics import REPORT_METRICS
+from .metrics import REPORT_METRICS, is_better
 
 REPORT = rd.REPORT
 # (worst examples, eval folder) -> the examples with what to show of each ("thumb", "cam",
@@ -88,7 +88,8 @@ def _semi(meta: dict[str, Any], hist: list[dict[str, Any]]) -> dict[str, Any] | 
         v = r.get(f"val_{meta['monitor']}")
         if isinstance(v, (int, float)):
             best = val_by_stage.get(r["stage"])
-            val_by_stage[r["stage"]] = v if best is None else max(best, v)
+            keep = best is None or is_better(v, best, meta["monitor"])  # (loss: the lowest)
+            val_by_stage[r["stage"]] = v if keep else best
     rounds = [{**r, "val": val_by_stage.get(r.get("stage", ""))} for r in semi.get("rounds", [])]
     first = (meta.get("stages") or [{}])[0].get("name")
     return {**semi, "rounds": rounds, "fixmatch": fixmatch,

@@ -74,6 +74,14 @@ def engine_key(weights_digest: str, input_signature: str) -> str:
     return hashlib.sha256(raw.encode()).hexdigest()[:24]
 
 
+def _not_refused(info: Path) -> bool:
+    """An exported engine whose parity check has not refused it (its ``.json`` says ``ok``)."""
+    try:
+        return json.loads(info.read_text()).get("ok", True) is not False
+    except (OSError, ValueError):
+        return True
+
+
 def choose(engine: str, device: torch.device, amp_dtype: torch.dtype | None, n_inputs: int,
            weights_digest: str, input_signature: str, export: bool = True,
            min_inputs: int = AUTO_MIN_INPUTS) -> str:
@@ -84,7 +92,9 @@ def choose(engine: str, device: torch.device, amp_dtype: torch.dtype | None, n_i
         if engine == "onnx" and device.type != "cpu":
             _USED.setdefault("note", f"onnx asked for, but the backbone runs on {device.type}")
         return "torch"
-    exported = (engine_dir() / f"{engine_key(weights_digest, input_signature)}.onnx").is_file()
+    key = engine_key(weights_digest, input_signature)
+    exported = ((engine_dir() / f"{key}.onnx").is_file()
+                and _not_refused(engine_dir() / f"{key}.json"))
     if exported or (export and (engine == "onnx" or n_inputs >= min_inputs)):
         return "onnx"
     return "torch"

@@ -52,7 +52,8 @@ class MlflowTracker:
         from mlflow.entities import Param
         from mlflow.tracking import MlflowClient
 
-        self.client = MlflowClient(tracking_uri=uri)
+        # a resumed run continues where it was tracked (its saved uri), from whatever folder
+        self.client = MlflowClient(tracking_uri=uri or (resume or {}).get("uri"))
         self.uri = self.client.tracking_uri
         if resume:
             self.run_id = resume["run_id"]
