@@ -33,7 +33,6 @@ def finetune(
     quiet: bool = False,
 ) -> Run:
     """Fine-tune ``model`` on ``data`` with ``strategy`` and return the finished :class:`Run`."""
-    check_flags(overwrite=overwrite, quiet=quiet)
     cfg = _compose(data, model, strategy, epochs, config, overrides)
     return train(cfg, out=out, overwrite=overwrite, quiet=quiet)
 

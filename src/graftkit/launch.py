@@ -39,11 +39,19 @@ def resolve_inputs(cfg: Config) -> Config:
                                       "name": model, **_absolute(cfg.model, ("weights",))})})
 
 
-def _absolute(section: Any, keys: tuple[str, ...]) -> dict[str, str]:
-    """The paths of ``section`` that exist, made absolute: the run's saved config then finds its
-    data again from any folder (evaluate, --resume)."""
-    found = {k: Path(v).expanduser() for k in keys if isinstance(v := getattr(section, k), str)}
-    return {k: str(p.resolve()) for k, p in found.items() if p.exists()}
+def _absolute(section: Any, keys: tuple[str, ...]) -> dict[str, Any]:
+    """The paths of ``section`` made absolute (:func:`absolute_path`): the run's saved config
+    then finds its data again from any folder (evaluate, --resume)."""
+    return {k: absolute_path(getattr(section, k)) for k in keys}
+
+
+def absolute_path(value: Any) -> Any:
+    """A path (str) that exists here, made absolute; anything else as it is (None, a number, a
+    path that does not exist, which its own check names)."""
+    if not isinstance(value, str) or not value:
+        return value
+    p = Path(value).expanduser()
+    return str(p.resolve()) if p.exists() else value
 
 
 def monitor_metric(cfg: Config) -> str:
@@ -237,8 +245,6 @@ def train(cfg: Config, out: str | Path | None = None, overwrite: bool = False,
     if replacing:
         rd.replace_dir(out_dir, build_dir)
         session.out = out_dir
-        if session.data.run_dir is not None:  # (a semi-supervised run's rounds are kept there)
-            session.data.run_dir = out_dir
     session.extra_hooks = list(hooks or [])
     t0 = time.perf_counter()
     if not world.main:

@@ -71,6 +71,8 @@ class Session:
 
     def fit(self) -> None:
         metric = self.settings.monitor
+        if self.data.pool is not None:  # self-training keeps each round's choice in the run
+            self.data.run_dir = self.out  # (where the run is now: --overwrite swapped it in)
         state_file = self.out / rd.STATE if self.resume_info else None
         head_only = [st.head_only for st in self.stages]
         best = H.BestCheckpoint(self.out / rd.WEIGHTS, metric, self.cfg.train.early_stop.min_delta,
@@ -492,7 +494,7 @@ def build_session(cfg: Config, out: Path, monitor: str, quiet: bool = False,
     data = LoopData(spec.splits["train"], spec.splits["val"], spec.fingerprint())
     if pool is not None:
         data.pool, data.pool_hidden = pool.items, pool.hidden
-        data.pool_fingerprint, data.run_dir = pool.fingerprint(), out
+        data.pool_fingerprint = pool.fingerprint()
     selection = None
     if cfg.model.name == select.AUTO and not resuming:
         with reporter.phase("model selection"):

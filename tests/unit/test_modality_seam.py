@@ -93,7 +93,7 @@ class PointsModality(Modality):
                         inline=True)
 
     def create_model(self, m: Any, spec: Any, n_out: int, out: Path, resuming: bool,
-                     load_backbone: bool | None = None) -> tuple[Any, dict[str, Any]]:
+                     load_backbone: bool = True) -> tuple[Any, dict[str, Any]]:
         return PointsAdapter(n_out), {}
 
     def rebuild(self, path: Path, meta: dict[str, Any]) -> Any:

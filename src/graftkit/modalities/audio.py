@@ -184,7 +184,7 @@ class AudioModality(Modality):
                               "Whisper/wav2vec2/HuBERT name or a local model directory)")
 
     def create_model(self, m: Any, spec: Any, n_out: int, out: Path, resuming: bool,
-                     load_backbone: bool | None = None) -> tuple[Any, dict[str, Any]]:
+                     load_backbone: bool = True) -> tuple[Any, dict[str, Any]]:
         """The audio adapter, its clip window chosen from the training (and unlabeled) clips'
         durations unless
         set; and the clip-length statistics of every split."""
@@ -199,8 +199,7 @@ class AudioModality(Modality):
         else:
             pool = [audio_info(p).get("seconds", 0.0) for p in spec.unlabeled]
             window = m.clip_seconds or choose_window(seconds.get("train", []) + pool)
-        load = not resuming if load_backbone is None else load_backbone
-        model = create_audio_model(m.name or "", n_out, pretrained=m.pretrained and load,
+        model = create_audio_model(m.name or "", n_out, pretrained=m.pretrained and load_backbone,
                                    dropout=m.dropout, clip_seconds=window)
         if not resuming:
             save_audio_assets(model, out)

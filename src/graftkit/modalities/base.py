@@ -131,12 +131,11 @@ class Modality:
         return name
 
     def create_model(self, m: Any, spec: Any, n_out: int, out: Path, resuming: bool,
-                     load_backbone: bool | None = None) -> tuple[Any, dict[str, Any]]:
+                     load_backbone: bool = True) -> tuple[Any, dict[str, Any]]:
         """A new adapter for ``spec`` (and what the data report should add about it).
         ``resuming``: rebuilt for a stopped run (its saved preprocessing). ``load_backbone``:
-        whether the backbone's pretrained (or given) weights are loaded; default ``not
-        resuming``, since a resumed run's state holds them, except the state of a run that has
-        trained only its head, which leaves the backbone out."""
+        whether the backbone's pretrained (or given) weights are loaded (False: a resumed run
+        whose state holds them; the state of a run that trained only its head leaves them out)."""
         raise NotImplementedError
 
     def rebuild(self, path: Path, meta: dict[str, Any]) -> Any:

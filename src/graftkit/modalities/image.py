@@ -172,12 +172,11 @@ class ImageModality(Modality):
         return resolve_arch(name)
 
     def create_model(self, m: Any, spec: Any, n_out: int, out: Path, resuming: bool,
-                     load_backbone: bool | None = None) -> tuple[Any, dict[str, Any]]:
+                     load_backbone: bool = True) -> tuple[Any, dict[str, Any]]:
         from ..models.vision import create_model
 
-        load = not resuming if load_backbone is None else load_backbone
-        return create_model(m.name or "", n_out, pretrained=m.pretrained and load,
-                            weights=m.weights if load else None, dropout=m.dropout,
+        return create_model(m.name or "", n_out, pretrained=m.pretrained and load_backbone,
+                            weights=m.weights if load_backbone else None, dropout=m.dropout,
                             image_size=m.image_size), {}
 
     def rebuild(self, path: Path, meta: dict[str, Any]) -> Any:

@@ -119,7 +119,7 @@ class TextModality(Modality):
                               "Hugging Face model directory)")
 
     def create_model(self, m: Any, spec: Any, n_out: int, out: Path, resuming: bool,
-                     load_backbone: bool | None = None) -> tuple[Any, dict[str, Any]]:
+                     load_backbone: bool = True) -> tuple[Any, dict[str, Any]]:
         """The text adapter, its max length chosen from the training texts (and any unlabeled
         ones) unless set, its
         tokenizer/config saved in the run; and the token statistics of every split."""
@@ -132,8 +132,7 @@ class TextModality(Modality):
             save_text_assets,
         )
 
-        load = not resuming if load_backbone is None else load_backbone
-        model = create_text_model(m.name or "", n_out, pretrained=m.pretrained and load,
+        model = create_text_model(m.name or "", n_out, pretrained=m.pretrained and load_backbone,
                                   dropout=m.dropout, max_length=m.max_length, pooling=m.pooling)
         if resuming:  # the length the run started with
             saved = TextDataConfig.from_dict(rd.read_json(out / rd.META)["preprocessing"])

@@ -421,12 +421,10 @@ PATH_KEYS = ("data.path", "data.val", "data.test", "data.unlabeled", "model.weig
 def _absolute(s: SearchSettings) -> None:
     """The data, config and path overrides of ``s`` made absolute (those that exist here), as
     search.json and the trials keep them."""
-    def resolved(v: Any) -> Any:
-        p = Path(str(v)).expanduser()
-        return str(p.resolve()) if isinstance(v, str) and v and p.exists() else v
+    from ..launch import absolute_path
 
-    s.data, s.config = resolved(s.data), resolved(s.config) if s.config else s.config
-    s.overrides = {k: resolved(v) if k in PATH_KEYS else v for k, v in s.overrides.items()}
+    s.data, s.config = absolute_path(s.data), absolute_path(s.config)
+    s.overrides = {k: absolute_path(v) if k in PATH_KEYS else v for k, v in s.overrides.items()}
 
 
 MLFLOW_RUN = "mlflow_run"  # the study's user attribute: its MLflow run's ids

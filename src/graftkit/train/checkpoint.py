@@ -188,15 +188,18 @@ def load_model_state(path: str | Path, model: torch.nn.Module, prefix: str = "mo
     """Only the model weights of a resumable state file (or those of an ``extra`` module saved
     under ``prefix``)."""
     with _readable(path), safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-    _load_model(model, load_prefixed(path, prefix), meta if prefix == "model" else {}, path)
+        sd, meta = _prefixed(f, prefix), f.metadata() or {}
+    _load_model(model, sd, meta if prefix == "model" else {}, path)
 
 
 def load_prefixed(path: str | Path, prefix: str) -> dict[str, torch.Tensor]:
     """The tensors a state file holds under ``prefix`` (the prefix taken off their names)."""
     with _readable(path), safe_open(str(path), framework="pt") as f:
-        return {k[len(prefix) + 1:]: f.get_tensor(k) for k in f.keys()
-                if k.startswith(prefix + ".")}
+        return _prefixed(f, prefix)
+
+
+def _prefixed(f: Any, prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix) + 1:]: f.get_tensor(k) for k in f.keys() if k.startswith(prefix + ".")}
 
 
 def load_state(
